@@ -1,0 +1,5 @@
+"""mdpalign: LLM alignment objectives proven on exactly solved MDPs, then applied to real models."""
+from mdpalign.mdp import InvalidMDPError, TabularMDP
+
+__version__ = "0.1.0"
+__all__ = ["TabularMDP", "InvalidMDPError", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from mdpalign.cli import main
+
+sys.exit(main())

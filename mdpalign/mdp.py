@@ -1,0 +1,342 @@
+"""Finite Markov decision processes as plain, validated data.
+
+A :class:`TabularMDP` holds
+
+* ``P`` — transition probabilities, either a dense ``(S, A, S)`` array or a
+  ``scipy.sparse`` matrix of shape ``(S * A, S)`` whose row ``s * A + a`` is
+  ``P(. | s, a)``;
+* ``R`` — expected immediate reward ``(S, A)`` for taking ``a`` in ``s``;
+* ``gamma`` — discount in ``[0, 1]``;
+* ``initial`` — start-state distribution ``(S,)``;
+* ``terminal`` — boolean mask ``(S,)`` of absorbing states whose value is 0.
+
+Everything is float64. Construction validates the data and raises
+:class:`InvalidMDPError` naming the problem and where it is; an instance is
+therefore always a well-posed problem: at ``gamma == 1`` (a stochastic
+shortest-path problem) a *proper* policy — one that reaches a terminal state
+with probability 1 from every state — is guaranteed to exist.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["TabularMDP", "InvalidMDPError", "ROW_SUM_TOL"]
+
+#: Largest tolerated deviation of a transition row (or the initial distribution) from summing to 1.
+ROW_SUM_TOL = 1e-9
+
+ArrayOrSparse = Union[np.ndarray, sp.spmatrix, sp.sparray]
+
+
+class InvalidMDPError(ValueError):
+    """The arrays given do not describe a valid MDP; the message says what and where."""
+
+
+def _where(mask: np.ndarray, limit: int = 5) -> str:
+    idx = np.argwhere(mask)
+    shown = ", ".join(str(tuple(int(i) for i in row)) for row in idx[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return shown + more
+
+
+@dataclass(frozen=True, eq=False)
+class TabularMDP:
+    """A finite MDP; see the module docstring for the meaning of each field.
+
+    Parameters
+    ----------
+    P:
+        ``(S, A, S)`` dense array or ``(S * A, S)`` sparse matrix.
+    R:
+        ``(S, A)`` expected rewards.
+    gamma:
+        Discount factor in ``[0, 1]``. ``gamma == 1`` requires that every state can reach a
+        terminal state (checked on the transition graph).
+    initial:
+        Start distribution; defaults to uniform over non-terminal states.
+    terminal:
+        Absorbing states with value 0: every action must loop back with probability 1 and
+        reward 0. Defaults to no terminal state.
+    state_labels, action_labels:
+        Optional names used in error messages, drawings and reports.
+    """
+
+    P: ArrayOrSparse
+    R: np.ndarray
+    gamma: float
+    initial: np.ndarray | None = None
+    terminal: np.ndarray | None = None
+    state_labels: tuple | None = None
+    action_labels: tuple | None = None
+    _flat: ArrayOrSparse = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        R = np.asarray(self.R, dtype=np.float64)
+        if R.ndim != 2:
+            raise InvalidMDPError(f"R must have shape (S, A); got an array of shape {R.shape}")
+        S, A = R.shape
+        if S == 0 or A == 0:
+            raise InvalidMDPError(f"an MDP needs at least one state and one action; R has shape {R.shape}")
+
+        if sp.issparse(self.P):
+            flat = sp.csr_matrix(self.P, dtype=np.float64)
+            if flat.shape != (S * A, S):
+                raise InvalidMDPError(
+                    f"sparse P must have shape (S*A, S) = ({S * A}, {S}) to match R of shape {R.shape}; "
+                    f"got {flat.shape}"
+                )
+            flat.sum_duplicates()
+            flat.eliminate_zeros()
+            data = flat.data
+            if not np.all(np.isfinite(data)):
+                rows = np.repeat(np.arange(S * A), np.diff(flat.indptr))[~np.isfinite(data)]
+                raise InvalidMDPError(
+                    "P has non-finite probabilities at (state, action) "
+                    + ", ".join(str(divmod(int(r), A)) for r in rows[:5])
+                )
+            if np.any(data < 0):
+                rows = np.repeat(np.arange(S * A), np.diff(flat.indptr))[data < 0]
+                raise InvalidMDPError(
+                    "P has negative probabilities at (state, action) "
+                    + ", ".join(str(divmod(int(r), A)) for r in rows[:5])
+                )
+            row_sums = np.asarray(flat.sum(axis=1)).ravel().reshape(S, A)
+        else:
+            dense = np.asarray(self.P, dtype=np.float64)
+            if dense.shape != (S, A, S):
+                raise InvalidMDPError(
+                    f"P must have shape (S, A, S) = ({S}, {A}, {S}) to match R of shape {R.shape}; got {dense.shape}"
+                )
+            if not np.all(np.isfinite(dense)):
+                raise InvalidMDPError(
+                    f"P has non-finite probabilities at (state, action, next state) {_where(~np.isfinite(dense))}"
+                )
+            if np.any(dense < 0):
+                raise InvalidMDPError(
+                    f"P has negative probabilities at (state, action, next state) {_where(dense < 0)}"
+                )
+            row_sums = dense.sum(axis=2)
+            flat = np.ascontiguousarray(dense.reshape(S * A, S))
+        off = row_sums - 1.0
+        bad = np.abs(off) > ROW_SUM_TOL
+        if np.any(bad):
+            s, a = (int(i) for i in np.argwhere(bad)[0])
+            raise InvalidMDPError(
+                f"P is not row-stochastic: row (state {s}, action {a}) sums to {row_sums[s, a]:.12g} "
+                f"(off by {off[s, a]:+.3g}); {int(bad.sum())} of {S * A} rows are off by more than {ROW_SUM_TOL:g}"
+            )
+
+        if not np.all(np.isfinite(R)):
+            raise InvalidMDPError(f"R has non-finite rewards at (state, action) {_where(~np.isfinite(R))}")
+
+        gamma = float(self.gamma)
+        if not (0.0 <= gamma <= 1.0) or not np.isfinite(gamma):
+            raise InvalidMDPError(f"gamma must lie in [0, 1]; got {self.gamma!r}")
+
+        if self.terminal is None:
+            terminal = np.zeros(S, dtype=bool)
+        else:
+            terminal = np.asarray(self.terminal)
+            if terminal.shape != (S,):
+                raise InvalidMDPError(f"terminal must have shape ({S},); got {terminal.shape}")
+            terminal = terminal.astype(bool)
+        for s in np.flatnonzero(terminal):
+            for a in range(A):
+                stay = flat[s * A + a, s]
+                if abs(stay - 1.0) > ROW_SUM_TOL:
+                    raise InvalidMDPError(
+                        f"terminal state {s} has transitions leaving it: action {a} stays with probability "
+                        f"{float(stay):.6g}, not 1"
+                    )
+        if np.any(R[terminal] != 0.0):
+            s, a = (int(i) for i in np.argwhere(terminal[:, None] & (R != 0.0))[0])
+            raise InvalidMDPError(
+                f"terminal state {s} has a non-zero reward {R[s, a]:g} for action {a}; "
+                "terminal states are absorbing with value 0 (put the reward on the transition into them)"
+            )
+
+        if self.initial is None:
+            if terminal.all():
+                raise InvalidMDPError("every state is terminal; there is nothing to decide")
+            initial = (~terminal).astype(np.float64)
+            initial /= initial.sum()
+        else:
+            initial = np.asarray(self.initial, dtype=np.float64)
+            if initial.shape != (S,):
+                raise InvalidMDPError(f"initial must have shape ({S},); got {initial.shape}")
+            if not np.all(np.isfinite(initial)) or np.any(initial < 0):
+                raise InvalidMDPError(f"initial has negative or non-finite entries at {_where(~(initial >= 0))}")
+            total = initial.sum()
+            if abs(total - 1.0) > ROW_SUM_TOL:
+                raise InvalidMDPError(
+                    f"initial distribution sums to {total:.12g} (off by {total - 1.0:+.3g}), not 1"
+                )
+
+        for name, labels, n in (("state_labels", self.state_labels, S), ("action_labels", self.action_labels, A)):
+            if labels is not None and len(labels) != n:
+                raise InvalidMDPError(f"{name} has {len(labels)} entries for {n} {name.split('_')[0]}s")
+
+        R = R.copy()
+        R.setflags(write=False)
+        initial.setflags(write=False)
+        terminal = terminal.copy()
+        terminal.setflags(write=False)
+        if not sp.issparse(flat):
+            flat.setflags(write=False)
+        object.__setattr__(self, "R", R)
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "initial", initial)
+        object.__setattr__(self, "terminal", terminal)
+        object.__setattr__(self, "_flat", flat)
+        object.__setattr__(self, "P", flat if sp.issparse(flat) else flat.reshape(S, A, S))
+
+        if gamma == 1.0:
+            stuck = self.states_that_cannot_terminate()
+            if stuck.size:
+                raise InvalidMDPError(
+                    "gamma = 1 but no proper policy exists: no action sequence reaches a terminal state from "
+                    f"state(s) {', '.join(str(int(s)) for s in stuck[:10])}"
+                    + (f" and {stuck.size - 10} more" if stuck.size > 10 else "")
+                    + "; values would diverge. Use gamma < 1 or add a terminal state they can reach."
+                )
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def n_states(self) -> int:
+        return self.R.shape[0]
+
+    @property
+    def n_actions(self) -> int:
+        return self.R.shape[1]
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self._flat)
+
+    @property
+    def transition_matrix(self) -> ArrayOrSparse:
+        """``P`` as a 2-D ``(S * A, S)`` matrix (dense array or CSR); row ``s * A + a``."""
+        return self._flat
+
+    def dense_P(self) -> np.ndarray:
+        """``P`` as a dense ``(S, A, S)`` array (materialises a sparse one)."""
+        flat = self._flat.toarray() if self.is_sparse else self._flat
+        return np.asarray(flat).reshape(self.n_states, self.n_actions, self.n_states)
+
+    # --------------------------------------------------------------- backups
+    def expected_next(self, values: np.ndarray) -> np.ndarray:
+        """``sum_s' P(s'|s,a) values[s']`` as an ``(S, A)`` array (``values`` may be ``(S,)`` or ``(S, k)``)."""
+        out = self._flat @ values
+        return np.asarray(out).reshape((self.n_states, self.n_actions) + np.shape(values)[1:])
+
+    def q_from_values(self, values: np.ndarray) -> np.ndarray:
+        """One Bellman backup: ``Q = R + gamma * P V`` with terminal rows pinned to 0."""
+        q = self.R + self.gamma * self.expected_next(values)
+        q[self.terminal] = 0.0
+        return q
+
+    def policy_transitions(self, policy: np.ndarray) -> tuple[ArrayOrSparse, np.ndarray]:
+        """``(P_pi, r_pi)`` for a deterministic ``(S,)`` int policy or a stochastic ``(S, A)`` one."""
+        S, A = self.n_states, self.n_actions
+        pi = self.policy_as_matrix(policy)
+        weights = sp.csr_matrix(
+            (pi.ravel(), (np.repeat(np.arange(S), A), np.arange(S * A))), shape=(S, S * A)
+        )
+        P_pi = weights @ self._flat
+        if not self.is_sparse:
+            P_pi = np.asarray(P_pi)
+        r_pi = (pi * self.R).sum(axis=1)
+        return P_pi, r_pi
+
+    def policy_as_matrix(self, policy: np.ndarray) -> np.ndarray:
+        """Validate a policy and return it as an ``(S, A)`` row-stochastic float64 matrix."""
+        S, A = self.n_states, self.n_actions
+        policy = np.asarray(policy)
+        if policy.shape == (S,):
+            if not np.issubdtype(policy.dtype, np.integer):
+                raise ValueError(f"a deterministic policy must hold integer actions; got dtype {policy.dtype}")
+            if policy.min() < 0 or policy.max() >= A:
+                raise ValueError(f"deterministic policy has actions outside [0, {A}) at states "
+                                 f"{np.flatnonzero((policy < 0) | (policy >= A))[:5].tolist()}")
+            pi = np.zeros((S, A))
+            pi[np.arange(S), policy] = 1.0
+            return pi
+        if policy.shape != (S, A):
+            raise ValueError(f"policy must have shape ({S},) or ({S}, {A}); got {policy.shape}")
+        pi = policy.astype(np.float64)
+        if not np.all(np.isfinite(pi)) or np.any(pi < 0):
+            raise ValueError("stochastic policy has negative or non-finite probabilities")
+        off = np.abs(pi.sum(axis=1) - 1.0)
+        if np.any(off > 1e-8):
+            s = int(np.argmax(off))
+            raise ValueError(f"policy row for state {s} sums to {pi[s].sum():.12g}, not 1")
+        return pi
+
+    # ----------------------------------------------------------------- graphs
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """The transition graph: one edge ``s -> s'`` per action with ``P(s'|s,a) > 0``.
+
+        Edge attributes: ``action``, ``prob``, ``reward`` (the expected reward ``R[s, a]``).
+        Node attributes: ``terminal``, ``initial`` (probability), ``label`` where labels were given.
+        """
+        g = nx.MultiDiGraph()
+        S, A = self.n_states, self.n_actions
+        for s in range(S):
+            attrs = {"terminal": bool(self.terminal[s]), "initial": float(self.initial[s])}
+            if self.state_labels is not None:
+                attrs["label"] = self.state_labels[s]
+            g.add_node(s, **attrs)
+        coo = sp.coo_matrix(self._flat)
+        for row, nxt, p in zip(coo.row, coo.col, coo.data):
+            if p > 0:
+                s, a = divmod(int(row), A)
+                g.add_edge(s, int(nxt), key=a, action=a, prob=float(p), reward=float(self.R[s, a]))
+        return g
+
+    def _support_graph(self) -> nx.DiGraph:
+        """``s -> s'`` whenever some action moves there with positive probability."""
+        coo = sp.coo_matrix(self._flat)
+        keep = coo.data > 0
+        g = nx.DiGraph()
+        g.add_nodes_from(range(self.n_states))
+        g.add_edges_from(zip((coo.row[keep] // self.n_actions).tolist(), coo.col[keep].tolist()))
+        return g
+
+    def states_that_cannot_terminate(self) -> np.ndarray:
+        """Non-terminal states from which no action sequence reaches a terminal state.
+
+        Choosing, in every state, an action that moves closer (in the transition graph) to the
+        terminal set gives a proper policy whenever this list is empty, so an empty result is
+        exactly "a proper policy exists".
+        """
+        g = self._support_graph().reverse(copy=False)
+        targets = np.flatnonzero(self.terminal).tolist()
+        reached: set[int] = set(targets)
+        for t in targets:
+            reached |= nx.descendants(g, t)
+        return np.array(sorted(set(range(self.n_states)) - reached), dtype=np.int64)
+
+    def reachable_states(self, sources=None) -> np.ndarray:
+        """States reachable (under some policy) from ``sources`` (default: the support of ``initial``)."""
+        g = self._support_graph()
+        if sources is None:
+            sources = np.flatnonzero(self.initial > 0).tolist()
+        seen: set[int] = set(int(s) for s in sources)
+        for s in list(seen):
+            seen |= nx.descendants(g, s)
+        return np.array(sorted(seen), dtype=np.int64)
+
+    def with_gamma(self, gamma: float) -> "TabularMDP":
+        """The same MDP with another discount (re-validated)."""
+        return TabularMDP(self._flat if self.is_sparse else self.P, self.R, gamma, self.initial,
+                          self.terminal, self.state_labels, self.action_labels)
+
+    def __repr__(self) -> str:
+        kind = "sparse" if self.is_sparse else "dense"
+        return (f"TabularMDP(S={self.n_states}, A={self.n_actions}, gamma={self.gamma}, {kind}, "
+                f"terminal={int(self.terminal.sum())})")
