@@ -84,7 +84,7 @@ class TabularMDP:
             raise InvalidMDPError(f"an MDP needs at least one state and one action; R has shape {R.shape}")
 
         if sp.issparse(self.P):
-            flat = sp.csr_matrix(self.P, dtype=np.float64)
+            flat = sp.csr_matrix(self.P, dtype=np.float64, copy=True)
             if flat.shape != (S * A, S):
                 raise InvalidMDPError(
                     f"sparse P must have shape (S*A, S) = ({S * A}, {S}) to match R of shape {R.shape}; "
@@ -121,7 +121,7 @@ class TabularMDP:
                     f"P has negative probabilities at (state, action, next state) {_where(dense < 0)}"
                 )
             row_sums = dense.sum(axis=2)
-            flat = np.ascontiguousarray(dense.reshape(S * A, S))
+            flat = np.array(dense.reshape(S * A, S), dtype=np.float64, order="C", copy=True)
         off = row_sums - 1.0
         bad = np.abs(off) > ROW_SUM_TOL
         if np.any(bad):
