@@ -1,0 +1,201 @@
+"""Configurations of the benchmark experiments: every setting a report depends on, validated.
+
+A config is a frozen dataclass; the report publishes ``dataclasses.asdict(config)`` in full, so
+two runs with equal configs (and library versions) produce the same numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = [
+    "BenchConfigError",
+    "FROZEN_LAKE_METHODS",
+    "FrozenLakeConfig",
+    "BANDIT_OBJECTIVES",
+    "BANDIT_REGIMES",
+    "BanditsConfig",
+]
+
+
+class BenchConfigError(ValueError):
+    """A benchmark setting is invalid; the message names the option and the accepted values."""
+
+
+#: Methods of the Frozen Lake experiment, in report order.
+FROZEN_LAKE_METHODS = ("sft", "dpo", "ipo", "orpo", "ift", "crlft", "oracle")
+
+#: Objectives and data regimes of the bandit benchmark.
+BANDIT_OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "crlft", "kl_rl")
+BANDIT_REGIMES = ("bt_all_pairs", "partial_coverage", "deterministic", "mixed_quality")
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value <= 0:
+        raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _check_positive(name: str, value) -> float:
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive finite number; got {value!r}")
+    return value
+
+
+def _check_subset(name: str, values, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = tuple(v.strip() for v in values.split(",") if v.strip())
+    values = tuple(str(v).lower() for v in values)
+    if not values:
+        raise BenchConfigError(f"--{name} is empty; choose from {', '.join(allowed)}")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise BenchConfigError(f"unknown {name} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise BenchConfigError(f"--{name} lists {sorted({v for v in values if values.count(v) > 1})} twice")
+    # Report order, whatever order they were given in.
+    return tuple(v for v in allowed if v in values)
+
+
+@dataclass(frozen=True)
+class FrozenLakeConfig:
+    """Every choice of the Frozen Lake experiment (IFT paper, arXiv 2405.11870, sec. 5.3, app. B.2).
+
+    The paper gives none of these numbers; ours are published in each report.
+
+    * ``map``: ``"two-path"`` (mdpalign.envs.frozen_lake.TWO_PATH_MAP), ``"4x4"``/``"8x8"`` or
+      comma-separated rows; the optimal trajectory is the unique shortest S→G path, the
+      sub-optimal one is chosen by ``two_path_lake_from_map(rows, suboptimal)``.
+    * ``beta_star``: temperature of pi* = soft value iteration with a uniform reference.
+    * ``base``: behaviour policy that theta_0 (initialisation and reference) is distilled from:
+      ``"uniform"`` or ``"eps-greedy"`` (epsilon ``base_epsilon`` around the hard optimum).
+    * ``dpo_beta``, ``ipo_tau``: DPO's beta and IPO's tau (``dpo_loss(beta=tau, loss_type="ipo")``,
+      summed log-probs as in the paper, no length normalisation).
+    * ``orpo_lambda``: ORPO's lambda (NLL over the chosen trajectory's tokens).
+    * ``ift_lambda``, ``ift_decay``: IFT's fusion weight and the decay of its propagation weights.
+    * ``crlft_weights``: class weights (expert, sub-optimal); OpenChat's constants by default.
+    """
+
+    seeds: int = 5
+    steps: int = 300
+    eval_every: int = 10
+    map: str = "two-path"
+    slippery: bool = False
+    suboptimal: str = "longer"
+    methods: tuple[str, ...] = FROZEN_LAKE_METHODS
+    gamma: float = 0.95
+    beta_star: float = 0.05
+    hidden: int = 32
+    lr: float = 0.01
+    seed: int = 0
+    base: str = "uniform"
+    base_epsilon: float = 0.2
+    distill_max_iter: int = 500
+    dpo_beta: float = 0.1
+    ipo_tau: float = 0.1
+    orpo_lambda: float = 0.1
+    ift_lambda: float = 0.2
+    ift_decay: float = 0.95
+    crlft_weights: tuple[float, float] = (1.0, 0.1)
+    out: str = "reports/frozen-lake"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "steps", "eval_every", "hidden", "distill_max_iter"):
+            object.__setattr__(self, name, _check_positive_int(name, getattr(self, name)))
+        for name in ("beta_star", "lr", "dpo_beta", "ipo_tau", "orpo_lambda"):
+            object.__setattr__(self, name, _check_positive(name, getattr(self, name)))
+        if self.eval_every > self.steps:
+            raise BenchConfigError(f"--eval-every ({self.eval_every}) is larger than --steps ({self.steps})")
+        if self.suboptimal not in ("longer", "hole"):
+            raise BenchConfigError(f"--suboptimal must be 'longer' or 'hole'; got {self.suboptimal!r}")
+        gamma = float(self.gamma)
+        if not 0.0 < gamma < 1.0:
+            raise BenchConfigError(f"--gamma must lie in (0, 1) (paths are ranked by discounting); got {self.gamma!r}")
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "methods", _check_subset("methods", self.methods, FROZEN_LAKE_METHODS))
+        if not isinstance(self.map, str) or not self.map.strip():
+            raise BenchConfigError(f"--map must be 'two-path', a gymnasium map name or comma-separated rows; got {self.map!r}")
+        if self.base not in ("uniform", "eps-greedy"):
+            raise BenchConfigError(f"base must be 'uniform' or 'eps-greedy'; got {self.base!r}")
+        if not 0.0 < float(self.base_epsilon) <= 1.0:
+            raise BenchConfigError(f"base_epsilon must lie in (0, 1]; got {self.base_epsilon!r}")
+        if not 0.0 <= float(self.ift_lambda) < 1.0:
+            raise BenchConfigError(f"ift_lambda must lie in [0, 1); got {self.ift_lambda!r}")
+        if not 0.0 <= float(self.ift_decay) <= 1.0:
+            raise BenchConfigError(f"ift_decay must lie in [0, 1]; got {self.ift_decay!r}")
+        w = tuple(float(x) for x in self.crlft_weights)
+        if len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
+            raise BenchConfigError(f"crlft_weights must be two positive numbers (expert, sub-optimal); got {self.crlft_weights!r}")
+        object.__setattr__(self, "crlft_weights", w)
+        object.__setattr__(self, "slippery", bool(self.slippery))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @property
+    def map_rows(self) -> tuple[str, ...] | None:
+        """The rows of ``--map ROWS`` (comma-separated); None for 'two-path' and gymnasium's names."""
+        if self.map in ("two-path", "4x4", "8x8"):
+            return None
+        return tuple(r.strip() for r in self.map.split(",") if r.strip())
+
+    def record(self) -> dict:
+        """The full configuration as plain data, for results.json (``out``/``quiet`` excluded:
+        they do not change a number)."""
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d.pop("out")
+        d.pop("quiet")
+        return d
+
+
+@dataclass(frozen=True)
+class BanditsConfig:
+    """Settings of the bandit benchmark (each objective vs its own optimum and vs the RLHF optimum)."""
+
+    seeds: int = 5
+    steps: int = 400
+    eval_every: int = 10
+    arms: int = 5
+    contexts: int = 3
+    beta: float = 0.5
+    objectives: tuple[str, ...] = BANDIT_OBJECTIVES
+    regimes: tuple[str, ...] = BANDIT_REGIMES
+    lr: float = 0.05
+    seed: int = 0
+    reward_scale: float = 2.0
+    partial_fraction: float = 0.5
+    expert_fraction: float = 0.5
+    orpo_lambda: float = 0.1
+    crlft_weights: tuple[float, float] = (1.0, 0.1)
+    out: str = "reports/bandits"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "steps", "eval_every", "contexts"):
+            object.__setattr__(self, name, _check_positive_int(name, getattr(self, name)))
+        if _check_positive_int("arms", self.arms) < 2:
+            raise BenchConfigError(f"--arms must be at least 2 (a preference needs two arms); got {self.arms}")
+        for name in ("beta", "lr", "reward_scale", "orpo_lambda"):
+            object.__setattr__(self, name, _check_positive(name, getattr(self, name)))
+        if self.eval_every > self.steps:
+            raise BenchConfigError(f"--eval-every ({self.eval_every}) is larger than --steps ({self.steps})")
+        object.__setattr__(self, "objectives", _check_subset("objectives", self.objectives, BANDIT_OBJECTIVES))
+        object.__setattr__(self, "regimes", _check_subset("regimes", self.regimes, BANDIT_REGIMES))
+        for name in ("partial_fraction", "expert_fraction"):
+            v = float(getattr(self, name))
+            if not 0.0 < v < 1.0:
+                raise BenchConfigError(f"{name} must lie in (0, 1); got {v!r}")
+        w = tuple(float(x) for x in self.crlft_weights)
+        if len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
+            raise BenchConfigError(f"crlft_weights must be two positive numbers; got {self.crlft_weights!r}")
+        object.__setattr__(self, "crlft_weights", w)
+
+    def record(self) -> dict:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d.pop("out")
+        d.pop("quiet")
+        return d
