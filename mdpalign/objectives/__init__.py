@@ -1,0 +1,57 @@
+"""Alignment objectives as pure torch functions of per-token log-probabilities and masks.
+
+Each returns per-example tensors (plus metrics as NamedTuples); the caller reduces.
+"""
+from mdpalign.objectives.common import (
+    ShapeError,
+    as_bool_mask,
+    batch_token_mean,
+    check_beta,
+    check_same_shape,
+    check_sequence_inputs,
+    check_token_inputs,
+    log1mexp,
+    masked_token_values,
+    sequence_logps,
+    token_counts,
+    token_logps_from_logits,
+)
+from mdpalign.objectives.crlft import (
+    CRLFT_REDUCTIONS,
+    OPENCHAT_CLASS_REWARDS,
+    CRLFTOutput,
+    crlft_class_weights,
+    crlft_loss,
+    crlft_reduce,
+)
+from mdpalign.objectives.dpo import DPO_LOSS_TYPES, DPOOutput, dpo_loss
+from mdpalign.objectives.ift import (
+    IFT_FORMS,
+    IFTOutput,
+    IFTTwoPass,
+    causal_predicted_inputs,
+    fuse_embeddings,
+    ift_loss,
+    ift_two_pass,
+    propagation_weights,
+    shift_mask_to_inputs,
+    successor_from_table,
+    successor_predicted_inputs,
+)
+from mdpalign.objectives.kl_rl import kl_rl_objective, kl_rl_optimal_log_policy
+from mdpalign.objectives.orpo import ORPOOutput, orpo_log_odds, orpo_loss
+from mdpalign.objectives.sft import SFTPieces, sft_loss, sft_pieces
+
+__all__ = [
+    "ShapeError", "as_bool_mask", "batch_token_mean", "check_beta", "check_same_shape", "check_sequence_inputs",
+    "check_token_inputs", "log1mexp", "masked_token_values", "sequence_logps", "token_counts",
+    "token_logps_from_logits",
+    "SFTPieces", "sft_loss", "sft_pieces",
+    "DPO_LOSS_TYPES", "DPOOutput", "dpo_loss",
+    "ORPOOutput", "orpo_log_odds", "orpo_loss",
+    "IFT_FORMS", "IFTOutput", "IFTTwoPass", "causal_predicted_inputs", "fuse_embeddings", "ift_loss",
+    "ift_two_pass", "propagation_weights", "shift_mask_to_inputs", "successor_from_table",
+    "successor_predicted_inputs",
+    "CRLFT_REDUCTIONS", "OPENCHAT_CLASS_REWARDS", "CRLFTOutput", "crlft_class_weights", "crlft_loss", "crlft_reduce",
+    "kl_rl_objective", "kl_rl_optimal_log_policy",
+]
