@@ -1,0 +1,202 @@
+"""One run configuration: ``transformers.TrainingArguments`` plus model, data and objective fields.
+
+The class *is* a ``TrainingArguments`` so that every Trainer/accelerate option keeps its own name
+(``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``bf16``, ``save_steps``,
+``gradient_checkpointing``, ``fsdp``, ``deepspeed``...). A run is described by a YAML file whose
+keys are field names; ``--key value`` on the command line overrides the file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+OBJECTIVES = ("sft", "dpo", "orpo", "ift", "crlft")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+REFERENCE_MODES = ("precomputed", "model", "adapter_disabled")
+ORPO_NLL_SCOPES = ("prompt_and_completion", "completion")
+SFT_REDUCTIONS = ("token_mean", "sequence_mean", "sequence_sum")
+TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# objectives whose loss compares a policy with a reference model
+NEEDS_REFERENCE = ("dpo",)
+
+
+class ConfigError(ValueError):
+    """A run configuration names an unknown option or a value outside its domain."""
+
+
+def _as_dict(name: str, value: Any) -> dict | None:
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{name} must be a mapping or a JSON object string, got {value!r}: {err}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{name} must be a JSON object, got {value!r}")
+        return parsed
+    raise ConfigError(f"{name} must be a mapping, got {type(value).__name__}")
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    """``TrainingArguments`` + the fields below. Defaults follow TRL where TRL has the same knob."""
+
+    # --- model ---
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Local checkpoint dir or hub id."})
+    torch_dtype: str = field(default="float32", metadata={"help": f"One of {TORCH_DTYPES}."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Passed to from_pretrained: eager | sdpa | flash_attention_2 | ..."}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names for LoRA; default 'all-linear'."}
+    )
+    # --- objective ---
+    objective: str = field(default="sft", metadata={"help": f"One of {OBJECTIVES}."})
+    loss_type: str = field(default="sigmoid", metadata={"help": f"DPO loss: one of {DPO_LOSS_TYPES}."})
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature (IPO: tau)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "DPO robust/sigmoid label noise in [0, 0.5)."})
+    sft_reduction: str = field(
+        default="token_mean",
+        metadata={"help": f"SFT reduction, one of {SFT_REDUCTIONS}; token_mean is TRL's (sum NLL / counted tokens)."},
+    )
+    orpo_lambda: float = field(default=0.1, metadata={"help": "Weight of ORPO's odds-ratio term."})
+    orpo_nll_scope: str = field(
+        default="prompt_and_completion",
+        metadata={"help": f"Tokens of ORPO's NLL term, one of {ORPO_NLL_SCOPES} (TRL: prompt_and_completion)."},
+    )
+    ift_lambda: float = field(default=0.1, metadata={"help": "IFT embedding-fusion weight in [0, 1)."})
+    ift_decay: float = field(default=0.0, metadata={"help": "IFT discount gamma of the propagation weights in [0, 1]."})
+    ift_detach_weights: bool = field(
+        default=False, metadata={"help": "Detach IFT propagation weights (the reference code does not)."}
+    )
+    crlft_class_column: str = field(default="class", metadata={"help": "Column naming each example's class."})
+    crlft_weight_column: str | None = field(
+        default=None, metadata={"help": "Optional per-example weight column (overrides class weights)."}
+    )
+    crlft_class_weights: dict | str | None = field(
+        default=None, metadata={"help": 'Class -> weight, e.g. {"expert": 1.0, "suboptimal": 0.1} (OpenChat).'}
+    )
+    crlft_class_prefixes: dict | str | None = field(
+        default=None,
+        metadata={"help": 'Class -> prompt prefix, e.g. {"expert": "GPT4 Correct User: ", "suboptimal": "GPT3 User: "}.'},
+    )
+    # --- reference ---
+    reference: str = field(default="precomputed", metadata={"help": f"One of {REFERENCE_MODES}."})
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Reference checkpoint; default: model_name_or_path."}
+    )
+    ref_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where precomputed reference log-probs are cached; default output_dir/ref_cache."}
+    )
+    # --- data ---
+    dataset_path: str | None = field(default=None, metadata={"help": "JSONL / JSON / parquet file or save_to_disk dir."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a saved DatasetDict."})
+    max_length: int | None = field(default=1024, metadata={"help": "Max prompt+completion tokens (keep start)."})
+    max_prompt_length: int | None = field(default=None, metadata={"help": "Keep only the last N prompt tokens."})
+    padding_free: bool = field(
+        default=False, metadata={"help": "Pack a batch into one row with restarting position_ids (no padding)."}
+    )
+    logps_chunk_size: int = field(
+        default=1024, metadata={"help": "Positions per chunk of the log-softmax (bounds fp32 logits memory)."}
+    )
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = "mdpalign-run"
+        # our collators build the model inputs; Trainer must not drop their columns
+        self.remove_unused_columns = False
+        super().__post_init__()
+        self.crlft_class_weights = _as_dict("crlft_class_weights", self.crlft_class_weights)
+        self.crlft_class_prefixes = _as_dict("crlft_class_prefixes", self.crlft_class_prefixes)
+        validate(self)
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check the mdpalign fields; raise ``ConfigError`` naming the first bad one."""
+    _one_of("objective", cfg.objective, OBJECTIVES)
+    _one_of("loss_type", cfg.loss_type, DPO_LOSS_TYPES)
+    _one_of("reference", cfg.reference, REFERENCE_MODES)
+    _one_of("orpo_nll_scope", cfg.orpo_nll_scope, ORPO_NLL_SCOPES)
+    _one_of("sft_reduction", cfg.sft_reduction, SFT_REDUCTIONS)
+    _one_of("torch_dtype", cfg.torch_dtype, TORCH_DTYPES)
+    if not (math.isfinite(cfg.beta) and cfg.beta > 0):
+        raise ConfigError(f"beta must be a finite number > 0, got {cfg.beta}")
+    if not 0.0 <= cfg.label_smoothing < 0.5:
+        raise ConfigError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
+    if cfg.label_smoothing > 0 and cfg.loss_type not in ("sigmoid", "robust"):
+        raise ConfigError(f"label_smoothing applies to loss_type sigmoid/robust, not {cfg.loss_type!r}")
+    if not (math.isfinite(cfg.orpo_lambda) and cfg.orpo_lambda >= 0):
+        raise ConfigError(f"orpo_lambda must be >= 0, got {cfg.orpo_lambda}")
+    if not 0.0 <= cfg.ift_lambda < 1.0:
+        raise ConfigError(f"ift_lambda must be in [0, 1), got {cfg.ift_lambda}")
+    if not 0.0 <= cfg.ift_decay <= 1.0:
+        raise ConfigError(f"ift_decay must be in [0, 1], got {cfg.ift_decay}")
+    if cfg.max_length is not None and cfg.max_length < 2:
+        raise ConfigError(f"max_length must be >= 2, got {cfg.max_length}")
+    if cfg.max_prompt_length is not None and cfg.max_prompt_length < 1:
+        raise ConfigError(f"max_prompt_length must be >= 1, got {cfg.max_prompt_length}")
+    if cfg.logps_chunk_size < 1:
+        raise ConfigError(f"logps_chunk_size must be >= 1, got {cfg.logps_chunk_size}")
+    if cfg.reference == "adapter_disabled" and cfg.objective in NEEDS_REFERENCE and not cfg.use_peft:
+        raise ConfigError("reference='adapter_disabled' needs use_peft=true (the reference is the base model)")
+    if cfg.objective == "crlft":
+        if cfg.crlft_class_weights is None and cfg.crlft_weight_column is None:
+            raise ConfigError("objective 'crlft' needs crlft_class_weights or crlft_weight_column")
+        for cls, w in (cfg.crlft_class_weights or {}).items():
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ConfigError(f"crlft_class_weights[{cls!r}] must be a finite number >= 0, got {w!r}")
+        for cls, p in (cfg.crlft_class_prefixes or {}).items():
+            if not isinstance(p, str):
+                raise ConfigError(f"crlft_class_prefixes[{cls!r}] must be a string, got {p!r}")
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """``--config run.yaml`` then ``--key value`` overrides -> ``TrainConfig``.
+
+    YAML values become the parser's defaults, so the command line wins; YAML keys that are not
+    fields are an error (a typo must not be silently ignored).
+    """
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(TrainConfig)
+    parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields.")
+    if known.config is not None:
+        if not os.path.isfile(known.config):
+            raise ConfigError(f"config file not found: {known.config}")
+        import yaml
+
+        with open(known.config, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{known.config}: expected a mapping of field: value at top level")
+        names = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{known.config}: unknown keys {unknown}")
+        parser.set_defaults(**values)
+    outputs = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
+    cfg = outputs[0]
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Programmatic construction with the same checks (``TrainConfig(**values)`` also works)."""
+    return TrainConfig(**values)

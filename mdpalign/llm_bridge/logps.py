@@ -1,0 +1,203 @@
+"""Per-token log-probabilities of a causal LM without the full fp32 (batch, seq, vocab) logits.
+
+Layout convention (everything here): ``token_logps[r, t] = log pi(x_t | x_<t)`` aligned with the
+*input* position t of row r, 0 where t is not scored (and always at t = 0). A sequence
+log-probability is then ``(token_logps * mask).sum(-1)`` with the counted-token mask of
+:func:`mdpalign.llm_bridge.data.counted_token_mask`.
+
+Two ways to get them:
+
+* :func:`chunked_token_logps` — from the backbone's last hidden states: gather the rows that are
+  scored (only completion tokens, usually), then for ``chunk_size`` rows at a time project through
+  the LM head, upcast that chunk to fp32 and take ``z_y - logsumexp(z)``. Each chunk runs under
+  activation checkpointing, so the backward pass recomputes the chunk's logits instead of keeping
+  them: peak extra memory is one (chunk_size, vocab) fp32 block, not (B*T, vocab).
+  :func:`install_logps_forward` routes ``model(..., score_mask=...)`` here, so the call still
+  goes through the (DDP / FSDP / PEFT) wrapped model's forward.
+* :func:`selective_token_logps` — from logits you already have: ``gather - logsumexp``, row by row
+  for half precision (the fp32 upcast is then one row at a time).
+
+:func:`naive_token_logps` is the textbook ``log_softmax(...).gather`` used as ground truth in tests.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+_INSTALLED = "_mdpalign_logps_forward"
+
+
+def naive_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """out[:, t] = log_softmax(logits[:, t-1].float())[input_ids[:, t]], out[:, 0] = 0. (B, T) fp32."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return F.pad(lp, (1, 0))
+
+
+def selective_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Same as :func:`naive_token_logps` via z_y - logsumexp(z), never a full log_softmax tensor.
+
+    fp32/fp64 logits: one vectorised gather and logsumexp. Half precision: row by row, upcast per
+    row (log_softmax of bf16 logits in bf16 loses ~2 digits, so the upcast matters).
+    """
+    shifted, targets = logits[:, :-1], input_ids[:, 1:]
+    if logits.dtype in (torch.float32, torch.float64):
+        lp = shifted.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(shifted, dim=-1)
+    else:
+        rows = []
+        for row_logits, row_targets in zip(shifted, targets):
+            z = row_logits.float()
+            rows.append(z.gather(-1, row_targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
+        lp = torch.stack(rows)
+    return F.pad(lp.float(), (1, 0))
+
+
+def _head_logps(hidden, weight, bias, targets, softcap: float | None, scale: float):
+    z = F.linear(hidden, weight, bias).float()
+    if scale != 1.0:
+        z = z * scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+
+def chunked_token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    softcap: float | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """log softmax(scale * h W^T + b)[y] for M rows of h, ``chunk_size`` rows at a time. (M,) fp32.
+
+    hidden (M, H) are the hidden states that *predict* targets (M,). With softcap c the logits are
+    c * tanh(z / c) (Gemma 2); scale multiplies them first (Cohere's logit_scale).
+    """
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out = []
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if grad:
+            out.append(checkpoint(_head_logps, h, weight, bias, y, softcap, scale, use_reentrant=False))
+        else:
+            out.append(_head_logps(h, weight, bias, y, softcap, scale))
+    if not out:
+        return hidden.new_zeros(0, dtype=torch.float32) + 0.0 * hidden.sum()
+    return torch.cat(out)
+
+
+@dataclass
+class LogpsOutput:
+    """What ``model(..., score_mask=...)`` returns once :func:`install_logps_forward` ran."""
+
+    token_logps: torch.Tensor  # (B, T) fp32, 0 where not scored
+    hidden_states: torch.Tensor | None = None
+
+    def __getitem__(self, key):  # Trainer helpers index outputs like dicts
+        return getattr(self, key)
+
+
+def _logit_transform(config) -> tuple[float | None, float]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    softcap = getattr(text, "final_logit_softcapping", None)
+    scale = getattr(text, "logit_scale", None)
+    return softcap, 1.0 if scale is None else float(scale)
+
+
+def install_logps_forward(model) -> None:
+    """Patch a causal LM *instance* so ``model(..., score_mask=M)`` returns :class:`LogpsOutput`.
+
+    Without ``score_mask`` the forward is untouched (generation, plain logits). With it, the
+    backbone runs once and only the positions in M (B, T) bool are pushed through the LM head, in
+    chunks (see :func:`chunked_token_logps`). ``score_targets`` (B, T) gives the token scored at
+    each position (default ``input_ids``; needed with ``inputs_embeds``). Patch the base model —
+    PEFT wrappers, DDP and FSDP call its ``forward`` attribute, so the patch survives wrapping.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, _INSTALLED, False):
+        return
+    if base.get_output_embeddings() is None:
+        raise ValueError(f"{type(base).__name__} has no output embeddings (LM head); cannot score tokens")
+    prefix = getattr(base, "base_model_prefix", "model")
+    if not hasattr(base, prefix):
+        raise ValueError(f"{type(base).__name__} exposes no backbone attribute {prefix!r}")
+    original = base.forward
+    softcap, scale = _logit_transform(base.config)
+
+    def forward(self, *args, score_mask=None, score_targets=None, logps_chunk_size=1024, **kwargs):
+        if score_mask is None:
+            return original(*args, **kwargs)
+        kwargs["use_cache"] = False
+        for k in ("labels", "logits_to_keep", "num_items_in_batch"):
+            kwargs.pop(k, None)
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        targets = score_targets if score_targets is not None else input_ids
+        if targets is None:
+            raise ValueError("score_targets is required when the model is called with inputs_embeds")
+        hidden = getattr(self, prefix)(*args, **kwargs).last_hidden_state
+        mask = score_mask.bool().clone()
+        mask[:, 0] = False
+        # the hidden state at t-1 predicts the token at t
+        prev = torch.zeros_like(mask)
+        prev[:, :-1] = mask[:, 1:]
+        head = self.get_output_embeddings()
+        lp = chunked_token_logps(
+            hidden[prev], head.weight, getattr(head, "bias", None), targets[mask].to(hidden.device),
+            logps_chunk_size, softcap, scale,
+        )
+        token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
+        return LogpsOutput(token_logps=token_logps)
+
+    base.forward = types.MethodType(forward, base)
+    setattr(base, _INSTALLED, True)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def unpack(packed: torch.Tensor, seq_lengths: torch.Tensor) -> torch.Tensor:
+    """(1, N) values of concatenated sequences -> (R, max_len) right-padded with zeros."""
+    if packed.dim() != 2 or packed.shape[0] != 1:
+        raise ValueError(f"packed values must have shape (1, N), got {tuple(packed.shape)}")
+    lengths = seq_lengths.tolist()
+    if sum(lengths) != packed.shape[1]:
+        raise ValueError(f"seq_lengths sum to {sum(lengths)} but the packed row has {packed.shape[1]} tokens")
+    rows = torch.split(packed[0], lengths)
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
+
+
+def batch_token_logps(model, batch: dict, chunk_size: int = 1024, score_mask: torch.Tensor | None = None):
+    """Per-token log-probs of a collated batch (padded or padding-free) in the padded (R, T) layout.
+
+    Returns ``(token_logps, completion_mask)``; ``score_mask`` (same layout as the batch's
+    ``completion_mask``) scores extra positions, e.g. the prompt for ORPO's NLL term.
+    """
+    mask = batch["completion_mask"].bool() if score_mask is None else score_mask.bool()
+    if "seq_lengths" in batch:
+        # restart positions => the first token of every packed sequence is unscored
+        mask = mask & (batch["position_ids"] > 0)
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], score_mask=mask,
+                    logps_chunk_size=chunk_size)
+        lens = batch["seq_lengths"]
+        return unpack(out.token_logps, lens), unpack(batch["completion_mask"], lens).bool()
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_mask=mask,
+                logps_chunk_size=chunk_size)
+    return out.token_logps, batch["completion_mask"].bool()
+
+
+def scoring_mask(batch: dict) -> torch.Tensor:
+    """Every real token after the first of its sequence (prompt and completion): ORPO's NLL scope."""
+    if "seq_lengths" in batch:
+        return batch["position_ids"] > 0
+    m = batch["attention_mask"].bool().clone()
+    m[:, 0] = False
+    return m

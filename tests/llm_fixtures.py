@@ -1,0 +1,100 @@
+"""Tiny local causal LMs and tokenizers for the llm_bridge tests: built offline, never downloaded."""
+from __future__ import annotations
+
+import json
+import os
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIAL = ["<pad>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+CORPUS = [
+    "the cat sat on the mat and the dog sat on the log",
+    "question: what is two plus two? answer: four",
+    "question: what colour is the sky? answer: blue",
+    "a good answer is short and true; a bad answer is long and wrong",
+    "expert sub optimal user assistant hello world goodbye moon",
+    "one two three four five six seven eight nine ten",
+]
+
+
+def build_tokenizer():
+    """Byte-level BPE trained on a few sentences, with a chat template; eos = <|end|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|end|>", additional_special_tokens=SPECIAL[2:]
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, attn: str = "eager"):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        attn_implementation=attn,
+    )
+    model = LlamaForCausalLM(cfg)
+    # random init in transformers is std 0.02: scale the head up so log-probs are far from uniform
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    return model.float()
+
+
+def save_tiny(directory: str, seed: int = 0) -> str:
+    """Save tokenizer + random model to ``directory`` and return it."""
+    tok = build_tokenizer()
+    model = build_model(len(tok), seed=seed)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+PREFERENCES = [
+    {"prompt": "question: what is two plus two? answer:", "chosen": " four", "rejected": " five six seven"},
+    {"prompt": "question: what colour is the sky? answer:", "chosen": " blue", "rejected": " the dog sat"},
+    {"prompt": "the cat sat on the", "chosen": " mat", "rejected": " moon and the log"},
+    {"prompt": "one two three", "chosen": " four five", "rejected": " ten nine"},
+]
+
+COMPLETIONS = [
+    {"prompt": "question: what is two plus two? answer:", "completion": " four"},
+    {"prompt": "the cat sat on the", "completion": " mat and the dog sat on the log"},
+    {"prompt": "one two", "completion": " three four five six"},
+    {"prompt": "hello", "completion": " world goodbye moon"},
+]
+
+
+def write_jsonl(path: str, rows: list[dict]) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
