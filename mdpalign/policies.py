@@ -1,0 +1,199 @@
+"""Small differentiable policies for the exact testbeds, and the EmbeddingPolicy protocol IFT needs.
+
+Every policy maps integer inputs (states / contexts / prefixes) to logits over actions and exposes
+
+* ``log_probs(states) -> (..., A)`` and ``token_logps(states, actions) -> (...)``: what the objectives consume;
+* ``embed(states) -> (..., D)`` and ``forward_embeds(embeds) -> (..., A)``: the :class:`EmbeddingPolicy` protocol,
+  which lets IFT feed the fused input ``(1−λ)·e(s) + λ·e(ŝ)``. A fusion with ``λ = 0`` reproduces the plain
+  forward pass bit for bit (MLPPolicy runs ``log_probs`` through the same two calls; TabularPolicy indexes, and a
+  one-hot matmul gives the same numbers exactly — tested).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+__all__ = ["EmbeddingPolicy", "TabularPolicy", "MLPPolicy", "PolicyInputError"]
+
+
+class PolicyInputError(ValueError):
+    """A policy received ids out of range, a wrong dtype, or a missing class label."""
+
+
+@runtime_checkable
+class EmbeddingPolicy(Protocol):
+    """What IFT's two-pass driver needs: ``embed(inputs) -> (…, D)`` and ``forward_embeds(embeds, **kw) ->
+    logits (…, A)``. For a Hugging Face causal LM the adapter is ``model.get_input_embeddings()(ids)`` and
+    ``model(inputs_embeds=embeds, **kw).logits``."""
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor: ...
+
+
+def _check_ids(name: str, ids: torch.Tensor, upper: int) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor):
+        ids = torch.as_tensor(ids)
+    if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
+        raise PolicyInputError(f"{name} must be integer ids, got dtype {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
+        bad = ((ids < 0) | (ids >= upper)).nonzero()[0].tolist()
+        raise PolicyInputError(f"{name} out of range [0, {upper}) at index {tuple(bad)}: {int(ids[tuple(bad)])}")
+    return ids.long()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    """Seed torch's CPU generator for parameter creation without disturbing the caller's global RNG stream."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+class TabularPolicy(nn.Module):
+    """One logit per (state, action): ``pi(a|s) = softmax(θ_s)_a``, ``θ`` an ``(S, A)`` ``nn.Parameter``.
+
+    ``init_scale = 0`` starts uniform (the safe start for L-BFGS, see THEORY.md "optimiser hygiene");
+    ``init_scale > 0`` draws ``θ ~ N(0, init_scale²)`` from ``seed``. ``embed`` is one-hot (D = S) and
+    ``forward_embeds(e) = e @ θ``, so a fused input gives the logits ``(1−λ)θ_s + λθ_ŝ``.
+    """
+
+    def __init__(self, n_states: int, n_actions: int, init_scale: float = 0.0, dtype: torch.dtype = torch.float64,
+                 seed: int | None = None, logits: torch.Tensor | None = None):
+        super().__init__()
+        if int(n_states) < 1 or int(n_actions) < 1:
+            raise PolicyInputError(f"n_states and n_actions must be >= 1, got {n_states}, {n_actions}")
+        if not float(init_scale) >= 0.0:
+            raise PolicyInputError(f"init_scale must be >= 0, got {init_scale}")
+        self.n_states, self.n_actions = int(n_states), int(n_actions)
+        if logits is not None:
+            init = torch.as_tensor(logits, dtype=dtype).clone()
+            if init.shape != (self.n_states, self.n_actions):
+                raise PolicyInputError(f"logits must have shape ({n_states}, {n_actions}), got {tuple(init.shape)}")
+        elif init_scale > 0:
+            gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+            init = init_scale * torch.randn(self.n_states, self.n_actions, generator=gen, dtype=dtype)
+        else:
+            init = torch.zeros(self.n_states, self.n_actions, dtype=dtype)
+        self.logits = nn.Parameter(init)
+
+    def embed(self, states: torch.Tensor) -> torch.Tensor:
+        s = _check_ids("states", states, self.n_states)
+        return torch.nn.functional.one_hot(s, self.n_states).to(self.logits.dtype)
+
+    def forward_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor:
+        if kwargs:
+            raise PolicyInputError(f"TabularPolicy.forward_embeds takes no keyword arguments, got {sorted(kwargs)}")
+        return embeds @ self.logits
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits ``θ_s`` -> ``(..., A)`` (an index, identical to ``forward_embeds(embed(states))``)."""
+        return self.logits[_check_ids("states", states, self.n_states)]
+
+    def log_probs(self, states: torch.Tensor) -> torch.Tensor:
+        """``log pi(·|s)`` -> ``(..., A)``."""
+        return torch.log_softmax(self(states), dim=-1)
+
+    def token_logps(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``log pi(a|s)`` elementwise -> shape of ``states``."""
+        a = _check_ids("actions", actions, self.n_actions)
+        lp = self.log_probs(states)
+        if a.shape != lp.shape[:-1]:
+            raise PolicyInputError(f"actions shape {tuple(a.shape)} differs from states shape {tuple(lp.shape[:-1])}")
+        return lp.gather(-1, a.unsqueeze(-1)).squeeze(-1)
+
+    def probs(self) -> torch.Tensor:
+        """The full table ``pi(a|s)`` -> ``(S, A)``."""
+        return torch.softmax(self.logits, dim=-1)
+
+    def log_probs_table(self) -> torch.Tensor:
+        """``log pi(a|s)`` for every state -> ``(S, A)``."""
+        return torch.log_softmax(self.logits, dim=-1)
+
+
+class MLPPolicy(nn.Module):
+    """Two-layer policy ``logits = W2·act(W1·[e(s); onehot(c)] + b1) + b2``.
+
+    ``input="onehot"``: ``e(s)`` is the one-hot of s (D = n_inputs), so the columns of ``W1`` *are* the state
+    embeddings and IFT's fused input ``(1−λ)onehot(s) + λ·onehot(ŝ)`` is exactly embedding fusion.
+    ``input="embedding"``: a learned ``nn.Embedding(n_inputs, embed_dim)``.
+    ``n_classes > 0`` adds a one-hot class input (C-RLFT's class-conditioned policy); ``classes=`` is then required.
+    Parameters are drawn with PyTorch's default initialisation under ``seed`` (the global RNG is left untouched).
+    """
+
+    def __init__(self, n_inputs: int, n_actions: int, hidden: int = 64, input: str = "onehot", n_classes: int = 0,
+                 embed_dim: int | None = None, activation: str = "tanh", seed: int | None = 0,
+                 dtype: torch.dtype = torch.float64):
+        super().__init__()
+        if input not in ("onehot", "embedding"):
+            raise PolicyInputError(f"input must be 'onehot' or 'embedding', got {input!r}")
+        if activation not in ("tanh", "relu"):
+            raise PolicyInputError(f"activation must be 'tanh' or 'relu', got {activation!r}")
+        if min(int(n_inputs), int(n_actions), int(hidden)) < 1 or int(n_classes) < 0:
+            raise PolicyInputError(f"need n_inputs, n_actions, hidden >= 1 and n_classes >= 0; got {n_inputs}, {n_actions}, {hidden}, {n_classes}")
+        self.n_inputs, self.n_actions, self.hidden, self.n_classes = int(n_inputs), int(n_actions), int(hidden), int(n_classes)
+        self.n_states = self.n_inputs
+        self.input, self.activation = input, activation
+        with _seeded(seed):
+            if input == "embedding":
+                self.embed_dim = int(embed_dim) if embed_dim is not None else self.hidden
+                self.embedding = nn.Embedding(self.n_inputs, self.embed_dim, dtype=dtype)
+            else:
+                if embed_dim is not None:
+                    raise PolicyInputError("embed_dim applies only to input='embedding'")
+                self.embed_dim = self.n_inputs
+                self.embedding = None
+            self.layer1 = nn.Linear(self.embed_dim + self.n_classes, self.hidden, dtype=dtype)
+            self.layer2 = nn.Linear(self.hidden, self.n_actions, dtype=dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layer1.weight.dtype
+
+    def embed(self, states: torch.Tensor) -> torch.Tensor:
+        s = _check_ids("states", states, self.n_inputs)
+        if self.embedding is not None:
+            return self.embedding(s)
+        return torch.nn.functional.one_hot(s, self.n_inputs).to(self.dtype)
+
+    def forward_embeds(self, embeds: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        if self.n_classes:
+            if classes is None:
+                raise PolicyInputError(f"this MLPPolicy is class-conditioned (n_classes={self.n_classes}); pass classes=")
+            c = _check_ids("classes", classes, self.n_classes)
+            c = torch.broadcast_to(c, embeds.shape[:-1]) if c.shape != embeds.shape[:-1] else c
+            embeds = torch.cat([embeds, torch.nn.functional.one_hot(c, self.n_classes).to(embeds.dtype)], dim=-1)
+        elif classes is not None:
+            raise PolicyInputError("classes= given to an MLPPolicy built with n_classes=0")
+        h = self.layer1(embeds)
+        h = torch.tanh(h) if self.activation == "tanh" else torch.relu(h)
+        return self.layer2(h)
+
+    def forward(self, states: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_embeds(self.embed(states), classes=classes)
+
+    def log_probs(self, states: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.log_softmax(self(states, classes), dim=-1)
+
+    def token_logps(self, states: torch.Tensor, actions: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        a = _check_ids("actions", actions, self.n_actions)
+        lp = self.log_probs(states, classes)
+        if a.shape != lp.shape[:-1]:
+            raise PolicyInputError(f"actions shape {tuple(a.shape)} differs from states shape {tuple(lp.shape[:-1])}")
+        return lp.gather(-1, a.unsqueeze(-1)).squeeze(-1)
+
+    def log_probs_table(self, classes: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``log pi(a|s[, c])`` for every input id -> ``(n_inputs, A)``; ``classes`` an int or (n_inputs,) ids."""
+        states = torch.arange(self.n_inputs)
+        c = None if classes is None else torch.as_tensor(classes).expand(self.n_inputs)
+        return self.log_probs(states, c)
+
+    def probs(self, classes: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The table ``pi(a|s[, c])`` -> ``(n_inputs, A)``."""
+        return self.log_probs_table(classes).exp()
