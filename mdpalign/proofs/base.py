@@ -1,0 +1,442 @@
+"""Shared vocabulary of the proofs: what an optimum *is*, and how a trained policy is checked against it.
+
+Every objective in :mod:`mdpalign.proofs` answers one question about a tabular softmax policy
+``pi(y|x) = softmax(theta_x)_y`` (one logit per context ``x`` and arm ``y``): *which policies
+minimise the population loss?* Three kinds of answer occur, and each is a subclass of
+:class:`Optimum`:
+
+* :class:`UniqueOptimum` — a unique minimiser with finite logits (e.g. KL-RL, DPO with every pair
+  compared under Bradley–Terry labels).
+* :class:`PinnedDifferences` — minimisers exist but are not unique: only some log-probability
+  differences ``log pi(i|x) - log pi(j|x)`` are pinned (e.g. DPO under partial coverage: one free
+  offset per connected comparison component, uncompared arms entirely free).
+* :class:`NoFiniteOptimum` — the infimum is not attained by finite logits (deterministic
+  preferences, SFT with unseen arms, ORPO with one chosen and one rejected arm). The
+  characterisation then says which arms' probabilities vanish along every minimising sequence,
+  which differences stay pinned, what the limit policy is where it is unique, and which quantity
+  diverges.
+
+All three share the same data — a per-context mask of ``vanishing`` arms, a list of pinned
+log-probability differences, optionally the (limit) ``policy`` — and the same
+:meth:`Optimum.check`, which measures how far a trained policy is from satisfying the
+characterisation.
+
+Units of :attr:`CheckResult.max_violation`: log-probability differences (nats) for pinned
+differences and for ``|log pi - log pi*|`` on the support of a unique policy; probability mass for
+vanishing arms. For a policy within ``eps`` of the optimum in logits both are ``O(eps)``, so one
+tolerance serves both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp
+
+__all__ = [
+    "ProofInputError",
+    "NoClosedFormError",
+    "CheckResult",
+    "Optimum",
+    "UniqueOptimum",
+    "PinnedDifferences",
+    "NoFiniteOptimum",
+    "as_log_policy",
+    "log_normalise",
+    "check_policy_table",
+    "pair_table",
+    "demo_table",
+    "optimum_from_target",
+    "pinned_all_pairs",
+    "pinned_array",
+]
+
+
+class ProofInputError(ValueError):
+    """The arrays handed to a closed form do not describe a valid problem; the message says where."""
+
+
+class NoClosedFormError(ValueError):
+    """The problem is outside the cases this module has a proven closed form for."""
+
+
+# --------------------------------------------------------------------------- small numpy helpers
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor, without importing torch here
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def log_normalise(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``log softmax`` along ``axis`` in float64: ``logits - logsumexp(logits)``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return logits - logsumexp(logits, axis=axis, keepdims=True)
+
+
+def check_policy_table(policy: Any, name: str = "ref_policy", *, allow_zero: bool = False) -> np.ndarray:
+    """Validate an ``(X, K)`` row-stochastic table (a 1-D ``(K,)`` vector is read as ``X = 1``)."""
+    p = _to_numpy(policy)
+    if p.ndim == 1:
+        p = p[None, :]
+    if p.ndim != 2:
+        raise ProofInputError(f"{name} must have shape (X, K) or (K,), got {p.shape}")
+    if p.shape[1] < 1:
+        raise ProofInputError(f"{name} has no arms (shape {p.shape})")
+    if not np.all(np.isfinite(p)):
+        raise ProofInputError(f"{name} has non-finite entries at {np.argwhere(~np.isfinite(p))[:5].tolist()}")
+    bad = (p < 0) if allow_zero else (p <= 0)
+    if bad.any():
+        what = "negative" if allow_zero else "non-positive"
+        raise ProofInputError(f"{name} has {what} entries at (context, arm) {np.argwhere(bad)[:5].tolist()}")
+    rows = p.sum(axis=1)
+    off = np.abs(rows - 1.0) > 1e-9
+    if off.any():
+        x = int(np.argmax(off))
+        raise ProofInputError(f"{name} row {x} sums to {rows[x]!r}, not 1")
+    return p
+
+
+def as_log_policy(probs: Any = None, *, log_probs: Any = None, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Return ``log pi`` ``(X, K)`` float64 from either probabilities or log-probabilities.
+
+    Exactly one of ``probs`` / ``log_probs`` must be given; torch tensors are accepted. Rows must be
+    normalised (to 1e-8): a check against an unnormalised table would measure the wrong thing.
+    """
+    if (probs is None) == (log_probs is None):
+        raise ProofInputError("give exactly one of probs= or log_probs=")
+    if log_probs is not None:
+        lp = _to_numpy(log_probs)
+        name = "log_probs"
+    else:
+        p = _to_numpy(probs)
+        if (p < 0).any():
+            raise ProofInputError(f"probs has negative entries at {np.argwhere(p < 0)[:5].tolist()}")
+        with np.errstate(divide="ignore"):
+            lp = np.log(p)
+        name = "probs"
+    if lp.ndim == 1:
+        lp = lp[None, :]
+    if lp.ndim != 2:
+        raise ProofInputError(f"{name} must have shape (X, K), got {lp.shape}")
+    if shape is not None and lp.shape != tuple(shape):
+        raise ProofInputError(f"{name} has shape {lp.shape}, the problem has shape {tuple(shape)}")
+    if np.isnan(lp).any() or np.isposinf(lp).any():
+        raise ProofInputError(f"{name} has NaN or +inf entries")
+    mass = np.exp(logsumexp(lp, axis=1))
+    off = np.abs(mass - 1.0) > 1e-8
+    if off.any():
+        x = int(np.argmax(off))
+        raise ProofInputError(f"{name} row {x} has total probability {mass[x]!r}, not 1")
+    return lp
+
+
+def _rows_attr(data: Any, *names: str) -> tuple[np.ndarray, ...]:
+    out = []
+    for n in names:
+        if isinstance(data, dict):
+            v = data[n]
+        else:
+            v = getattr(data, n)
+        out.append(_to_numpy(v).reshape(-1))
+    return tuple(out)
+
+
+def pair_table(pairs: Any, n_contexts: int, n_arms: int) -> np.ndarray:
+    """Win-weight table ``W[x, i, j]`` = total weight of rows where ``i`` was chosen over ``j`` in ``x``.
+
+    ``pairs`` is anything with 1-D ``context``, ``chosen``, ``rejected``, ``weight`` fields (attribute
+    or key): :class:`mdpalign.envs.bandits.PreferenceData` qualifies. Population data (weights
+    ``mu(x) w_ij P(i > j)``) give the population loss ``sum_x sum_ij W[x,i,j] * loss(i over j)``.
+    """
+    ctx, ch, rj, w = _rows_attr(pairs, "context", "chosen", "rejected", "weight")
+    if not (len(ctx) == len(ch) == len(rj) == len(w)):
+        raise ProofInputError(
+            f"pairs fields differ in length: context {len(ctx)}, chosen {len(ch)}, rejected {len(rj)}, weight {len(w)}"
+        )
+    if len(w) == 0:
+        raise ProofInputError("pairs is empty")
+    for name, v, hi in (("context", ctx, n_contexts), ("chosen", ch, n_arms), ("rejected", rj, n_arms)):
+        bad = (v < 0) | (v >= hi) | (v != np.round(v))
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise ProofInputError(f"pairs.{name}[{r}] = {v[r]!r} is not an index in [0, {hi})")
+    if (ch == rj).any():
+        r = int(np.argmax(ch == rj))
+        raise ProofInputError(f"pairs row {r} compares arm {int(ch[r])} with itself")
+    if (~np.isfinite(w)).any() or (w < 0).any():
+        r = int(np.argmax((~np.isfinite(w)) | (w < 0)))
+        raise ProofInputError(f"pairs.weight[{r}] = {w[r]!r} must be finite and >= 0")
+    W = np.zeros((n_contexts, n_arms, n_arms))
+    np.add.at(W, (ctx.astype(int), ch.astype(int), rj.astype(int)), w)
+    return W
+
+
+def demo_table(demos: Any, n_contexts: int, n_arms: int, *, cls_field: str | None = None, n_classes: int = 0) -> np.ndarray:
+    """Weight table of demonstrations: ``(X, K)`` or ``(X, C, K)`` when ``cls_field`` is given.
+
+    ``demos`` has 1-D ``context``, ``action``, ``weight`` fields (and ``cls`` for labelled data);
+    an ``(X, K)`` array is returned unchanged (after validation) so callers may pass a distribution.
+    """
+    if isinstance(demos, np.ndarray) or hasattr(demos, "detach"):
+        D = _to_numpy(demos)
+        if D.ndim == 1:
+            D = D[None, :]
+        expect = (n_contexts, n_arms) if cls_field is None else (n_contexts, n_classes, n_arms)
+        if D.shape != expect:
+            raise ProofInputError(f"demonstration table has shape {D.shape}, expected {expect}")
+        if (D < 0).any() or not np.isfinite(D).all():
+            raise ProofInputError("demonstration table must be finite and >= 0")
+        return D
+    names = ("context", "action", "weight") + ((cls_field,) if cls_field else ())
+    fields = _rows_attr(demos, *names)
+    n = {len(f) for f in fields}
+    if len(n) != 1:
+        raise ProofInputError(f"demonstration fields differ in length: {[len(f) for f in fields]}")
+    if n == {0}:
+        raise ProofInputError("demonstrations are empty")
+    ctx, act, w = fields[:3]
+    checks = [("context", ctx, n_contexts), ("action", act, n_arms)]
+    if cls_field:
+        checks.append((cls_field, fields[3], n_classes))
+    for name, v, hi in checks:
+        bad = (v < 0) | (v >= hi) | (v != np.round(v))
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise ProofInputError(f"demonstrations.{name}[{r}] = {v[r]!r} is not an index in [0, {hi})")
+    if (~np.isfinite(w)).any() or (w < 0).any():
+        r = int(np.argmax((~np.isfinite(w)) | (w < 0)))
+        raise ProofInputError(f"demonstrations.weight[{r}] = {w[r]!r} must be finite and >= 0")
+    if cls_field:
+        D = np.zeros((n_contexts, n_classes, n_arms))
+        np.add.at(D, (ctx.astype(int), fields[3].astype(int), act.astype(int)), w)
+    else:
+        D = np.zeros((n_contexts, n_arms))
+        np.add.at(D, (ctx.astype(int), act.astype(int)), w)
+    return D
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of :meth:`Optimum.check`: ``ok`` iff ``max_violation <= tol``; ``detail`` names the worst entry."""
+
+    ok: bool
+    max_violation: float
+    detail: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass(frozen=True, eq=False)
+class Optimum:
+    """Exact characterisation of the minimisers of a population loss over tabular softmax policies.
+
+    Attributes
+    ----------
+    objective:
+        Name of the objective (``"dpo"``, ``"sft"``, ...).
+    shape:
+        ``(X, K)``: contexts (states) by arms (actions).
+    policy:
+        The optimal policy ``(X, K)`` where it is unique — for a :class:`NoFiniteOptimum` the limit
+        policy of every minimising sequence — else ``None``. Rows of contexts the objective says
+        nothing about are ``nan``.
+    pinned:
+        ``(M, 4)`` float array of rows ``(x, i, j, value)``: every optimum (or every limit point)
+        has ``log pi(i|x) - log pi(j|x) = value``.
+    vanishing:
+        ``(X, K)`` bool: arms whose probability is 0 at the optimum (tends to 0 along every
+        minimising sequence).
+    constrained:
+        ``(X,)`` bool: contexts the loss depends on at all.
+    attained:
+        Whether a minimiser with finite logits exists.
+    diverging:
+        Where ``attained`` is false: the quantity that grows without bound along minimising
+        sequences, in words.
+    infimum:
+        The infimum of the population loss where it is known in closed form, else ``None``.
+    derivation:
+        One paragraph: why this is the optimum (the module docstring has the full derivation).
+    extras:
+        Objective-specific closed-form by-products (soft values, scores, ...).
+    """
+
+    objective: str
+    shape: tuple[int, int]
+    policy: np.ndarray | None
+    pinned: np.ndarray
+    vanishing: np.ndarray
+    constrained: np.ndarray
+    attained: bool
+    diverging: str | None = None
+    infimum: float | None = None
+    derivation: str = ""
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    @property
+    def unique(self) -> bool:
+        """The optimum (or the limit) is one policy on every context."""
+        return self.policy is not None and bool(self.constrained.all()) and bool(np.isfinite(self.policy).all())
+
+    def log_policy(self) -> np.ndarray:
+        if self.policy is None:
+            raise NoClosedFormError(f"{self.objective}: the optimum is not unique; use pinned differences")
+        with np.errstate(divide="ignore"):
+            return np.log(self.policy)
+
+    def check(self, probs: Any = None, *, log_probs: Any = None, tol: float = 1e-6) -> CheckResult:
+        """Does a policy satisfy this characterisation, and by how much does it miss?
+
+        ``max_violation`` is the largest of
+
+        * ``|log pi(y|x) - log pi*(y|x)|`` over the support of a unique (limit) policy,
+        * ``|log pi(i|x) - log pi(j|x) - value|`` over the pinned differences,
+        * ``pi(y|x)`` over vanishing arms,
+
+        restricted to constrained contexts. ``ok`` is ``max_violation <= tol``.
+        """
+        if not (tol >= 0):
+            raise ProofInputError(f"tol must be >= 0, got {tol!r}")
+        lp = as_log_policy(probs, log_probs=log_probs, shape=self.shape)
+        worst, where = 0.0, "no constraint"
+        if self.policy is not None:
+            with np.errstate(divide="ignore"):
+                lstar = np.log(self.policy)
+            sup = (self.policy > 0) & self.constrained[:, None] & np.isfinite(lstar)
+            if sup.any():
+                dev = np.where(sup, np.abs(lp - np.where(sup, lstar, 0.0)), 0.0)
+                x, y = np.unravel_index(int(np.argmax(dev)), dev.shape)
+                if dev[x, y] >= worst:
+                    worst, where = float(dev[x, y]), f"|log pi - log pi*| at context {x}, arm {y}"
+        if len(self.pinned):
+            x, i, j = (self.pinned[:, k].astype(int) for k in range(3))
+            dev = np.abs(lp[x, i] - lp[x, j] - self.pinned[:, 3])
+            r = int(np.argmax(dev))
+            if dev[r] >= worst:
+                worst = float(dev[r])
+                where = f"pinned log pi({i[r]}|{x[r]}) - log pi({j[r]}|{x[r]}) = {self.pinned[r, 3]:.6g}"
+        van = self.vanishing & self.constrained[:, None]
+        if van.any():
+            mass = np.where(van, np.exp(lp), 0.0)
+            x, y = np.unravel_index(int(np.argmax(mass)), mass.shape)
+            if mass[x, y] >= worst:
+                worst, where = float(mass[x, y]), f"mass on vanishing arm {y} of context {x}"
+        ok = worst <= tol
+        return CheckResult(ok, worst, f"{self.kind}({self.objective}): max violation {worst:.3e} ({where}); tol {tol:.1e}")
+
+    def representative(self, fill: np.ndarray | None = None) -> np.ndarray:
+        """One member of the optimal set (one limit point for :class:`NoFiniteOptimum`).
+
+        Where the characterisation leaves mass free, it is split in proportion to ``fill`` (``(X, K)``
+        positive, default uniform); pinned differences are then imposed component by component.
+        """
+        X, K = self.shape
+        if self.unique:
+            return self.policy.copy()
+        base = np.full((X, K), 1.0 / K) if fill is None else check_policy_table(fill, "fill")
+        logit = np.log(base)
+        # impose pinned differences by a spanning forest walk: each pinned pair fixes j relative to i
+        import networkx as nx
+
+        for x in range(X):
+            rows = self.pinned[self.pinned[:, 0] == x]
+            g = nx.Graph()
+            for _, i, j, v in rows:
+                g.add_edge(int(i), int(j), value=float(v), src=int(i))
+            for comp in nx.connected_components(g):
+                root = min(comp)
+                offset = logit[x, root]
+                for a, b in nx.bfs_edges(g, root):
+                    e = g.edges[a, b]
+                    # value = log pi(src) - log pi(other)
+                    if e["src"] == a:
+                        logit[x, b] = logit[x, a] - e["value"]
+                    else:
+                        logit[x, b] = logit[x, a] + e["value"]
+                logit[x, root] = offset
+        out = np.exp(log_normalise(logit))
+        out[self.vanishing] = 0.0
+        out /= out.sum(axis=1, keepdims=True)
+        if self.policy is not None:
+            rows = self.constrained & np.all(np.isfinite(self.policy), axis=1)
+            out[rows] = self.policy[rows]
+        return out
+
+
+class UniqueOptimum(Optimum):
+    """A unique minimiser with finite logits (up to the per-context logit shift)."""
+
+
+class PinnedDifferences(Optimum):
+    """Minimisers exist but form a set: only ``pinned`` log-probability differences are determined."""
+
+
+class NoFiniteOptimum(Optimum):
+    """The infimum is approached only as some logits diverge; ``policy`` is the limit where unique."""
+
+
+def pinned_all_pairs(x: int, arms: np.ndarray, log_target: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """Rows ``(x, i, j, log_target[i] - log_target[j])`` for every ordered pair ``i < j`` of ``arms``."""
+    arms = [int(a) for a in arms]
+    return [(x, i, j, float(log_target[i] - log_target[j])) for k, i in enumerate(arms) for j in arms[k + 1 :]]
+
+
+def pinned_array(rows: list) -> np.ndarray:
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def optimum_from_target(
+    objective: str,
+    target: np.ndarray,
+    *,
+    constrained: np.ndarray | None = None,
+    derivation: str = "",
+    diverging_if_zero: str = "",
+    infimum: float | None = None,
+    extras: dict | None = None,
+) -> Optimum:
+    """Wrap a closed-form target policy ``(X, K)`` (rows of unconstrained contexts ignored).
+
+    Zeros in a constrained row mean the optimum is not attained: those logits must go to -inf
+    relative to the others, so the result is a :class:`NoFiniteOptimum` whose limit is ``target``.
+    Unconstrained contexts make the minimiser set non-unique (:class:`PinnedDifferences`, with the
+    constrained rows' log-ratios pinned).
+    """
+    target = np.asarray(target, dtype=np.float64)
+    X, K = target.shape
+    constrained = np.ones(X, bool) if constrained is None else np.asarray(constrained, bool)
+    policy = np.where(constrained[:, None], target, np.nan)
+    vanishing = constrained[:, None] & (target <= 0)
+    attained = not vanishing.any()
+    rows: list = []
+    for x in np.flatnonzero(constrained):
+        sup = np.flatnonzero(target[x] > 0)
+        rows += pinned_all_pairs(int(x), sup, np.log(np.where(target[x] > 0, target[x], 1.0)))
+    common = dict(
+        objective=objective,
+        shape=(X, K),
+        policy=policy,
+        pinned=pinned_array(rows),
+        vanishing=vanishing,
+        constrained=constrained,
+        attained=attained,
+        infimum=infimum,
+        derivation=derivation,
+        extras=extras or {},
+    )
+    if not attained:
+        return NoFiniteOptimum(diverging=diverging_if_zero or "logits of zero-target arms -> -inf", **common)
+    if not constrained.all():
+        return PinnedDifferences(**common)
+    return UniqueOptimum(**common)
