@@ -20,7 +20,7 @@ class DataError(ValueError):
 
 
 def _ids(name: str, x, upper: int | None, n_rows: int | None = None) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
+    t = torch.from_numpy(np.array(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise DataError(f"{name} must hold integer ids, got dtype {t.dtype}")
     if t.ndim == 1:
@@ -46,7 +46,7 @@ def _ids(name: str, x, upper: int | None, n_rows: int | None = None) -> torch.Te
 def _mask(name: str, mask, shape: tuple[int, int]) -> torch.Tensor:
     if mask is None:
         return torch.ones(shape, dtype=torch.bool)
-    m = torch.as_tensor(np.asarray(mask)) if not isinstance(mask, torch.Tensor) else mask.detach().cpu()
+    m = torch.from_numpy(np.array(mask)) if not isinstance(mask, torch.Tensor) else mask.detach().cpu()
     if m.ndim == 1:
         m = m.unsqueeze(1)
     if tuple(m.shape) != shape:
@@ -65,7 +65,7 @@ def _mask(name: str, mask, shape: tuple[int, int]) -> torch.Tensor:
 def _weight(weight, n: int) -> torch.Tensor:
     if weight is None:
         return torch.ones(n, dtype=torch.float64)
-    w = torch.as_tensor(np.asarray(weight, dtype=np.float64)) if not isinstance(weight, torch.Tensor) else weight.detach().cpu().to(torch.float64)
+    w = torch.from_numpy(np.array(weight, dtype=np.float64)) if not isinstance(weight, torch.Tensor) else weight.detach().cpu().to(torch.float64)
     if tuple(w.shape) != (n,):
         raise DataError(f"weight must have shape ({n},), got {tuple(w.shape)}")
     bad = ~torch.isfinite(w) | (w < 0)
