@@ -1,0 +1,48 @@
+"""Closed-form optima of the alignment objectives, each with its derivation and a ``check``.
+
+Every function returns an :class:`~mdpalign.proofs.base.Optimum` — a :class:`UniqueOptimum`,
+:class:`PinnedDifferences` or :class:`NoFiniteOptimum` — whose ``check(probs=... | log_probs=...,
+tol=...)`` says whether a trained tabular policy satisfies the characterisation and by how much it
+misses. Pure numpy/scipy float64; no torch import.
+"""
+from mdpalign.proofs.base import (
+    CheckResult,
+    NoClosedFormError,
+    NoFiniteOptimum,
+    Optimum,
+    PinnedDifferences,
+    ProofInputError,
+    UniqueOptimum,
+    as_log_policy,
+    pair_table,
+)
+from mdpalign.proofs.crlft import crlft_optimum, crlft_table
+from mdpalign.proofs.dpo import (
+    bradley_terry_nll,
+    bradley_terry_scores,
+    dpo_optimum,
+    dpo_population_loss,
+    dpo_two_arm_log_ratio,
+    ford_condition,
+    win_graph,
+)
+from mdpalign.proofs.ift import ift_deterministic_optimum, ift_depth2_optimum, ift_sft_limit_optimum
+from mdpalign.proofs.ipo import ipo_mu_optimum, ipo_optimum, ipo_population_loss, ipo_scores
+from mdpalign.proofs.kl_rl import greedy_limit, kl_rl_gap, kl_rl_optimum, kl_rl_value, soft_value
+from mdpalign.proofs.orpo import log_odds, orpo_optimum, orpo_population_loss, orpo_two_arm_root
+from mdpalign.proofs.sft import length_normalised_sft_optimum, sft_optimum, sft_population_loss
+from mdpalign.proofs.token_tree import leaf_pair_table, soft_backward_recursion, token_tree_optimum, tree_sft_optimum
+
+__all__ = [
+    "CheckResult", "NoClosedFormError", "NoFiniteOptimum", "Optimum", "PinnedDifferences", "ProofInputError",
+    "UniqueOptimum", "as_log_policy", "pair_table",
+    "crlft_optimum", "crlft_table",
+    "bradley_terry_nll", "bradley_terry_scores", "dpo_optimum", "dpo_population_loss", "dpo_two_arm_log_ratio",
+    "ford_condition", "win_graph",
+    "ift_deterministic_optimum", "ift_depth2_optimum", "ift_sft_limit_optimum",
+    "ipo_mu_optimum", "ipo_optimum", "ipo_population_loss", "ipo_scores",
+    "greedy_limit", "kl_rl_gap", "kl_rl_optimum", "kl_rl_value", "soft_value",
+    "log_odds", "orpo_optimum", "orpo_population_loss", "orpo_two_arm_root",
+    "length_normalised_sft_optimum", "sft_optimum", "sft_population_loss",
+    "leaf_pair_table", "soft_backward_recursion", "token_tree_optimum", "tree_sft_optimum",
+]

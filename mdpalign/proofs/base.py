@@ -286,8 +286,14 @@ class Optimum:
 
     @property
     def unique(self) -> bool:
-        """The optimum (or the limit) is one policy on every context."""
-        return self.policy is not None and bool(self.constrained.all()) and bool(np.isfinite(self.policy).all())
+        """The optimum (or the limit) is one policy on every constrained context.
+
+        Contexts outside ``constrained`` are either free (then the optimum is a
+        :class:`PinnedDifferences`) or irrelevant (complete prefixes of a token tree, where no
+        decision is taken)."""
+        if self.policy is None:
+            return False
+        return bool(np.isfinite(self.policy[self.constrained]).all())
 
     def log_policy(self) -> np.ndarray:
         if self.policy is None:
@@ -342,7 +348,7 @@ class Optimum:
         positive, default uniform); pinned differences are then imposed component by component.
         """
         X, K = self.shape
-        if self.unique:
+        if self.unique and self.constrained.all():
             return self.policy.copy()
         base = np.full((X, K), 1.0 / K) if fill is None else check_policy_table(fill, "fill")
         logit = np.log(base)
@@ -405,13 +411,15 @@ def optimum_from_target(
     diverging_if_zero: str = "",
     infimum: float | None = None,
     extras: dict | None = None,
+    free: np.ndarray | None = None,
 ) -> Optimum:
     """Wrap a closed-form target policy ``(X, K)`` (rows of unconstrained contexts ignored).
 
     Zeros in a constrained row mean the optimum is not attained: those logits must go to -inf
     relative to the others, so the result is a :class:`NoFiniteOptimum` whose limit is ``target``.
-    Unconstrained contexts make the minimiser set non-unique (:class:`PinnedDifferences`, with the
-    constrained rows' log-ratios pinned).
+    Free contexts (default: every unconstrained one) make the minimiser set non-unique
+    (:class:`PinnedDifferences`, with the constrained rows' log-ratios pinned); pass ``free`` to mark
+    unconstrained rows that are merely irrelevant (e.g. complete prefixes of a token tree).
     """
     target = np.asarray(target, dtype=np.float64)
     X, K = target.shape
@@ -437,6 +445,7 @@ def optimum_from_target(
     )
     if not attained:
         return NoFiniteOptimum(diverging=diverging_if_zero or "logits of zero-target arms -> -inf", **common)
-    if not constrained.all():
+    free = ~constrained if free is None else np.asarray(free, bool)
+    if free.any():
         return PinnedDifferences(**common)
     return UniqueOptimum(**common)
