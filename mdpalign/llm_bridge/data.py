@@ -382,10 +382,7 @@ class Collator:
             batch["input_ids"] = _pad(seqs, self.pad_token_id)
             batch["attention_mask"] = _pad([[1] * len(s) for s in seqs], 0)
             batch["completion_mask"] = _pad([[int(m) for m in ms] for ms in masks], 0).bool()
+        # per-example floats (class weights, reference log-probs) are looked up by index in the trainer,
+        # not carried here: DeepSpeed casts every float input to the model dtype (bf16 ruins a log-prob of -200)
         batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
-        if "weight" in examples[0]:
-            batch["weights"] = torch.tensor([e["weight"] for e in examples], dtype=torch.float32)
-        for key in ("ref_chosen_logps", "ref_rejected_logps", "ref_logps"):
-            if key in examples[0]:
-                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float64)
         return batch

@@ -178,8 +178,9 @@ def unpack(packed: torch.Tensor, seq_lengths: torch.Tensor) -> torch.Tensor:
 def batch_token_logps(model, batch: dict, chunk_size: int = 1024, score_mask: torch.Tensor | None = None):
     """Per-token log-probs of a collated batch (padded or padding-free) in the padded (R, T) layout.
 
-    Returns ``(token_logps, completion_mask)``; ``score_mask`` (same layout as the batch's
-    ``completion_mask``) scores extra positions, e.g. the prompt for ORPO's NLL term.
+    Returns ``(token_logps, completion_mask, scored_mask)``, all (R, T); ``score_mask`` (same layout
+    as the batch's ``completion_mask``) scores other positions, e.g. the prompt too for ORPO's NLL
+    term (default: the completion mask, so ``scored_mask == completion_mask``).
     """
     mask = batch["completion_mask"].bool() if score_mask is None else score_mask.bool()
     if "seq_lengths" in batch:
@@ -188,10 +189,13 @@ def batch_token_logps(model, batch: dict, chunk_size: int = 1024, score_mask: to
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], score_mask=mask,
                     logps_chunk_size=chunk_size)
         lens = batch["seq_lengths"]
-        return unpack(out.token_logps, lens), unpack(batch["completion_mask"], lens).bool()
+        counted = batch["completion_mask"].bool() & (batch["position_ids"] > 0)
+        return unpack(out.token_logps, lens), unpack(counted, lens).bool(), unpack(mask, lens).bool()
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_mask=mask,
                 logps_chunk_size=chunk_size)
-    return out.token_logps, batch["completion_mask"].bool()
+    mask = mask.clone()
+    mask[:, 0] = False
+    return out.token_logps, batch["completion_mask"].bool(), mask
 
 
 def scoring_mask(batch: dict) -> torch.Tensor:

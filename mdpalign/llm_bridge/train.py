@@ -1,0 +1,174 @@
+"""``train(config) -> TrainResult`` and ``python -m mdpalign.llm_bridge.train --config run.yaml [--key value ...]``.
+
+Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed: see ``configs/accelerate/``):
+the config is a ``TrainingArguments``, so the launcher's environment decides the distribution.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
+
+
+@dataclass
+class TrainResult:
+    """metrics: Trainer's final train metrics; log_history: every logged dict (loss, rewards/..., per step);
+    dropped: indices of examples dropped by truncation; reference_cache: path of the reference log-probs cache."""
+
+    metrics: dict[str, Any]
+    output_dir: str
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    reference_cache: str | None = None
+    global_step: int = 0
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ValueError(f"tokenizer of {path} has neither a pad nor an eos token; set one")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, cfg):
+    """``AutoModelForCausalLM.from_pretrained`` with the config's dtype and attention implementation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    dtype = cfg.torch_dtype
+    kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
+    if cfg.attn_implementation is not None:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def _apply_peft(model, cfg):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, lora)
+
+
+def _resume_arg(cfg):
+    value = cfg.resume_from_checkpoint
+    if value in (None, "", False, "false", "False"):
+        return None
+    if value in (True, "true", "True", "last"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(cfg.output_dir) if os.path.isdir(cfg.output_dir) else None
+        if last is None:
+            logger.warning("resume_from_checkpoint=%r but no checkpoint in %s: starting fresh", value, cfg.output_dir)
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"resume_from_checkpoint: no such checkpoint directory {value}")
+    return value
+
+
+def _fingerprint(model) -> list[float]:
+    """Cheap identity of in-memory weights: per-tensor float64 sums (for models without a local path)."""
+    import torch
+
+    with torch.no_grad():
+        return [float(p.double().sum()) for p in model.parameters()]
+
+
+def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
+    """Load data and model from ``config`` (a :class:`TrainConfig` or a dict of its fields), train, save.
+
+    ``model``/``tokenizer`` may be passed already built (then ``model_name_or_path`` is only used to
+    name the reference in the cache key).
+    """
+    from mdpalign.llm_bridge.config import ConfigError, TrainConfig
+    from mdpalign.llm_bridge.data import TokenizeSettings, load_records, tokenize_records
+    from mdpalign.llm_bridge.trainer import MdpalignTrainer, model_identity, reference_cache_key
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
+    if model is None and cfg.model_name_or_path is None:
+        raise ConfigError("model_name_or_path is not set")
+    if cfg.dataset_path is None:
+        raise ConfigError("dataset_path is not set")
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_name_or_path)
+    settings = TokenizeSettings(
+        objective=cfg.objective,
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
+        class_column=cfg.crlft_class_column,
+        weight_column=cfg.crlft_weight_column,
+        class_weights=cfg.crlft_class_weights,
+        class_prefixes=cfg.crlft_class_prefixes,
+    )
+    dataset = tokenize_records(load_records(cfg.dataset_path, cfg.dataset_split), tok, settings)
+
+    if model is None:
+        model = load_model(cfg.model_name_or_path, cfg)
+    if cfg.use_peft and not hasattr(model, "disable_adapter"):
+        model = _apply_peft(model, cfg)
+
+    needs_ref = cfg.objective == "dpo"
+    ref_path = cfg.ref_model_name_or_path
+    ref_model = None
+    if needs_ref and (cfg.reference == "model" or (cfg.reference == "precomputed" and ref_path)):
+        ref_model = load_model(ref_path or cfg.model_name_or_path, cfg)
+
+    trainer = MdpalignTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tok,
+                              ref_model=ref_model if cfg.reference == "model" else None, callbacks=callbacks)
+    cache = None
+    resume = _resume_arg(cfg)
+    if needs_ref and cfg.reference == "precomputed":
+        # computed before trainer.train() loads any checkpoint: without ref_model_name_or_path the reference is
+        # the policy at initialisation (adapter disabled under PEFT), also when resuming
+        if ref_model is not None:
+            ident = model_identity(ref_path, ref_model)
+        else:
+            ident = model_identity(cfg.model_name_or_path or "<in-memory model>", model)
+            ident["policy_at_init"] = True
+            if cfg.model_name_or_path is None or not os.path.isdir(cfg.model_name_or_path):
+                ident["weights"] = _fingerprint(model)
+        ident["peft"] = bool(cfg.use_peft)
+        cache = trainer.precompute_reference([dataset], ref_model, reference_cache_key(ident, [dataset], cfg))
+        del ref_model
+
+    out = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(cfg.output_dir)
+    if trainer.is_world_process_zero():
+        tok.save_pretrained(cfg.output_dir)
+        with open(os.path.join(cfg.output_dir, "train_result.json"), "w", encoding="utf-8") as fh:
+            json.dump({"metrics": out.metrics, "log_history": trainer.state.log_history,
+                       "dropped": dataset.dropped, "global_step": trainer.state.global_step}, fh, indent=1)
+    return TrainResult(metrics=dict(out.metrics), output_dir=cfg.output_dir, log_history=list(trainer.state.log_history),
+                       dropped=list(dataset.dropped), reference_cache=cache, global_step=trainer.state.global_step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mdpalign.llm_bridge.config import parse_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    result = train(cfg)
+    print(json.dumps({"output_dir": result.output_dir, "global_step": result.global_step, **result.metrics}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
