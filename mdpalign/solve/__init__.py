@@ -1,0 +1,52 @@
+"""Exact tabular solvers with certified error bounds.
+
+Every solver takes a :class:`~mdpalign.mdp.TabularMDP` and returns a :class:`Solution`
+(values, q_values, greedy policy, a certified ``error_bound`` on ``max |values - V*|``,
+iterations, method, elapsed seconds). ``gamma = 1`` is a stochastic shortest-path problem: the
+optimum is taken over proper policies and every returned greedy policy is proper.
+"""
+from __future__ import annotations
+
+from mdpalign.solve._core import (
+    ConvergenceError, Solution, SoftSolution, SolverError, UnboundedMDPError, is_proper, macqueen_bounds,
+    proper_greedy_policy,
+)
+from mdpalign.solve.evaluate import evaluate, occupancy, success_probability
+from mdpalign.solve.horizon import finite_horizon
+from mdpalign.solve.linear_program import linear_program
+from mdpalign.solve.policy_iteration import policy_iteration
+from mdpalign.solve.soft import soft_value_iteration
+from mdpalign.solve.value_iteration import value_iteration
+
+__all__ = [
+    "Solution", "SoftSolution", "SolverError", "UnboundedMDPError", "ConvergenceError",
+    "policy_iteration", "value_iteration", "linear_program", "soft_value_iteration", "finite_horizon",
+    "evaluate", "occupancy", "success_probability", "is_proper", "proper_greedy_policy", "macqueen_bounds",
+    "solve", "METHODS",
+]
+
+#: Names accepted by :func:`solve`.
+METHODS = {
+    "pi": policy_iteration,
+    "vi": value_iteration,
+    "lp": linear_program,
+    "soft": soft_value_iteration,
+}
+
+
+def solve(mdp, method: str = "pi", **kwargs) -> Solution:
+    """Dispatch to a solver: ``"pi"`` policy iteration, ``"vi"`` value iteration, ``"lp"`` linear
+    program, ``"soft"`` soft value iteration (needs ``beta=``); ``horizon=H`` (with ``"pi"``, ``"vi"``
+    or ``"lp"``) runs :func:`finite_horizon` instead. Keyword arguments go to the solver."""
+    if method not in METHODS:
+        raise SolverError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    horizon = kwargs.pop("horizon", None)
+    if horizon is not None:
+        if method == "soft":
+            raise SolverError("a finite horizon is solved by backward induction; the soft solver has no horizon")
+        if kwargs:
+            raise SolverError(f"finite_horizon takes no options besides horizon; got {sorted(kwargs)}")
+        return finite_horizon(mdp, horizon)
+    if method == "soft" and "beta" not in kwargs:
+        raise SolverError("method 'soft' needs beta= (the KL temperature)")
+    return METHODS[method](mdp, **kwargs)

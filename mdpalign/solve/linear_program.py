@@ -1,0 +1,78 @@
+"""The primal linear program of an MDP, solved by HiGHS: a third, independent route to V*."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linprog
+
+from mdpalign.mdp import TabularMDP
+from mdpalign.solve._core import (
+    EPS, Solution, SolverError, UnboundedMDPError, check_mdp, check_tol, evaluate_deterministic,
+    macqueen_bounds, proper_greedy_policy, q_values, ssp_certificate, timer,
+)
+from mdpalign.solve.policy_iteration import policy_iteration
+
+__all__ = ["linear_program"]
+
+
+def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
+    """``min_V  sum_s mu_s V_s  s.t.  V_s >= R(s,a) + gamma sum_s' P(s'|s,a) V_s'`` for all (s, a).
+
+    Variables are the non-terminal values (terminal values are 0); ``mu`` is uniform (any
+    strictly positive weights give the same minimiser: the least super-solution of ``T``, which
+    is ``V*`` for gamma < 1 and the proper optimum at gamma = 1). The constraint matrix is built
+    sparse, ``(E - gamma P)`` restricted to the non-terminal states, and solved by
+    ``scipy.optimize.linprog(method="highs")`` with feasibility tolerances 1e-10.
+
+    HiGHS values are only as good as its tolerances, so the result is turned into a certified one:
+    the greedy policy of the LP values (ties toward termination at gamma = 1) is evaluated
+    exactly and certified as in :func:`~mdpalign.solve.policy_iteration` (MacQueen bounds for
+    gamma < 1; proper lower bound and super-solution upper bound at gamma = 1). If that policy
+    is not yet optimal to ``tol`` (a degenerate LP), policy iteration polishes it and
+    ``iterations`` counts its steps after the LP's simplex/IPM iterations.
+    An infeasible LP at gamma = 1 means no super-solution exists: :class:`UnboundedMDPError`.
+    """
+    start = timer()
+    check_mdp(mdp)
+    tol = check_tol(tol)
+    S, A = mdp.n_states, mdp.n_actions
+    nonterm = np.flatnonzero(~mdp.terminal)
+    n = nonterm.size
+    col_of = np.full(S, -1)
+    col_of[nonterm] = np.arange(n)
+
+    flat = sp.csr_matrix(mdp.transition_matrix)
+    rows = (nonterm[:, None] * A + np.arange(A)[None, :]).ravel()
+    P_sub = flat[rows][:, nonterm]
+    E = sp.csr_matrix((np.ones(rows.size), (np.arange(rows.size), np.repeat(np.arange(n), A))),
+                      shape=(rows.size, n))
+    A_ub = -(E - mdp.gamma * P_sub)
+    b_ub = -mdp.R[nonterm].ravel()
+    res = linprog(np.full(n, 1.0 / n), A_ub=A_ub.tocsc(), b_ub=b_ub, bounds=(None, None), method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    if res.status == 2:
+        raise UnboundedMDPError("the MDP linear program is infeasible: no V satisfies V >= T V, so some policy "
+                                "collects positive reward forever (gamma = 1); the values are unbounded")
+    if res.status != 0:
+        raise RuntimeError(f"HiGHS failed on the MDP linear program: {res.message}")
+    lp_iters = int(getattr(res, "nit", 0) or 0)
+    V_lp = np.zeros(S)
+    V_lp[nonterm] = res.x
+    q = q_values(mdp, V_lp)
+
+    if mdp.gamma == 1.0:
+        tie_tol = max(1e-7, 1e3 * EPS * max(1.0, float(np.max(np.abs(V_lp)))))
+        policy, _ = proper_greedy_policy(mdp, q, tie_tol)
+        V, q, policy, bound, polish = ssp_certificate(mdp, policy)
+        return Solution(V, q, policy, bound, lp_iters + polish, "linear_program", timer() - start)
+
+    policy = q.argmax(axis=1).astype(np.int64)
+    V = evaluate_deterministic(mdp, policy)
+    q = q_values(mdp, V)
+    lo, hi = macqueen_bounds(mdp, V, q.max(axis=1))
+    bound = float(max(np.max(hi - V), np.max(V - lo)))
+    polish = 0
+    if bound > tol:
+        sol = policy_iteration(mdp, tol=tol, initial_policy=policy)
+        V, q, policy, bound, polish = sol.values, sol.q_values, sol.policy, sol.error_bound, sol.iterations
+    return Solution(V, q, policy, bound, lp_iters + polish, "linear_program", timer() - start)
