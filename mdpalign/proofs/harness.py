@@ -1,0 +1,221 @@
+r"""Train a tabular policy with the *library's* objective code and certify how close it got.
+
+This is the bridge between the closed forms (pure numpy, the rest of :mod:`mdpalign.proofs`) and
+the torch objectives in :mod:`mdpalign.objectives`: each ``*_population_loss`` below builds the exact
+population loss of a tabular problem out of the public loss functions (``dpo_loss``, ``sft_loss``,
+...) — so a test that fits it and compares with a closed form tests the loss code itself.
+
+Tolerance certificate (:func:`certified_logit_error`). Near a minimiser ``theta*`` of a loss whose
+Hessian ``H`` is positive definite (modulus ``mu``) on the complement of its structural null space
+(per-context logit shifts, free components — directions the loss does not depend on at all, so the
+gradient has no component along them), ``||P (theta - theta*)||_2 <= ||grad L(theta)||_2 / mu`` for
+the projection ``P`` onto that complement (strong convexity on the segment; we estimate ``mu`` at
+``theta`` and take a factor 2 of slack for its variation over the tiny segment). Every quantity
+:meth:`Optimum.check` measures is a difference ``log pi_i - log pi_j`` or ``log pi_i - log pi*_i``; the
+log-softmax Jacobian rows have l1 norm <= 2, so each moves by at most ``2 ||P Delta theta||_inf``.
+Hence ``max_violation <= 2 * 2 * ||grad|| / mu`` — the tolerance is *derived* from the optimiser's
+final gradient, not tuned.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mdpalign.fit import FitResult, fit
+from mdpalign.objectives import (
+    crlft_loss,
+    dpo_loss,
+    ift_loss,
+    ift_two_pass,
+    kl_rl_objective,
+    orpo_loss,
+    sft_loss,
+    successor_from_table,
+)
+from mdpalign.policies import TabularPolicy
+
+__all__ = [
+    "tabular_policy",
+    "fit_tabular",
+    "certified_logit_error",
+    "sft_population_loss",
+    "dpo_population_loss",
+    "orpo_population_loss",
+    "crlft_population_loss",
+    "kl_rl_population_loss",
+    "sequence_dpo_population_loss",
+    "tree_sft_population_loss",
+    "ift_population_loss",
+]
+
+_f64 = torch.float64
+
+
+def tabular_policy(n_states: int, n_actions: int, *, init_scale: float = 0.1, seed: int = 0) -> TabularPolicy:
+    """A float64 :class:`TabularPolicy` with small ``N(0, init_scale^2)`` logits (L-BFGS hygiene)."""
+    return TabularPolicy(n_states, n_actions, init_scale=init_scale, dtype=_f64, seed=seed)
+
+
+def fit_tabular(policy: TabularPolicy, loss_fn: Callable[[], torch.Tensor], *, tol: float = 1e-10,
+                max_iter: int = 2000, require_convergence: bool = True, **kw) -> FitResult:
+    """Full-batch L-BFGS (strong Wolfe) to ``||grad||_2 <= tol``; raises ``NotConvergedError`` if it stalls."""
+    return fit(policy, loss_fn, method="lbfgs", tol=tol, max_iter=max_iter, require_convergence=require_convergence, **kw)
+
+
+def certified_logit_error(loss_fn: Callable[[], torch.Tensor], policy: TabularPolicy, *, null_dim: int | None = None,
+                          rel_null: float = 1e-9) -> tuple[float, float, int]:
+    """``(bound, mu, n_null)``: the bound ``4 ||grad||_2 / mu`` on :meth:`Optimum.check`'s violation (module doc).
+
+    ``mu`` is the smallest Hessian eigenvalue above ``rel_null * lambda_max``; ``n_null`` the number
+    below. Pass ``null_dim`` (the structural null-space dimension) to assert the split is right — a
+    genuinely tiny curvature must not be mistaken for an invariance.
+    """
+    theta = policy.logits
+    flat = theta.detach().clone().reshape(-1)
+
+    # Hessian and gradient of the loss as a function of the logits table
+    def loss_of(v):
+        saved = policy.logits
+        try:
+            policy._parameters["logits"] = v.reshape(saved.shape)
+            return loss_fn().reshape(())
+        finally:
+            policy._parameters["logits"] = saved
+
+    H = torch.autograd.functional.hessian(loss_of, flat)
+    v = flat.clone().requires_grad_(True)
+    g = torch.autograd.grad(loss_of(v), v)[0]
+    ev = np.linalg.eigvalsh(H.detach().numpy())
+    lmax = max(float(ev.max()), 1e-300)
+    live = ev > rel_null * lmax
+    n_null = int((~live).sum())
+    if null_dim is not None and n_null != null_dim:
+        raise AssertionError(f"Hessian has {n_null} near-null eigenvalues, expected the structural {null_dim}: {np.sort(ev)[:n_null + 2]}")
+    if not live.any():
+        raise AssertionError("Hessian is zero: the loss does not depend on the logits")
+    mu = float(ev[live].min())
+    return 4.0 * float(g.norm()) / mu, mu, n_null
+
+
+# --------------------------------------------------------------------------- bandit population losses
+
+
+def _rows(W: np.ndarray):
+    x, i, j = np.nonzero(W > 0)
+    t = lambda a: torch.as_tensor(a, dtype=torch.int64)  # noqa: E731
+    return t(x), t(i), t(j), torch.as_tensor(W[x, i, j], dtype=_f64)
+
+
+def sft_population_loss(policy: TabularPolicy, demos: np.ndarray, normalize: bool = False) -> Callable[[], torch.Tensor]:
+    """``sum_{x,y} D[x,y] * sft_loss`` over one-token rows (``D`` an ``(X, K)`` weight table)."""
+    x, y = np.nonzero(np.asarray(demos) > 0)
+    xs, ys = torch.as_tensor(x)[:, None], torch.as_tensor(y)[:, None]
+    w = torch.as_tensor(np.asarray(demos)[x, y], dtype=_f64)
+    mask = torch.ones_like(xs, dtype=torch.bool)
+    return lambda: (w * sft_loss(policy.token_logps(xs, ys), mask, normalize=normalize)).sum()
+
+
+def dpo_population_loss(policy: TabularPolicy, ref_policy: np.ndarray, W: np.ndarray, beta: float,
+                        loss_type: str = "sigmoid", **kw) -> Callable[[], torch.Tensor]:
+    """``sum W[x,i,j] * dpo_loss(i over j)`` with the library's ``dpo_loss`` (``loss_type`` sigmoid/ipo/...)."""
+    x, i, j, w = _rows(W)
+    log_ref = torch.as_tensor(np.log(ref_policy), dtype=_f64)
+    rc, rr = log_ref[x, i], log_ref[x, j]
+
+    def loss():
+        lp = policy.log_probs(x)
+        pc = lp.gather(1, i[:, None]).squeeze(1)
+        pr = lp.gather(1, j[:, None]).squeeze(1)
+        return (w * dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type, **kw).losses).sum()
+
+    return loss
+
+
+def orpo_population_loss(policy: TabularPolicy, W: np.ndarray, lam: float) -> Callable[[], torch.Tensor]:
+    """``sum W[x,c,r] * orpo_loss(c, r)`` with one-token responses (NLL on the chosen completion)."""
+    x, i, j, w = _rows(W)
+    mask = torch.ones((len(x), 1), dtype=torch.bool)
+
+    def loss():
+        pc = policy.token_logps(x[:, None], i[:, None])
+        pr = policy.token_logps(x[:, None], j[:, None])
+        return (w * orpo_loss(pc, mask, pr, mask, lam=lam).losses).sum()
+
+    return loss
+
+
+def crlft_population_loss(policy: TabularPolicy, D: np.ndarray, class_weights, *, conditioned: bool,
+                          reduction: str = "token") -> Callable[[], torch.Tensor]:
+    """``sum_{x,c,y} D[x,c,y] * crlft_loss`` with per-row weights ``w_c`` (state ``x*C + c`` when conditioned)."""
+    X, C, K = D.shape
+    x, c, y = np.nonzero(D > 0)
+    s = x * C + c if conditioned else x
+    ss, ys = torch.as_tensor(s)[:, None], torch.as_tensor(y)[:, None]
+    mass = torch.as_tensor(D[x, c, y], dtype=_f64)
+    wc = torch.as_tensor(np.asarray(class_weights, dtype=np.float64)[c], dtype=_f64)
+    mask = torch.ones_like(ss, dtype=torch.bool)
+    return lambda: (mass * crlft_loss(policy.token_logps(ss, ys), mask, wc, reduction=reduction).losses).sum()
+
+
+def kl_rl_population_loss(policy: TabularPolicy, ref_policy: np.ndarray, rewards: np.ndarray, beta: float,
+                          context_probs=None) -> Callable[[], torch.Tensor]:
+    """``-J(pi)`` from the library's exact ``kl_rl_objective`` (to be minimised)."""
+    lr = torch.as_tensor(np.log(ref_policy), dtype=_f64)
+    r = torch.as_tensor(rewards, dtype=_f64)
+    mu = None if context_probs is None else torch.as_tensor(context_probs, dtype=_f64)
+    return lambda: -kl_rl_objective(policy.log_probs_table(), lr, r, beta, context_probs=mu)
+
+
+# --------------------------------------------------------------------------- token-tree population losses
+
+
+def _paths(tree):
+    p = tree.leaf_token_paths()
+    return (torch.as_tensor(np.array(p.states)), torch.as_tensor(np.array(p.actions)), torch.as_tensor(np.array(p.mask)))
+
+
+def _seq_logps(policy, states, actions, mask):
+    return torch.where(mask, policy.token_logps(states, actions), torch.zeros((), dtype=_f64)).sum(-1)
+
+
+def sequence_dpo_population_loss(policy: TabularPolicy, tree: Any, W: np.ndarray, beta: float) -> Callable[[], torch.Tensor]:
+    """Sequence-level DPO over leaves: ``sum W[0,i,j] dpo_loss(log pi(y_i), log pi(y_j), ref...)``, where
+    ``log pi(y)`` is the *sum* of per-token log-probs along the leaf path (token-factored policy)."""
+    states, actions, mask = _paths(tree)
+    ref_leaf = torch.as_tensor(tree.leaf_log_probs(tree.ref_log_probs), dtype=_f64)
+    _, i, j, w = _rows(W)
+
+    def loss():
+        seq = _seq_logps(policy, states, actions, mask)
+        return (w * dpo_loss(seq[i], seq[j], ref_leaf[i], ref_leaf[j], beta=beta).losses).sum()
+
+    return loss
+
+
+def tree_sft_population_loss(policy: TabularPolicy, tree: Any, leaf_weights: np.ndarray,
+                             normalize: bool = False) -> Callable[[], torch.Tensor]:
+    """``sum_y D(y) sft_loss(y)`` over leaf paths (``normalize``: per-sequence mean NLL)."""
+    states, actions, mask = _paths(tree)
+    keep = torch.as_tensor(np.flatnonzero(np.asarray(leaf_weights) > 0))
+    states, actions, mask = states[keep], actions[keep], mask[keep]
+    w = torch.as_tensor(np.asarray(leaf_weights, dtype=np.float64)[keep.numpy()], dtype=_f64)
+    return lambda: (w * sft_loss(policy.token_logps(states, actions), mask, normalize=normalize)).sum()
+
+
+def ift_population_loss(policy: TabularPolicy, tree: Any, leaf_weights: np.ndarray, lam: float, decay: float,
+                        detach_weights: bool = False) -> Callable[[], torch.Tensor]:
+    """``sum_y D(y) ift_loss(y)`` with the library's two-pass driver on the tree (successor = child prefix)."""
+    states, actions, mask = _paths(tree)
+    keep = torch.as_tensor(np.flatnonzero(np.asarray(leaf_weights) > 0))
+    states, actions, mask = states[keep], actions[keep], mask[keep]
+    w = torch.as_tensor(np.asarray(leaf_weights, dtype=np.float64)[keep.numpy()], dtype=_f64)
+    table = torch.as_tensor(np.where(np.asarray(tree.children) >= 0, tree.children, 0))
+    succ = successor_from_table(table)
+
+    def loss():
+        tp = ift_two_pass(policy, states, actions, mask, lam, predicted_inputs=succ)
+        return (w * ift_loss(tp.token_logps, mask, decay=decay, detach_weights=detach_weights).losses).sum()
+
+    return loss
