@@ -49,7 +49,7 @@ def dpo_loss(
     ``label_smoothing``, per pair:
 
     * ``sigmoid`` (DPO, arXiv 2305.18290, Eq. 7): ``−logσ(βh)``; with ``ε > 0`` conservative DPO (cDPO, Mitchell
-      2023, as in TRL < 0.20): ``−(1−ε)·logσ(βh) − ε·logσ(−βh)``. TRL 1.x no longer smooths ``sigmoid`` (its
+      2023, as earlier TRL releases smoothed ``sigmoid``): ``−(1−ε)·logσ(βh) − ε·logσ(−βh)``. TRL 1.x no longer smooths ``sigmoid`` (its
       ``label_smoothing`` feeds only robust/EXO/AOT), so TRL parity means ``ε = 0`` here.
     * ``ipo`` (IPO, arXiv 2310.12036, Eq. 17; the paper's ``τ`` is ``beta``): ``(h − 1/(2β))²``, minimal at
       ``h = 1/(2β)``. **TRL length-normalises** IPO: each log-ratio is divided by its number of completion tokens

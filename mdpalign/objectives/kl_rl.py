@@ -45,7 +45,8 @@ def kl_rl_objective(
         mu = torch.as_tensor(context_probs, dtype=lp.dtype, device=lp.device).reshape(-1)
         if mu.shape[0] != n_ctx:
             raise ShapeError(f"context_probs must have {n_ctx} entries (one per context), got {mu.shape[0]}")
-        if bool((mu < 0).any()) or not torch.isclose(mu.sum(), torch.ones((), dtype=mu.dtype), atol=1e-9):
+        if bool((mu < 0).any()) or not torch.isclose(mu.sum(), torch.ones((), dtype=mu.dtype), rtol=0.0,
+                                                                 atol=1e-9 if mu.dtype == torch.float64 else 1e-5):
             raise ValueError(f"context_probs must be a probability vector, got {mu.tolist()}")
     pi = lp.exp()
     support = pi > 0
