@@ -85,3 +85,19 @@ def test_orpo_gradcheck():
     r = (-torch.rand(2, 3, generator=g, dtype=torch.float64) - 0.05).requires_grad_()
     m = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
     assert torch.autograd.gradcheck(lambda a, b: orpo_loss(a, m, b, m, lam=0.5).losses, (c, r))
+
+
+def test_odds_ratio_term_matches_trl_orpo_trainer():
+    """TRL's ``ORPOTrainer.odds_ratio_loss`` (experimental) returns ``beta·logσ(log_odds)`` per example; ours is
+    ``odds_ratio_loss = −logσ(log_odds)`` with ``lam`` in TRL's ``beta`` role."""
+    orpo_mod = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(beta=0.25, accelerator=SimpleNamespace(device=torch.device("cpu")))
+    a_c = torch.tensor([-0.1, -2.0, -1e-6, -30.0])
+    a_r = torch.tensor([-1.5, -0.2, -3.0, -1e-6])
+    trl_losses, trl_c, _, _, trl_log_odds = orpo_mod.ORPOTrainer.odds_ratio_loss(fake, a_c, a_r)
+    ours = orpo_loss(a_c[:, None], torch.ones(4, 1, dtype=torch.bool), a_r[:, None], torch.ones(4, 1, dtype=torch.bool), lam=0.25)
+    torch.testing.assert_close(-0.25 * ours.odds_ratio_loss, trl_losses, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours.log_odds.mean(), trl_log_odds, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.chosen_rewards, trl_c, rtol=0, atol=0)
