@@ -78,7 +78,7 @@ class FrozenLakeConfig:
     """
 
     seeds: int = 5
-    steps: int = 300
+    steps: int = 200
     eval_every: int = 10
     map: str = "two-path"
     slippery: bool = False
@@ -91,7 +91,7 @@ class FrozenLakeConfig:
     seed: int = 0
     base: str = "uniform"
     base_epsilon: float = 0.2
-    distill_max_iter: int = 500
+    distill_max_iter: int = 150
     dpo_beta: float = 0.1
     ipo_tau: float = 0.1
     orpo_lambda: float = 0.1

@@ -52,6 +52,10 @@ def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
     parent = out.parent if str(out.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    # mkdtemp makes the directory private (0700); a report is an ordinary directory.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
     except BaseException:
@@ -151,7 +155,7 @@ def format_number(x: float, digits: int = 3) -> str:
     if x == 0.0:
         return "0"
     if 1e-3 <= abs(x) < 1e4:
-        return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{digits}g}"
+        return f"{x:.{digits}g}"
     return f"{x:.{digits - 1}e}"
 
 
