@@ -133,11 +133,11 @@ def occupancy(mdp: TabularMDP, policy, horizon: int | None = None) -> np.ndarray
         d = np.zeros((S, mdp.n_actions))
         p = mdp.initial.copy()
         disc = 1.0
+        Ps = [mdp.policy_transitions(pi)[0].T for pi in pis]
         for t in range(H):
-            pi = pis[t if len(pis) > 1 else 0]
-            d += disc * np.where(nonterm, p, 0.0)[:, None] * pi
-            P_pi, _ = mdp.policy_transitions(pi)
-            p = np.asarray(P_pi.T @ p).ravel()
+            k = t if len(pis) > 1 else 0
+            d += disc * np.where(nonterm, p, 0.0)[:, None] * pis[k]
+            p = np.asarray(Ps[k] @ p).ravel()
             disc *= mdp.gamma
         return d
     pi = _time_policies(mdp, policy, None)[0]
@@ -203,9 +203,9 @@ def success_probability(mdp: TabularMDP, policy, goal_states, horizon: int | Non
         H = check_horizon(horizon)
         pis = _time_policies(mdp, policy, H)
         h = goal.astype(np.float64)
+        Ps = [mdp.policy_transitions(pi)[0] for pi in pis]
         for t in range(H - 1, -1, -1):
-            P_pi, _ = mdp.policy_transitions(pis[t if len(pis) > 1 else 0])
-            h = np.where(goal, 1.0, np.asarray(P_pi @ h).ravel())
+            h = np.where(goal, 1.0, np.asarray(Ps[t if len(Ps) > 1 else 0] @ h).ravel())
         return h
     pi = _time_policies(mdp, policy, None)[0]
     P_pi, _ = mdp.policy_transitions(pi)

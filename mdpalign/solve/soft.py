@@ -46,14 +46,22 @@ def log_reference(mdp: TabularMDP, ref_policy=None) -> np.ndarray:
         return np.log(ref)
 
 
-def _log_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise ``(logsumexp, log_softmax)``; rows hold at least one finite entry."""
-    m = logits.max(axis=1)
-    with np.errstate(under="ignore"):
-        lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
-    return lse, logits - lse[:, None]
+def _soft_lse(log_ref: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``log sum_a pi_ref(a) exp(x_a)`` per row, accurate for tiny and huge ``x``.
 
-
+    With ``m = max x`` over the reference's support, ``t = sum pi_ref exp(x - m)``: when
+    ``t > 1/2`` we use ``log1p(sum pi_ref expm1(x - m))`` instead of ``log t``, which keeps full
+    relative precision when all ``x`` are nearly equal (large beta: ``beta * log(...)`` would
+    otherwise amplify a rounding of 1e-16 by beta). The reference is taken as exactly normalised.
+    """
+    x = np.where(np.isfinite(log_ref), x, -np.inf)
+    m = x.max(axis=1)
+    z = x - m[:, None]
+    ref = np.exp(log_ref)
+    with np.errstate(under="ignore", invalid="ignore"):
+        t = (ref * np.exp(z)).sum(axis=1)
+        s = np.where(ref > 0, ref * np.expm1(z), 0.0).sum(axis=1)
+    return m + np.where(t > 0.5, np.log1p(np.maximum(s, -0.5)), np.log(t))
 def soft_backup(mdp: TabularMDP, values: np.ndarray, beta: float, log_ref: np.ndarray):
     """``(T_beta V, Q, log pi)``: ``V' = beta logsumexp(log pi_ref + Q / beta)``, ``Q = R + gamma P V``.
 
@@ -61,7 +69,9 @@ def soft_backup(mdp: TabularMDP, values: np.ndarray, beta: float, log_ref: np.nd
     returned normalised.
     """
     q = q_values(mdp, values)
-    lse, log_pi = _log_softmax(log_ref + q / beta)
+    x = q / beta
+    lse = _soft_lse(log_ref, x)
+    log_pi = log_ref + x - lse[:, None]
     V = beta * lse
     V[mdp.terminal] = 0.0
     return V, q, log_pi
@@ -173,7 +183,7 @@ def soft_value_iteration(mdp: TabularMDP, beta: float, ref_policy=None, tol: flo
             V = TV + 0.5 * c * (low + high)
             V[mdp.terminal] = 0.0
             q = q_values(mdp, V)
-            _, log_pi = _log_softmax(log_ref + q / beta)
+            log_pi = log_ref + q / beta - _soft_lse(log_ref, q / beta)[:, None]
             return finish(V, q, log_pi, half_width, k)
     raise ConvergenceError(
         f"soft value iteration reached max_iter={max_iter} with certified error {half_width:.3g} > tol={tol:g}"
