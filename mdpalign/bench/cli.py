@@ -103,15 +103,19 @@ def register(subparsers) -> None:
     bd.set_defaults(func=_run_bandits)
 
 
+def _fail(exc: Exception):
+    # Same shape as argparse's own errors: a message on stderr, exit status 2.
+    print(f"mdpalign bench: error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 def _config_or_exit(cls, args, fields):
     from mdpalign.bench.config import BenchConfigError
 
     try:
         return cls(**{f: getattr(args, f) for f in fields})
     except BenchConfigError as exc:
-        # Same shape as argparse's own errors: usage on stderr, exit status 2.
-        print(f"mdpalign bench: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(exc)
 
 
 def _run_frozen_lake(args) -> int:
@@ -122,7 +126,12 @@ def _run_frozen_lake(args) -> int:
         "seeds", "steps", "eval_every", "map", "slippery", "suboptimal", "methods", "gamma", "beta_star",
         "hidden", "lr", "seed", "out", "quiet",
     ))
-    result = run_frozen_lake(config)
+    from mdpalign.bench.config import BenchConfigError
+
+    try:
+        result = run_frozen_lake(config)
+    except BenchConfigError as exc:  # e.g. a map without a second trajectory: found before anything is written
+        _fail(exc)
     if not config.quiet:
         print(result.summary)
     return 0
@@ -136,7 +145,12 @@ def _run_bandits(args) -> int:
         "seeds", "steps", "eval_every", "arms", "contexts", "beta", "objectives", "regimes", "lr", "seed",
         "out", "quiet",
     ))
-    result = run_bandits(config)
+    from mdpalign.bench.config import BenchConfigError
+
+    try:
+        result = run_bandits(config)
+    except BenchConfigError as exc:
+        _fail(exc)
     if not config.quiet:
         print(result.summary)
     return 0

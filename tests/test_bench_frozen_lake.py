@@ -1,0 +1,190 @@
+"""`mdpalign bench frozen-lake`: a tiny real run, determinism, atomic output, bad options, pipeline sanity."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from mdpalign.bench import frozen_lake as fl
+from mdpalign.bench.cli import main as bench_main
+from mdpalign.bench.config import FROZEN_LAKE_METHODS, BenchConfigError, FrozenLakeConfig
+
+TINY = ["--seeds", "2", "--steps", "30", "--eval-every", "10", "--quiet"]
+
+
+def _load(path):
+    data = json.loads((path / "results.json").read_text())
+    data.pop("timing")
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fl") / "report"
+    assert bench_main(["frozen-lake", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_tiny_run_writes_report_json_and_figures(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"report.md", "results.json", "overview.png"} <= names
+    for k in fl.METRICS:
+        assert f"{k}.png" in names
+        assert (tiny_run / f"{k}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tiny_run / "report.md").read_text()
+    for m in FROZEN_LAKE_METHODS:
+        assert f"| {m} |" in report
+    # every embedded figure is a relative link to a file that exists
+    for line in report.splitlines():
+        if line.startswith("!["):
+            target = line[line.index("(") + 1: line.index(")")]
+            assert (tiny_run / target).is_file(), target
+    # the drawn map and both trajectories are in the report
+    assert "SFFG" in report and "→→→G" in report
+
+
+def test_results_json_has_every_metric_for_every_method_and_step(tiny_run):
+    data = json.loads((tiny_run / "results.json").read_text())
+    assert data["steps"] == [0, 10, 20, 30]
+    assert data["seeds"] == [0, 1]
+    assert set(data["curves"]) == set(FROZEN_LAKE_METHODS)
+    for m in FROZEN_LAKE_METHODS:
+        for k in fl.METRICS:
+            values = np.array(data["curves"][m][k])
+            assert values.shape == (2, 4), (m, k)
+            assert np.all(np.isfinite(values)), (m, k)
+            assert data["final"][m][k]["per_seed"] == values[:, -1].tolist()
+    assert data["config"]["steps"] == 30 and data["config"]["methods"] == list(FROZEN_LAKE_METHODS)
+    assert {"python", "numpy", "torch", "gymnasium"} <= set(data["versions"])
+    assert data["timing"]["wall_s"] > 0
+
+
+def test_all_methods_start_from_the_same_theta0(tiny_run):
+    data = json.loads((tiny_run / "results.json").read_text())
+    plain = [m for m in FROZEN_LAKE_METHODS if m != "crlft"]
+    for k in fl.METRICS:
+        start = np.array([np.array(data["curves"][m][k])[:, 0] for m in plain])
+        np.testing.assert_array_equal(start, np.broadcast_to(start[0], start.shape))
+
+
+def test_the_oracle_gets_closest_to_pi_star(tiny_run):
+    """Pipeline sanity: distilling onto pi* must beat every method trained on two trajectories."""
+    data = json.loads((tiny_run / "results.json").read_text())
+    kl = {m: np.array(data["curves"][m]["visitation_kl"]) for m in FROZEN_LAKE_METHODS}
+    for m in FROZEN_LAKE_METHODS:
+        if m != "oracle":
+            assert np.all(kl["oracle"][:, -1] < kl[m][:, -1]), m
+    assert np.all(kl["oracle"][:, -1] < 0.2 * kl["oracle"][:, 0])
+    assert data["rankings"]["visitation_kl"][0] == "oracle"
+    # theta* reproduces pi*: the reference of the paper's metric is a faithful parameterisation
+    for per_seed in data["distillation"].values():
+        for net in per_seed.values():
+            assert net["theta_star_kl"] < 1e-4
+
+
+def test_sft_learns_the_demonstrated_path(tiny_run):
+    data = json.loads((tiny_run / "results.json").read_text())
+    success = np.array(data["curves"]["sft"]["success"])
+    assert np.all(success[:, -1] > 0.9) and np.all(success[:, 0] < 0.5)
+
+
+def test_rankings_and_paper_comparison_follow_the_numbers(tiny_run):
+    data = json.loads((tiny_run / "results.json").read_text())
+    for k, (_, lower, _) in fl.METRICS.items():
+        means = [data["final"][m][k]["mean"] for m in data["rankings"][k]]
+        assert means == sorted(means, reverse=not lower), k
+        agree = data["paper_agreement"][k]
+        assert agree["paper_order"] == ["dpo", "ift", "orpo", "sft"]
+        for pair in agree["pairs"]:
+            a, b = data["final"][pair["better"]][k]["mean"], data["final"][pair["worse"]][k]["mean"]
+            assert pair["agrees"] == ((a < b) if lower else (a > b))
+        assert agree["exact"] == (agree["agreeing_pairs"] == agree["n_pairs"])
+
+
+def test_same_seed_gives_the_same_results(tiny_run, tmp_path):
+    out = tmp_path / "again"
+    assert bench_main(["frozen-lake", *TINY, "--out", str(out)]) == 0
+    assert _load(out) == _load(tiny_run)
+    a = (out / "results.json").read_text().splitlines()
+    b = (tiny_run / "results.json").read_text().splitlines()
+    differing = [x for x, y in zip(a, b) if x != y]
+    assert len(a) == len(b) and all("_s" in line for line in differing)  # only the timing fields
+
+
+def test_an_interrupted_run_leaves_no_report_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "results.json").write_text("previous")
+    calls = []
+
+    def boom(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt("interrupted inside the training loop")
+
+    monkeypatch.setattr(fl, "train_method", boom)
+    config = FrozenLakeConfig(seeds=1, steps=5, eval_every=5, methods=("sft",), out=str(out), quiet=True,
+                              distill_max_iter=5)
+    with pytest.raises(KeyboardInterrupt):
+        fl.run_frozen_lake(config)
+    assert calls == [1]
+    assert (out / "results.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary directory left
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        fl.run_frozen_lake(dataclasses.replace(config, out=str(fresh)))
+    assert not fresh.exists()
+
+
+def test_a_failure_while_writing_keeps_the_previous_report(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("previous")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fl, "_write_figures", broken)
+    config = FrozenLakeConfig(seeds=1, steps=2, eval_every=2, methods=("sft",), out=str(out), quiet=True,
+                              distill_max_iter=5)
+    with pytest.raises(RuntimeError, match="disk full"):
+        fl.run_frozen_lake(config)
+    assert [p.name for p in out.iterdir()] == ["report.md"]
+    assert (out / "report.md").read_text() == "previous"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--map", "SFG"], "has only one trajectory"),
+    (["--map", "SFFG,FHHF,FFFF,HFFH", "--suboptimal", "hole", "--methods", "sft,rlhf"], "unknown methods 'rlhf'"),
+    (["--map", "SFHG"], "no path"),
+    (["--map", "SFFF,FFFF,FFFG"], "shortest"),
+    (["--eval-every", "50", "--steps", "20"], "--eval-every"),
+    (["--gamma", "1.0"], "--gamma"),
+])
+def test_bad_options_give_clear_errors(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["frozen-lake", "--quiet", "--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--steps", "-3"], ["--seeds", "0"], ["--steps", "ten"],
+                                  ["--suboptimal", "shorter"]])
+def test_argparse_rejects_non_positive_or_malformed_numbers(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["frozen-lake", *argv])
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_config_validation_without_the_cli():
+    with pytest.raises(BenchConfigError, match="positive integer"):
+        FrozenLakeConfig(steps=0)
+    with pytest.raises(BenchConfigError, match="listed|twice"):
+        FrozenLakeConfig(methods=("sft", "sft"))
+    with pytest.raises(BenchConfigError, match="crlft_weights"):
+        FrozenLakeConfig(crlft_weights=(1.0, -0.1))
+    assert FrozenLakeConfig(methods=("oracle", "sft")).methods == ("sft", "oracle")  # report order
