@@ -234,6 +234,7 @@ class MdpalignTrainer(Trainer):
         """model_for_ref None: the policy itself before training (adapter disabled for a PEFT model)."""
         device = self.args.device
         model = model_for_ref if model_for_ref is not None else self.model
+        install_logps_forward(model)
         model = model.to(device)
         peft_base = model_for_ref is None and hasattr(_unwrap(self.model), "disable_adapter")
         was_training = model.training

@@ -1,0 +1,319 @@
+"""MdpalignTrainer: parity with TRL on identical model/batch/settings, objective identities, training moves
+the right way, reference modes agree, checkpoint resume is exact, bad inputs raise."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("trl")
+
+from llm_fixtures import COMPLETIONS, PREFERENCES, save_tiny, write_jsonl  # noqa: E402
+
+from mdpalign.llm_bridge.config import ConfigError, TrainConfig, parse_config  # noqa: E402
+from mdpalign.llm_bridge.data import TokenizeSettings, tokenize_records  # noqa: E402
+from mdpalign.llm_bridge.train import load_model, load_tokenizer, train  # noqa: E402
+from mdpalign.llm_bridge.trainer import MdpalignTrainer, UnsupportedModelError  # noqa: E402
+
+COMMON = dict(use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=1,
+              per_device_train_batch_size=4, per_device_eval_batch_size=4, seed=0, data_seed=0)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """base/: tokenizer + random tiny Llama (the reference); policy/: base with perturbed weights."""
+    root = tmp_path_factory.mktemp("llm")
+    base = save_tiny(str(root / "base"), seed=0)
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * p.std() * torch.randn(p.shape, generator=g))
+    policy.save_pretrained(str(root / "policy"))
+    load_tokenizer(base).save_pretrained(str(root / "policy"))
+    return {"root": root, "base": base, "policy": str(root / "policy"),
+            "pref": write_jsonl(str(root / "pref.jsonl"), PREFERENCES),
+            "sft": write_jsonl(str(root / "sft.jsonl"), COMPLETIONS)}
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    return TrainConfig(output_dir=str(tmp_path / "out"), **{**COMMON, **kw})
+
+
+def _ours(dirs, tmp_path, rows, ref=None, **kw):
+    cfg = _cfg(tmp_path, **kw)
+    tok = load_tokenizer(dirs["base"])
+    ds = tokenize_records(rows, tok, TokenizeSettings(cfg.objective, max_length=cfg.max_length))
+    model = load_model(dirs["policy"], cfg)
+    trainer = MdpalignTrainer(model, cfg, ds, processing_class=tok, ref_model=ref)
+    trainer.model.train()
+    batch = trainer.data_collator(ds.examples)
+    return trainer, ds, batch
+
+
+def _trl_metrics(trainer) -> dict[str, float]:
+    return {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items()}
+
+
+# ----------------------------------------------------------------------------- parity with TRL
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_matches_trl(dirs, tmp_path, loss_type):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    beta = 0.3
+    tok = load_tokenizer(dirs["base"])
+    cfg_probe = _cfg(tmp_path)
+    # TRL defaults bf16=True (its reference forward then runs under bf16 autocast): compare in fp32
+    trl_args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, loss_type=loss_type, max_length=1024,
+                         use_cpu=True, report_to="none", per_device_train_batch_size=4, bf16=False)
+    trl = DPOTrainer(model=load_model(dirs["policy"], cfg_probe), ref_model=load_model(dirs["base"], cfg_probe),
+                     args=trl_args, train_dataset=Dataset.from_list(PREFERENCES), processing_class=tok)
+    trl.model.train()
+    trl_batch = trl.data_collator([trl.train_dataset[i] for i in range(len(PREFERENCES))])
+    with torch.no_grad():
+        trl_loss = trl.compute_loss(trl.model, trl_batch).item()
+    expected = _trl_metrics(trl)
+
+    ours, _, batch = _ours(dirs, tmp_path, PREFERENCES, ref=load_model(dirs["base"], cfg_probe), objective="dpo",
+                           loss_type=loss_type, beta=beta, reference="model")
+    assert torch.equal(batch["input_ids"][batch["attention_mask"].bool()], trl_batch["input_ids"][trl_batch["attention_mask"].bool()])
+    with torch.no_grad():
+        loss = ours.compute_loss(ours.model, batch).item()
+    got = {k: v[0] for k, v in ours._metrics["train"].items()}
+    assert loss == pytest.approx(trl_loss, abs=1e-5)
+    assert abs(trl_loss - math.log(2)) > 1e-2  # the policy differs from the reference: a non-trivial value
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-5, rel=1e-6), key
+
+
+def test_orpo_matches_trl(dirs, tmp_path):
+    from datasets import Dataset
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    lam = 0.25
+    tok = load_tokenizer(dirs["base"])
+    args = ORPOConfig(output_dir=str(tmp_path / "trl"), beta=lam, max_length=512, use_cpu=True, report_to="none", bf16=False,
+                      per_device_train_batch_size=4)
+    trl = ORPOTrainer(model=load_model(dirs["policy"], _cfg(tmp_path)), args=args,
+                      train_dataset=Dataset.from_list(PREFERENCES), processing_class=tok)
+    trl_batch = trl.data_collator([trl.train_dataset[i] for i in range(len(PREFERENCES))])
+    with torch.no_grad():
+        trl_loss, trl_m = trl.get_batch_loss_metrics(trl.model, trl_batch)
+
+    ours, _, batch = _ours(dirs, tmp_path, PREFERENCES, objective="orpo", orpo_lambda=lam,
+                           orpo_nll_scope="prompt_and_completion", max_length=512)
+    with torch.no_grad():
+        loss = ours.compute_loss(ours.model, batch).item()
+    got = {k: v[0] for k, v in ours._metrics["train"].items()}
+    assert loss == pytest.approx(trl_loss.item(), abs=1e-5)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+                "nll_loss", "log_odds_ratio", "log_odds_chosen"):
+        assert got[key] == pytest.approx(trl_m[key], abs=1e-5, rel=1e-6), key
+    # the completion-only NLL scope is a different number (so the scope really is what parity tested)
+    comp, _, batch2 = _ours(dirs, tmp_path, PREFERENCES, objective="orpo", orpo_lambda=lam, orpo_nll_scope="completion")
+    with torch.no_grad():
+        assert abs(comp.compute_loss(comp.model, batch2).item() - loss) > 1e-3
+
+
+def test_sft_matches_trl(dirs, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tok = load_tokenizer(dirs["base"])
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), max_length=512, use_cpu=True, report_to="none", bf16=False,
+                     per_device_train_batch_size=4)
+    trl = SFTTrainer(model=load_model(dirs["policy"], _cfg(tmp_path)), args=args,
+                     train_dataset=Dataset.from_list(COMPLETIONS), processing_class=tok)
+    trl_batch = trl.data_collator([trl.train_dataset[i] for i in range(len(COMPLETIONS))])
+    with torch.no_grad():
+        trl_loss = trl.compute_loss(trl.model, trl_batch).item()
+    ours, _, batch = _ours(dirs, tmp_path, COMPLETIONS, objective="sft", sft_reduction="token_mean", max_length=512)
+    # TRL counts the same tokens: its labels are our counted-token mask
+    assert int((trl_batch["labels"][:, 1:] != -100).sum()) == int(batch["completion_mask"].sum())
+    with torch.no_grad():
+        assert ours.compute_loss(ours.model, batch).item() == pytest.approx(trl_loss, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- identities and references
+
+def test_ift_with_lambda_and_decay_zero_is_sft_per_sequence_mean(dirs, tmp_path):
+    ift, _, batch = _ours(dirs, tmp_path, COMPLETIONS, objective="ift", ift_lambda=0.0, ift_decay=0.0)
+    sft, _, _ = _ours(dirs, tmp_path, COMPLETIONS, objective="sft", sft_reduction="sequence_mean")
+    sft.model.load_state_dict(ift.model.state_dict())
+    l_ift = ift.compute_loss(ift.model, batch)
+    l_sft = sft.compute_loss(sft.model, batch)
+    assert l_ift.item() == pytest.approx(l_sft.item(), abs=1e-6)
+    l_ift.backward()
+    l_sft.backward()
+    for (name, a), (_, b) in zip(ift.model.named_parameters(), sft.model.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+    # lambda > 0 changes the inputs of pass 2, hence the loss
+    ift2, _, _ = _ours(dirs, tmp_path, COMPLETIONS, objective="ift", ift_lambda=0.5, ift_decay=0.0)
+    with torch.no_grad():
+        assert abs(ift2.compute_loss(ift2.model, batch).item() - l_ift.item()) > 1e-3
+
+
+def test_padding_free_gives_the_padded_loss(dirs, tmp_path):
+    for objective, rows, extra in (("dpo", PREFERENCES, {"reference": "precomputed"}), ("orpo", PREFERENCES, {}),
+                                   ("ift", COMPLETIONS, {"ift_lambda": 0.3, "ift_decay": 0.9})):
+        losses = []
+        for pf in (False, True):
+            tr, ds, batch = _ours(dirs, tmp_path, rows, objective=objective, padding_free=pf, **extra)
+            if objective == "dpo":
+                tr.precompute_reference([ds], load_model(dirs["base"], tr.args), cache_key=None)
+            with torch.no_grad():
+                losses.append(tr.compute_loss(tr.model, batch).item())
+        assert losses[1] == pytest.approx(losses[0], abs=1e-5), objective
+
+
+def test_reference_modes_agree(dirs, tmp_path):
+    """precomputed (cached) == live reference model; adapter-disabled PEFT == the base model."""
+    ref = load_model(dirs["base"], _cfg(tmp_path))
+    live, ds, batch = _ours(dirs, tmp_path, PREFERENCES, ref=ref, objective="dpo", reference="model")
+    pre, ds2, _ = _ours(dirs, tmp_path, PREFERENCES, objective="dpo", reference="precomputed")
+    path = pre.precompute_reference([ds2], load_model(dirs["base"], pre.args), cache_key="k1")
+    assert os.path.isfile(path)
+    with torch.no_grad():
+        assert pre.compute_loss(pre.model, batch).item() == pytest.approx(live.compute_loss(live.model, batch).item(), abs=1e-6)
+    # a second precompute with the same key reads the cache (no model needed)
+    again, ds3, _ = _ours(dirs, tmp_path, PREFERENCES, objective="dpo", reference="precomputed")
+    again.precompute_reference([ds3], None, cache_key="k1")
+    assert [e["ref_chosen_logps"] for e in ds3.examples] == [e["ref_chosen_logps"] for e in ds2.examples]
+
+    from peft import LoraConfig, get_peft_model
+
+    cfg = _cfg(tmp_path, objective="dpo", reference="adapter_disabled", use_peft=True)
+    peft_model = get_peft_model(load_model(dirs["base"], cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # move the adapter away from identity so "disabled" matters
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    tok = load_tokenizer(dirs["base"])
+    tr = MdpalignTrainer(peft_model, cfg, ds, processing_class=tok)
+    c_dis, r_dis = tr.reference_logps(None, batch)
+    c_base, r_base = live.reference_logps(live.ref_model, batch)
+    torch.testing.assert_close(c_dis, c_base, atol=1e-5, rtol=0)
+    torch.testing.assert_close(r_dis, r_base, atol=1e-5, rtol=0)
+    c_on, _ = tr.reference_logps(tr.model, batch)  # adapter on: a different model
+    assert (c_on - c_base).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- training moves the right way
+
+def test_dpo_steps_raise_the_margin_and_sft_steps_lower_the_loss(dirs, tmp_path):
+    r = train(dict(model_name_or_path=dirs["base"], dataset_path=dirs["pref"], objective="dpo", beta=0.1,
+                   output_dir=str(tmp_path / "dpo"), max_steps=4, learning_rate=3e-3, **COMMON))
+    logs = [h for h in r.log_history if "rewards/margins" in h]
+    assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 0
+    assert logs[-1]["rewards/margins"] > 0.5 and logs[-1]["loss"] < math.log(2) - 0.1
+    assert r.reference_cache and os.path.isfile(r.reference_cache)
+
+    s = train(dict(model_name_or_path=dirs["base"], dataset_path=dirs["sft"], objective="sft",
+                   output_dir=str(tmp_path / "sft"), max_steps=4, learning_rate=3e-3, **COMMON))
+    losses = [h["loss"] for h in s.log_history if "loss" in h]
+    assert losses[-1] < 0.8 * losses[0]
+    assert os.path.isfile(os.path.join(tmp_path / "sft", "train_result.json"))
+
+
+def test_crlft_weights_scale_each_class(dirs, tmp_path):
+    rows = [dict(r, **{"class": c}) for r, c in zip(COMPLETIONS, ["expert", "suboptimal", "expert", "suboptimal"])]
+    weights = {"expert": 1.0, "suboptimal": 0.1}
+    cfg = _cfg(tmp_path, objective="crlft", crlft_class_weights=weights)
+    tok = load_tokenizer(dirs["base"])
+    ds = tokenize_records(rows, tok, TokenizeSettings("crlft", class_weights=weights))
+    tr = MdpalignTrainer(load_model(dirs["policy"], cfg), cfg, ds, processing_class=tok)
+    batch = tr.data_collator(ds.examples)
+    sft, _, _ = _ours(dirs, tmp_path, COMPLETIONS, objective="sft", sft_reduction="sequence_sum")
+    with torch.no_grad():
+        loss = tr.compute_loss(tr.model, batch).item()
+        nll = [sft.compute_loss(sft.model, sft.data_collator([e])).item() for e in ds.examples]
+    w = [weights[r["class"]] for r in rows]
+    assert loss == pytest.approx(sum(wi * li for wi, li in zip(w, nll)) / sum(w), rel=1e-5)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_run(dirs, tmp_path):
+    from transformers import TrainerCallback
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise Killed
+
+    base = dict(model_name_or_path=dirs["base"], dataset_path=dirs["pref"], objective="dpo", max_steps=6,
+                learning_rate=1e-3, **{**COMMON, "save_strategy": "steps", "per_device_train_batch_size": 2})
+    full = train(dict(base, output_dir=str(tmp_path / "full"), save_steps=100))
+    with pytest.raises(Killed):
+        train(dict(base, output_dir=str(tmp_path / "cut"), save_steps=3), callbacks=[KillAfterCheckpoint()])
+    assert os.path.isdir(tmp_path / "cut" / "checkpoint-3")
+    resumed = train(dict(base, output_dir=str(tmp_path / "cut"), save_steps=3, resume_from_checkpoint="last"))
+    assert resumed.global_step == full.global_step == 6
+    loss = {h["step"]: h["loss"] for h in full.log_history if "loss" in h}
+    loss_r = {h["step"]: h["loss"] for h in resumed.log_history if "loss" in h}
+    assert set(loss_r) >= {4, 5, 6}
+    for step in (4, 5, 6):
+        assert loss_r[step] == pytest.approx(loss[step], abs=1e-6), step
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"objective": "ppo"}, "unknown objective 'ppo'"),
+        ({"loss_type": "kto"}, "unknown loss_type 'kto'"),
+        ({"beta": 0.0}, "beta must be a finite number > 0"),
+        ({"beta": -1.0}, "beta must be a finite number > 0"),
+        ({"reference": "nope"}, "unknown reference"),
+        ({"objective": "dpo", "reference": "adapter_disabled"}, "needs use_peft"),
+        ({"ift_lambda": 1.0}, "ift_lambda must be in"),
+        ({"objective": "crlft"}, "needs crlft_class_weights"),
+        ({"crlft_class_weights": "{not json"}, "crlft_class_weights must be a mapping or a JSON object"),
+    ],
+)
+def test_bad_config_raises(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _cfg(tmp_path, **kw)
+
+
+def test_config_from_yaml_with_cli_overrides(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("objective: dpo\nbeta: 0.2\nloss_type: ipo\ncrlft_class_weights: {expert: 1.0}\nuse_cpu: true\n"
+                 f"output_dir: {tmp_path / 'o'}\n")
+    cfg = parse_config(["--config", str(y), "--beta", "0.5"])
+    assert (cfg.objective, cfg.beta, cfg.loss_type, cfg.crlft_class_weights) == ("dpo", 0.5, "ipo", {"expert": 1.0})
+    (tmp_path / "typo.yaml").write_text("objectiv: dpo\n")
+    with pytest.raises(ConfigError, match=r"unknown keys \['objectiv'\]"):
+        parse_config(["--config", str(tmp_path / "typo.yaml")])
+
+
+def test_ift_needs_reachable_input_embeddings(dirs, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    class NoEmbeddings(LlamaForCausalLM):
+        def get_input_embeddings(self):
+            raise NotImplementedError("embeddings are fused into a custom kernel")
+
+    cfg = _cfg(tmp_path, objective="ift")
+    tok = load_tokenizer(dirs["base"])
+    ds = tokenize_records(COMPLETIONS, tok, TokenizeSettings("ift"))
+    model = NoEmbeddings(load_model(dirs["base"], cfg).config)
+    with pytest.raises(UnsupportedModelError, match="NoEmbeddings.get_input_embeddings"):
+        MdpalignTrainer(model, cfg, ds, processing_class=tok)
+
+
+def test_data_kind_must_match_objective(dirs, tmp_path):
+    cfg = _cfg(tmp_path, objective="dpo")
+    tok = load_tokenizer(dirs["base"])
+    ds = tokenize_records(COMPLETIONS, tok, TokenizeSettings("sft"))
+    with pytest.raises(ValueError, match="needs preference"):
+        MdpalignTrainer(load_model(dirs["base"], cfg), cfg, ds, processing_class=tok)
