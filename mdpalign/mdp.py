@@ -24,6 +24,7 @@ from typing import Union
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order
 
 __all__ = ["TabularMDP", "InvalidMDPError", "ROW_SUM_TOL"]
 
@@ -145,14 +146,17 @@ class TabularMDP:
             if terminal.shape != (S,):
                 raise InvalidMDPError(f"terminal must have shape ({S},); got {terminal.shape}")
             terminal = terminal.astype(bool)
-        for s in np.flatnonzero(terminal):
-            for a in range(A):
-                stay = flat[s * A + a, s]
-                if abs(stay - 1.0) > ROW_SUM_TOL:
-                    raise InvalidMDPError(
-                        f"terminal state {s} has transitions leaving it: action {a} stays with probability "
-                        f"{float(stay):.6g}, not 1"
-                    )
+        # Rows are already stochastic and non-negative, so P(s|s,a) = 1 means nothing leaves s.
+        term_states = np.repeat(np.flatnonzero(terminal), A)
+        term_actions = np.tile(np.arange(A), int(terminal.sum()))
+        stay = np.asarray(flat[term_states * A + term_actions, term_states]).ravel()
+        leaking = np.abs(stay - 1.0) > ROW_SUM_TOL
+        if np.any(leaking):
+            i = int(np.argmax(leaking))
+            raise InvalidMDPError(
+                f"terminal state {term_states[i]} has transitions leaving it: action {term_actions[i]} stays with "
+                f"probability {float(stay[i]):.6g}, not 1"
+            )
         if np.any(R[terminal] != 0.0):
             s, a = (int(i) for i in np.argwhere(terminal[:, None] & (R != 0.0))[0])
             raise InvalidMDPError(
@@ -298,14 +302,27 @@ class TabularMDP:
                 g.add_edge(s, int(nxt), key=a, action=a, prob=float(p), reward=float(self.R[s, a]))
         return g
 
-    def _support_graph(self) -> nx.DiGraph:
-        """``s -> s'`` whenever some action moves there with positive probability."""
+    def _support_matrix(self) -> sp.csr_matrix:
+        """Boolean ``(S, S)`` adjacency: ``s -> s'`` whenever some action moves there with positive probability."""
         coo = sp.coo_matrix(self._flat)
         keep = coo.data > 0
-        g = nx.DiGraph()
-        g.add_nodes_from(range(self.n_states))
-        g.add_edges_from(zip((coo.row[keep] // self.n_actions).tolist(), coo.col[keep].tolist()))
-        return g
+        S = self.n_states
+        return sp.csr_matrix(
+            (np.ones(int(keep.sum()), dtype=np.int8), (coo.row[keep] // self.n_actions, coo.col[keep])), shape=(S, S)
+        )
+
+    def _reached_from(self, adjacency: sp.csr_matrix, sources: np.ndarray) -> np.ndarray:
+        # One breadth-first search from a virtual super-source linked to every source: linear in the edges,
+        # where a search per source (or networkx's pure-Python graphs) is far too slow at 10^5+ states.
+        S = self.n_states
+        link = sp.csr_matrix((np.ones(len(sources), dtype=np.int8), (np.zeros(len(sources), dtype=np.int64),
+                                                                   np.asarray(sources, dtype=np.int64))),
+                             shape=(1, S))
+        graph = sp.bmat([[None, link], [sp.csr_matrix((S, 1), dtype=np.int8), adjacency]], format="csr")
+        order = breadth_first_order(graph, 0, directed=True, return_predecessors=False)
+        reached = np.zeros(S, dtype=bool)
+        reached[order[order > 0] - 1] = True
+        return reached
 
     def states_that_cannot_terminate(self) -> np.ndarray:
         """Non-terminal states from which no action sequence reaches a terminal state.
@@ -314,22 +331,17 @@ class TabularMDP:
         terminal set gives a proper policy whenever this list is empty, so an empty result is
         exactly "a proper policy exists".
         """
-        g = self._support_graph().reverse(copy=False)
-        targets = np.flatnonzero(self.terminal).tolist()
-        reached: set[int] = set(targets)
-        for t in targets:
-            reached |= nx.descendants(g, t)
-        return np.array(sorted(set(range(self.n_states)) - reached), dtype=np.int64)
+        targets = np.flatnonzero(self.terminal)
+        if targets.size == 0:
+            return np.arange(self.n_states, dtype=np.int64)
+        reached = self._reached_from(self._support_matrix().T.tocsr(), targets)
+        return np.flatnonzero(~reached).astype(np.int64)
 
     def reachable_states(self, sources=None) -> np.ndarray:
         """States reachable (under some policy) from ``sources`` (default: the support of ``initial``)."""
-        g = self._support_graph()
         if sources is None:
-            sources = np.flatnonzero(self.initial > 0).tolist()
-        seen: set[int] = set(int(s) for s in sources)
-        for s in list(seen):
-            seen |= nx.descendants(g, s)
-        return np.array(sorted(seen), dtype=np.int64)
+            sources = np.flatnonzero(self.initial > 0)
+        return np.flatnonzero(self._reached_from(self._support_matrix(), np.asarray(sources))).astype(np.int64)
 
     def with_gamma(self, gamma: float) -> "TabularMDP":
         """The same MDP with another discount (re-validated)."""

@@ -169,3 +169,16 @@ def test_transition_array_is_copied():
     mdp = TabularMDP(P, R, gamma, terminal=terminal)
     P[0, 0, 1] = 0.0  # mutating the caller's array after validation must not corrupt the MDP
     assert mdp.P[0, 0, 1] == 1.0
+
+
+def test_reachable_states_agrees_with_networkx():
+    rng = np.random.default_rng(3)
+    S, A = 15, 2
+    P = np.zeros((S, A, S))
+    for s in range(S):
+        for a in range(A):
+            P[s, a, rng.integers(S)] = 1.0
+    mdp = TabularMDP(P, np.zeros((S, A)), 0.9, initial=np.eye(S)[4])
+    g = mdp.to_networkx()
+    expected = sorted({4} | nx.descendants(g, 4))
+    np.testing.assert_array_equal(mdp.reachable_states(), expected)
