@@ -155,7 +155,8 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
         tok.save_pretrained(cfg.output_dir)
         with open(os.path.join(cfg.output_dir, "train_result.json"), "w", encoding="utf-8") as fh:
             json.dump({"metrics": out.metrics, "log_history": trainer.state.log_history,
-                       "dropped": dataset.dropped, "global_step": trainer.state.global_step}, fh, indent=1)
+                       "dropped": dataset.dropped, "global_step": trainer.state.global_step,
+                       "world_size": cfg.world_size}, fh, indent=1)
     return TrainResult(metrics=dict(out.metrics), output_dir=cfg.output_dir, log_history=list(trainer.state.log_history),
                        dropped=list(dataset.dropped), reference_cache=cache, global_step=trainer.state.global_step)
 
