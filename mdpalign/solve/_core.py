@@ -12,6 +12,8 @@ Conventions used by every solver
 
       T V + gamma/(1-gamma) * min(min d, 0)  <=  V*  <=  T V + gamma/(1-gamma) * max(max d, 0)
 
+  (without terminal states the clipping at 0 is unnecessary and dropped: MacQueen's original).
+
   which is what :func:`macqueen_bounds` returns. The bounds are exact mathematics applied to the
   floating-point residual ``d``; they are "certified" up to the rounding of one Bellman backup
   (relative ~1e-16 of ``|V|``), which we do not add in.
@@ -51,6 +53,8 @@ __all__ = [
 EPS = np.finfo(np.float64).eps
 #: Below this many unknowns the policy-evaluation system is solved densely (LAPACK).
 DENSE_LIMIT = 1500
+#: From this many unknowns a dense evaluation first tries a short GMRES run (see solve_linear).
+DENSE_KRYLOV_MIN = 400
 #: Up to this many unknowns a sparse system is factorised (SuperLU); above it GMRES + ILU.
 SPARSE_DIRECT_LIMIT = 300_000
 
@@ -175,11 +179,25 @@ def macqueen_bounds(mdp: TabularMDP, values: np.ndarray, backed_up: np.ndarray) 
     nonterm = ~mdp.terminal
     d = (backed_up - values)[nonterm]
     c = gamma / (1.0 - gamma)
-    lo = backed_up + c * min(float(d.min()), 0.0)
-    hi = backed_up + c * max(float(d.max()), 0.0)
+    low, high = span_limits(mdp, d)
+    lo = backed_up + c * low
+    hi = backed_up + c * high
     lo[mdp.terminal] = 0.0
     hi[mdp.terminal] = 0.0
     return lo, hi
+
+
+def span_limits(mdp: TabularMDP, d: np.ndarray) -> tuple[float, float]:
+    """``(min d, max d)``, clipped to include 0 when the MDP has terminal states.
+
+    Without terminal states ``T(V + c) = T V + gamma c`` exactly and the unclipped span gives
+    MacQueen's original (much tighter, for fast-mixing chains) bounds; mass that enters a
+    terminal state drops the constant, which is the same as counting ``d = 0`` there.
+    """
+    low, high = float(d.min()), float(d.max())
+    if mdp.terminal.any():
+        low, high = min(low, 0.0), max(high, 0.0)
+    return low, high
 
 
 # ----------------------------------------------------------------------------- properness
@@ -306,7 +324,16 @@ def solve_linear(M, b: np.ndarray, method: str = "auto", x0: np.ndarray | None =
     if method not in ("auto", "direct", "gmres"):
         raise SolverError(f"linear_solver must be 'auto', 'direct' or 'gmres'; got {method!r}")
     if method == "auto":
-        method = "direct" if n <= SPARSE_DIRECT_LIMIT or not sp.issparse(M) else "gmres"
+        if not sp.issparse(M) and n >= DENSE_KRYLOV_MIN:
+            # A dense LU costs ~n^3 flops, a mat-vec 2 n^2: try GMRES with at most n/20 mat-vecs first.
+            # Fast-mixing chains (random dense MDPs) converge in a handful; others fall back to LU.
+            restart = max(10, min(60, n // 20))
+            x, info = spla.gmres(np.asarray(M), b, x0=x0, rtol=1e-12, atol=0.0, restart=restart, maxiter=1)
+            if info == 0:
+                return x
+            method = "direct"
+        else:
+            method = "direct" if n <= SPARSE_DIRECT_LIMIT or not sp.issparse(M) else "gmres"
     if method == "direct":
         if not sp.issparse(M) or n <= DENSE_LIMIT:
             Md = M.toarray() if sp.issparse(M) else np.asarray(M)

@@ -70,7 +70,7 @@ def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
     V = evaluate_deterministic(mdp, policy)
     q = q_values(mdp, V)
     lo, hi = macqueen_bounds(mdp, V, q.max(axis=1))
-    bound = float(max(np.max(hi - V), np.max(V - lo)))
+    bound = float(max(np.max(np.abs(hi - V)), np.max(np.abs(V - lo))))
     polish = 0
     if bound > tol:
         sol = policy_iteration(mdp, tol=tol, initial_policy=policy)

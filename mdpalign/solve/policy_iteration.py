@@ -75,7 +75,7 @@ def policy_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 10_000
         switch = (gain > switch_tol) & ~mdp.terminal
         if not switch.any():
             lo, hi = macqueen_bounds(mdp, V, TV)
-            bound = float(max(np.max(hi - V), np.max(V - lo)))
+            bound = float(max(np.max(np.abs(hi - V)), np.max(np.abs(V - lo))))
             return Solution(V, q, policy, bound, it, "policy_iteration", timer() - start)
         policy = policy.copy()
         policy[switch] = best[switch]

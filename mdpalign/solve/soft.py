@@ -6,6 +6,7 @@ import scipy.linalg as sla
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
+    span_limits,
     EPS, ConvergenceError, SoftSolution, SolverError, _evaluate_from, check_max_iter, check_mdp, check_tol,
     is_proper, proper_greedy_policy, q_values, ssp_rounding_allowance, supersolution_gap, timer,
 )
@@ -176,7 +177,7 @@ def soft_value_iteration(mdp: TabularMDP, beta: float, ref_policy=None, tol: flo
     for k in range(1, max_iter + 1):
         TV, q, log_pi = soft_backup(mdp, V, beta, log_ref)
         d = (TV - V)[nonterm]
-        low, high = min(float(d.min()), 0.0), max(float(d.max()), 0.0)
+        low, high = span_limits(mdp, d)
         half_width = 0.5 * c * (high - low)
         V = TV
         if half_width <= tol:

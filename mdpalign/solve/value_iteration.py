@@ -5,6 +5,7 @@ import numpy as np
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
+    span_limits,
     EPS, ConvergenceError, Solution, SolverError, check_max_iter, check_mdp, check_tol,
     proper_greedy_policy, q_values, ssp_certificate, timer,
 )
@@ -72,7 +73,7 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
         q = q_values(mdp, V)
         TV = q.max(axis=1)
         d = (TV - V)[nonterm]
-        low, high = min(float(d.min()), 0.0), max(float(d.max()), 0.0)
+        low, high = span_limits(mdp, d)
         half_width = 0.5 * c * (high - low)
         V = TV
         if half_width <= tol:
