@@ -155,14 +155,14 @@ class BanditsConfig:
     """Settings of the bandit benchmark (each objective vs its own optimum and vs the RLHF optimum)."""
 
     seeds: int = 5
-    steps: int = 400
-    eval_every: int = 10
+    steps: int = 500
+    eval_every: int = 20
     arms: int = 5
     contexts: int = 3
     beta: float = 0.5
     objectives: tuple[str, ...] = BANDIT_OBJECTIVES
     regimes: tuple[str, ...] = BANDIT_REGIMES
-    lr: float = 0.05
+    lr: float = 0.2
     seed: int = 0
     reward_scale: float = 2.0
     partial_fraction: float = 0.5
