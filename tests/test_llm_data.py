@@ -162,3 +162,29 @@ def test_collator_padded_and_packed_hold_the_same_tokens(tok):
     first = ds.examples[0]
     assert padded["completion_mask"][0].tolist()[: len(first["prompt_ids"]) + len(first["chosen_ids"])] == \
         counted_token_mask(first["prompt_ids"], first["chosen_ids"])
+
+
+def test_shipped_examples_parse_and_tokenise(tok):
+    import os
+
+    import yaml
+
+    from mdpalign.llm_bridge.config import parse_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name, objective in (("run.yaml", "dpo"), ("crlft.yaml", "crlft")):
+        cfg = parse_config(["--config", os.path.join(root, "examples", "llm", name), "--use_cpu", "true", "--bf16", "false"])
+        assert cfg.objective == objective
+        rows = load_records(os.path.join(root, cfg.dataset_path))
+        settings = TokenizeSettings(objective, class_weights=cfg.crlft_class_weights, class_prefixes=cfg.crlft_class_prefixes)
+        assert len(tokenize_records(rows, tok, settings)) == len(rows)
+    chat = load_records(os.path.join(root, "examples", "llm", "chat_preferences.jsonl"))
+    assert len(tokenize_records(chat, tok, TokenizeSettings("dpo"))) == 2
+    kinds = {"ddp.yaml": "MULTI_GPU", "cpu_ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
+             "deepspeed_zero2.yaml": "DEEPSPEED", "deepspeed_zero3.yaml": "DEEPSPEED"}
+    for name, kind in kinds.items():
+        with open(os.path.join(root, "configs", "accelerate", name), encoding="utf-8") as fh:
+            acc = yaml.safe_load(fh)
+        assert acc["distributed_type"] == kind, name
+        if kind == "DEEPSPEED":
+            assert acc["deepspeed_config"]["zero_stage"] == int(name[-6]), name

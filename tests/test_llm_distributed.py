@@ -17,16 +17,16 @@ from llm_fixtures import COMPLETIONS, PREFERENCES, save_tiny, write_jsonl  # noq
 from mdpalign.llm_bridge.train import train  # noqa: E402
 
 STEPS = 3
+CPU_DDP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "accelerate", "cpu_ddp.yaml")
 
 
 def _run_two_processes(cfg: dict, tmp_path) -> dict:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = 29500 + os.getpid() % 2000
-    # `--cpu` alone makes accelerate's simple launcher start ONE process (several need mpirun); the multi-process
-    # launcher (torchrun) with the config's use_cpu=true gives DDP over gloo on CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+    # the shipped config: accelerate's multi-process launcher (torchrun) + the run's use_cpu=true = DDP over gloo
+    # (`accelerate launch --cpu` alone starts ONE process; several need mpirun)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_DDP, "--main_process_port", str(port),
            "-m", "mdpalign.llm_bridge.train", "--config", str(path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))

@@ -121,7 +121,7 @@ def test_chunked_head_softcap_and_scale_match_transformed_logits():
     z = 0.5 * (h @ w.T + bias)
     z = 3.0 * torch.tanh(z / 3.0)
     expected = torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)
-    got = chunked_token_logps(h, w, bias, y, chunk_size=4, softcap=3.0, scale=0.5)
+    got = chunked_token_logps(h, lambda x: x @ w.T + bias, y, chunk_size=4, softcap=3.0, scale=0.5)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="hidden has 11 rows but targets has 10"):
-        chunked_token_logps(h, w, bias, y[:10])
+        chunked_token_logps(h, lambda x: x @ w.T + bias, y[:10])

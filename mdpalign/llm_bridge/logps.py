@@ -55,8 +55,8 @@ def selective_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torc
     return F.pad(lp.float(), (1, 0))
 
 
-def _head_logps(hidden, weight, bias, targets, softcap: float | None, scale: float):
-    z = F.linear(hidden, weight, bias).float()
+def _head_logps(head, hidden, targets, softcap: float | None, scale: float):
+    z = head(hidden).float()
     if scale != 1.0:
         z = z * scale
     if softcap is not None:
@@ -66,32 +66,33 @@ def _head_logps(hidden, weight, bias, targets, softcap: float | None, scale: flo
 
 def chunked_token_logps(
     hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    head,
     targets: torch.Tensor,
     chunk_size: int = 1024,
     softcap: float | None = None,
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """log softmax(scale * h W^T + b)[y] for M rows of h, ``chunk_size`` rows at a time. (M,) fp32.
+    """log softmax(c·tanh(scale·head(h)/c))[y] for M rows of h, ``chunk_size`` rows at a time -> (M,) fp32.
 
-    hidden (M, H) are the hidden states that *predict* targets (M,). With softcap c the logits are
-    c * tanh(z / c) (Gemma 2); scale multiplies them first (Cohere's logit_scale).
+    hidden (M, H) are the hidden states that *predict* targets (M,); ``head`` is the LM head module
+    (or any callable h -> logits). With ``softcap`` c the logits are c·tanh(z/c) (Gemma 2), ``scale``
+    multiplies them first (Cohere's logit_scale). The head is *called* (not its weight read), so
+    ZeRO-3 / FSDP gather its parameters through their module hooks, also in the backward recompute.
     """
     if hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out = []
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if grad:
-            out.append(checkpoint(_head_logps, h, weight, bias, y, softcap, scale, use_reentrant=False))
+        if torch.is_grad_enabled():
+            # recompute the chunk's logits in backward instead of keeping (chunk, vocab) fp32 per chunk
+            out.append(checkpoint(_head_logps, head, h, y, softcap, scale, use_reentrant=False))
         else:
-            out.append(_head_logps(h, weight, bias, y, softcap, scale))
-    if not out:
-        return hidden.new_zeros(0, dtype=torch.float32) + 0.0 * hidden.sum()
+            out.append(_head_logps(head, h, y, softcap, scale))
+    if not out:  # nothing scored: a zero-size result still connected to the graph
+        return hidden.sum(-1)[:0].float()
     return torch.cat(out)
 
 
@@ -149,11 +150,8 @@ def install_logps_forward(model) -> None:
         # the hidden state at t-1 predicts the token at t
         prev = torch.zeros_like(mask)
         prev[:, :-1] = mask[:, 1:]
-        head = self.get_output_embeddings()
-        lp = chunked_token_logps(
-            hidden[prev], head.weight, getattr(head, "bias", None), targets[mask].to(hidden.device),
-            logps_chunk_size, softcap, scale,
-        )
+        lp = chunked_token_logps(hidden[prev], self.get_output_embeddings(), targets[mask].to(hidden.device),
+                                 logps_chunk_size, softcap, scale)
         token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
         return LogpsOutput(token_logps=token_logps)
 
