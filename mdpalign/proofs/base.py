@@ -295,6 +295,27 @@ class Optimum:
             return False
         return bool(np.isfinite(self.policy[self.constrained]).all())
 
+    def null_dimension(self) -> int:
+        """Dimension of the logit directions the optimum leaves free: per constrained context
+        ``K - rank(pinned differences)``, per unconstrained context ``K``. For an attained optimum of a
+        loss that depends on the logits only through the pinned differences, this is the dimension
+        of the Hessian's null space (used by the tolerance certificate of the harness)."""
+        X, K = self.shape
+        total = 0
+        for x in range(X):
+            if not self.constrained[x]:
+                total += K
+                continue
+            rows = self.pinned[self.pinned[:, 0] == x]
+            if len(rows) == 0:
+                total += K
+                continue
+            A = np.zeros((len(rows), K))
+            A[np.arange(len(rows)), rows[:, 1].astype(int)] += 1.0
+            A[np.arange(len(rows)), rows[:, 2].astype(int)] -= 1.0
+            total += K - int(np.linalg.matrix_rank(A))
+        return total
+
     def log_policy(self) -> np.ndarray:
         if self.policy is None:
             raise NoClosedFormError(f"{self.objective}: the optimum is not unique; use pinned differences")

@@ -13,8 +13,8 @@ the projection ``P`` onto that complement (strong convexity on the segment; we e
 ``theta`` and take a factor 2 of slack for its variation over the tiny segment). Every quantity
 :meth:`Optimum.check` measures is a difference ``log pi_i - log pi_j`` or ``log pi_i - log pi*_i``; the
 log-softmax Jacobian rows have l1 norm <= 2, so each moves by at most ``2 ||P Delta theta||_inf``.
-Hence ``max_violation <= 2 * 2 * ||grad|| / mu`` — the tolerance is *derived* from the optimiser's
-final gradient, not tuned.
+Hence ``max_violation <= 2 * 2 * ||grad|| / mu`` (+1e-12 for float64 rounding of the log-softmax) —
+the tolerance is *derived* from the optimiser's final gradient, not tuned.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ __all__ = [
     "tabular_policy",
     "fit_tabular",
     "certified_logit_error",
+    "fit_and_check",
     "sft_population_loss",
     "dpo_population_loss",
     "orpo_population_loss",
@@ -96,7 +97,20 @@ def certified_logit_error(loss_fn: Callable[[], torch.Tensor], policy: TabularPo
     if not live.any():
         raise AssertionError("Hessian is zero: the loss does not depend on the logits")
     mu = float(ev[live].min())
-    return 4.0 * float(g.norm()) / mu, mu, n_null
+    # + 1e-12: float64 rounding of log-softmax differences of O(10)-sized logits (a few ulp of 10)
+    return 4.0 * float(g.norm()) / mu + 1e-12, mu, n_null
+
+
+def fit_and_check(opt, policy: TabularPolicy, loss_fn: Callable[[], torch.Tensor], *, tol: float = 1e-8,
+                  max_iter: int = 2000):
+    """Fit to ``||grad|| <= tol`` (asserted), then ``opt.check`` at the *certified* tolerance.
+
+    Returns ``(fit_result, check_result, bound)``. Only for attained optima (strong convexity off the
+    structural null space, whose dimension ``opt.null_dimension()`` is asserted).
+    """
+    res = fit_tabular(policy, loss_fn, tol=tol, max_iter=max_iter)
+    bound, _, _ = certified_logit_error(loss_fn, policy, null_dim=opt.null_dimension())
+    return res, opt.check(log_probs=policy.log_probs_table().detach(), tol=bound), bound
 
 
 # --------------------------------------------------------------------------- bandit population losses
@@ -163,8 +177,8 @@ def kl_rl_population_loss(policy: TabularPolicy, ref_policy: np.ndarray, rewards
                           context_probs=None) -> Callable[[], torch.Tensor]:
     """``-J(pi)`` from the library's exact ``kl_rl_objective`` (to be minimised)."""
     lr = torch.as_tensor(np.log(ref_policy), dtype=_f64)
-    r = torch.as_tensor(rewards, dtype=_f64)
-    mu = None if context_probs is None else torch.as_tensor(context_probs, dtype=_f64)
+    r = torch.tensor(np.array(rewards), dtype=_f64)
+    mu = None if context_probs is None else torch.tensor(np.array(context_probs), dtype=_f64)
     return lambda: -kl_rl_objective(policy.log_probs_table(), lr, r, beta, context_probs=mu)
 
 

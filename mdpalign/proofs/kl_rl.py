@@ -33,7 +33,7 @@ from mdpalign.proofs.base import (
     as_log_policy,
     check_policy_table,
     log_normalise,
-    pinned_array,
+    optimum_from_target,
 )
 
 __all__ = ["kl_rl_optimum", "soft_value", "kl_rl_value", "kl_rl_gap", "greedy_limit"]
@@ -75,18 +75,14 @@ def kl_rl_optimum(rewards: Any, ref_policy: Any, beta: float) -> UniqueOptimum:
     r = _check_rewards(rewards, ref.shape)
     beta = _check_beta(beta)
     log_pi = log_normalise(np.log(ref) + r / beta)
-    X, K = ref.shape
-    return UniqueOptimum(
-        objective="kl_rl",
-        shape=(X, K),
-        policy=np.exp(log_pi),
-        pinned=pinned_array([]),
-        vanishing=np.zeros((X, K), dtype=bool),
-        constrained=np.ones(X, dtype=bool),
-        attained=True,
+    opt = optimum_from_target(
+        "kl_rl",
+        np.exp(log_pi),
         derivation="J(pi) = beta log Z - beta KL(pi || pi_ref exp(r/beta)/Z): maximal iff pi = pi*.",
         extras={"values": beta * logsumexp(np.log(ref) + r / beta, axis=1), "beta": beta},
     )
+    assert isinstance(opt, UniqueOptimum)  # pi_ref > 0 and finite r: every entry positive
+    return opt
 
 
 def kl_rl_value(
