@@ -124,3 +124,12 @@ def test_config_errors_without_cli():
         BanditsConfig(beta=0.0)
     with pytest.raises(BenchConfigError, match="expert_fraction"):
         BanditsConfig(expert_fraction=1.0)
+
+
+def test_progress_bar_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bb.rp, "_isatty", lambda stream=None: True)
+    small = dict(seeds=1, steps=2, eval_every=1, regimes=("deterministic",), objectives=("sft",))
+    bb.run_bandits(BanditsConfig(**small, out=str(tmp_path / "a")))
+    assert "bandits: 100%" in capsys.readouterr().err
+    bb.run_bandits(BanditsConfig(**small, out=str(tmp_path / "b"), quiet=True))
+    assert "bandits" not in capsys.readouterr().err

@@ -94,6 +94,8 @@ class Problem:
 
 
 def _make_lake(config: FrozenLakeConfig):
+    """The two-trajectory lake of ``--map``; simple paths are enumerated up to 2 (rows + cols) steps
+    (an open map has exponentially many longer ones)."""
     from mdpalign.envs.frozen_lake import InvalidMapError, two_path_lake, two_path_lake_from_map
 
     try:
@@ -102,10 +104,12 @@ def _make_lake(config: FrozenLakeConfig):
         if config.map in ("4x4", "8x8"):
             from gymnasium.envs.toy_text.frozen_lake import MAPS
 
-            return two_path_lake_from_map(MAPS[config.map], config.suboptimal, slippery=config.slippery,
-                                          gamma=config.gamma, max_len=4 * len(MAPS[config.map]))
-        return two_path_lake_from_map(config.map_rows, config.suboptimal, slippery=config.slippery,
-                                      gamma=config.gamma)
+            rows = tuple(MAPS[config.map])
+        else:
+            rows = config.map_rows
+        max_len = 2 * (len(rows) + max(len(r) for r in rows)) if rows else None
+        return two_path_lake_from_map(rows, config.suboptimal, slippery=config.slippery, gamma=config.gamma,
+                                      max_len=max_len)
     except InvalidMapError as exc:
         raise BenchConfigError(f"--map {config.map!r} cannot be used: {exc}") from None
 
