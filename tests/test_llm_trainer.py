@@ -317,3 +317,20 @@ def test_data_kind_must_match_objective(dirs, tmp_path):
     ds = tokenize_records(COMPLETIONS, tok, TokenizeSettings("sft"))
     with pytest.raises(ValueError, match="needs preference"):
         MdpalignTrainer(load_model(dirs["base"], cfg), cfg, ds, processing_class=tok)
+
+
+def test_mdpalign_train_command_runs_the_yaml_with_overrides(dirs, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from mdpalign.cli import main
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump(dict(model_name_or_path=dirs["base"], dataset_path=dirs["sft"], objective="sft",
+                                       max_steps=5, output_dir=str(tmp_path / "cli"), **COMMON)))
+    assert main(["train", "--config", str(run), "--max_steps", "2", "--objective", "ift", "--ift_lambda", "0.2"]) == 0
+    with open(tmp_path / "cli" / "train_result.json", encoding="utf-8") as fh:
+        result = json.load(fh)
+    assert result["global_step"] == 2  # the command line beat the file's max_steps: 5
+    assert any("ift/weight_mean" in h for h in result["log_history"])  # and its objective

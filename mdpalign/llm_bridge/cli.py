@@ -11,6 +11,9 @@ def register(subparsers) -> None:
         description="Every TrainConfig field (TrainingArguments + mdpalign fields) is a --key value option; "
         "--config run.yaml supplies defaults. See `python -m mdpalign.llm_bridge.train --help`.",
         add_help=False,
+        # '+' so that argparse treats every '--key' (including --help) as part of the remainder handed to
+        # HfArgumentParser, which owns the option list; transformers is imported only when train runs
+        prefix_chars="+",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="--config run.yaml and --key value overrides")
     parser.set_defaults(func=_run)
