@@ -241,12 +241,25 @@ class BanditsResult:
     summary: str
 
 
-def run_bandits(config: BanditsConfig) -> BanditsResult:
+def run_bandits(config: BanditsConfig):
+    """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically.
+
+    Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
+    caller's thread count afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_bandits(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_bandits(config: BanditsConfig) -> BanditsResult:
     """Run every (objective, regime) and write report.md, results.json and figures atomically."""
     from tqdm.auto import tqdm
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    torch.set_num_threads(1)
     seeds = [config.seed + i for i in range(config.seeds)]
     show = not config.quiet and rp._isatty(sys.stderr)
     progress = tqdm(total=len(config.regimes) * len(config.objectives), desc="bandits", unit="run",

@@ -491,13 +491,26 @@ def _gauge_demo(problem: Problem, config: FrozenLakeConfig) -> dict:
     }
 
 
-def run_frozen_lake(config: FrozenLakeConfig) -> FrozenLakeResult:
+def run_frozen_lake(config: FrozenLakeConfig):
+    """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically.
+
+    Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
+    caller's thread count afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_frozen_lake(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_frozen_lake(config: FrozenLakeConfig) -> FrozenLakeResult:
     """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead and non-determinism
     problem = build_problem(config)
     batch = trajectory_batch(problem)
     seeds = [config.seed + i for i in range(config.seeds)]
@@ -653,7 +666,7 @@ def _write_figures(tmp: Path, results: dict) -> dict[str, str]:
         name = f"{k}.png"
         rp.plot_curves(tmp / name, steps, curves, title=title, ylabel=k, logy=logy and _positive(curves))
         names[k] = name
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), dpi=90)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), dpi=80)
     for ax, (k, (title, _, logy)) in zip(axes.flat, METRICS.items()):
         curves = {m: np.array(results["curves"][m][k]) for m in methods}
         rp.plot_curves(None, steps, curves, title=title, ylabel=k, logy=logy and _positive(curves), ax=ax)
