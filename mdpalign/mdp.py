@@ -149,7 +149,9 @@ class TabularMDP:
         # Rows are already stochastic and non-negative, so P(s|s,a) = 1 means nothing leaves s.
         term_states = np.repeat(np.flatnonzero(terminal), A)
         term_actions = np.tile(np.arange(A), int(terminal.sum()))
-        stay = np.asarray(flat[term_states * A + term_actions, term_states]).ravel()
+        stay = np.ones(0)
+        if term_states.size:  # (an empty fancy index on a sparse matrix returns a sparse matrix)
+            stay = np.asarray(flat[term_states * A + term_actions, term_states]).ravel()
         leaking = np.abs(stay - 1.0) > ROW_SUM_TOL
         if np.any(leaking):
             i = int(np.argmax(leaking))

@@ -182,3 +182,10 @@ def test_reachable_states_agrees_with_networkx():
     g = mdp.to_networkx()
     expected = sorted({4} | nx.descendants(g, 4))
     np.testing.assert_array_equal(mdp.reachable_states(), expected)
+
+
+def test_sparse_without_terminal_states():
+    P = np.zeros((3, 2, 3))
+    P[:, :, 0] = 1.0
+    mdp = TabularMDP(sp.csr_matrix(P.reshape(6, 3)), np.zeros((3, 2)), 0.9)
+    assert mdp.is_sparse and not mdp.terminal.any()
