@@ -1,0 +1,40 @@
+"""Train Hugging Face causal LMs with the same objective functions as the proofs (``mdpalign.objectives``).
+
+    from mdpalign.llm_bridge import train, TrainConfig
+    result = train(TrainConfig(model_name_or_path=..., dataset_path=..., objective="dpo", output_dir=...))
+
+Importing this package is cheap: transformers is imported by the names below only when first used.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    # `mdpalign.llm_bridge.train` is also the module of that name; the module is callable and trains too
+    "train": "mdpalign.llm_bridge.train",
+    "TrainResult": "mdpalign.llm_bridge.train",
+    "TrainConfig": "mdpalign.llm_bridge.config",
+    "ConfigError": "mdpalign.llm_bridge.config",
+    "parse_config": "mdpalign.llm_bridge.config",
+    "MdpalignTrainer": "mdpalign.llm_bridge.trainer",
+    "UnsupportedModelError": "mdpalign.llm_bridge.trainer",
+    "load_records": "mdpalign.llm_bridge.data",
+    "tokenize_records": "mdpalign.llm_bridge.data",
+    "TokenizeSettings": "mdpalign.llm_bridge.data",
+    "counted_token_mask": "mdpalign.llm_bridge.data",
+    "DataError": "mdpalign.llm_bridge.data",
+    "EmptyDatasetError": "mdpalign.llm_bridge.data",
+    "MissingColumnsError": "mdpalign.llm_bridge.data",
+    "TokenizationBoundaryError": "mdpalign.llm_bridge.data",
+    "install_logps_forward": "mdpalign.llm_bridge.logps",
+    "batch_token_logps": "mdpalign.llm_bridge.logps",
+    "chunked_token_logps": "mdpalign.llm_bridge.logps",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mdpalign.llm_bridge' has no attribute {name!r}")
