@@ -352,7 +352,7 @@ class Optimum:
             r = int(np.argmax(dev))
             if dev[r] >= worst:
                 worst = float(dev[r])
-                where = f"pinned log pi({i[r]}|{x[r]}) - log pi({j[r]}|{x[r]}) = {self.pinned[r, 3]:.6g}"
+                where = f"pinned difference at context {x[r]}: log pi({i[r]}) - log pi({j[r]}) = {self.pinned[r, 3]:.6g}"
         van = self.vanishing & self.constrained[:, None]
         if van.any():
             mass = np.where(van, np.exp(lp), 0.0)
