@@ -188,3 +188,15 @@ def test_config_validation_without_the_cli():
     with pytest.raises(BenchConfigError, match="crlft_weights"):
         FrozenLakeConfig(crlft_weights=(1.0, -0.1))
     assert FrozenLakeConfig(methods=("oracle", "sft")).methods == ("sft", "oracle")  # report order
+
+
+def test_crlft_exponential_weights_and_a_method_subset(tmp_path):
+    config = FrozenLakeConfig(seeds=1, steps=4, eval_every=2, methods=("crlft", "sft"), crlft_beta=0.5,
+                              distill_max_iter=10, out=str(tmp_path / "r"), quiet=True)
+    res = fl.run_frozen_lake(config).results
+    np.testing.assert_allclose(res["crlft_class_weights"], [np.exp(1.0 / 0.5), np.exp(0.1 / 0.5)], rtol=1e-12)
+    assert set(res["curves"]) == {"sft", "crlft"}
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "exp(r_c/β)" in report and "nothing to compare" in report
+    with pytest.raises(BenchConfigError, match="--crlft-beta"):
+        FrozenLakeConfig(crlft_beta=-1.0)

@@ -75,6 +75,9 @@ def register(subparsers) -> None:
                     help="temperature of the soft-optimal target policy pi*")
     fl.add_argument("--hidden", type=_positive_int, default=d.hidden, help="hidden width of the two-layer MLP")
     fl.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
+    fl.add_argument("--crlft-beta", type=_positive_float, default=d.crlft_beta,
+                    help="C-RLFT weights exp(r_c/beta) for class rewards (1, 0.1); default: OpenChat's constant "
+                         "weights 1 and 0.1")
     fl.add_argument("--seed", type=int, default=d.seed, help="first seed; seeds are seed, seed+1, ...")
     fl.add_argument("--out", default=d.out, help="output directory (replaced atomically)")
     fl.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
@@ -124,7 +127,7 @@ def _run_frozen_lake(args) -> int:
 
     config = _config_or_exit(FrozenLakeConfig, args, (
         "seeds", "steps", "eval_every", "map", "slippery", "suboptimal", "methods", "gamma", "beta_star",
-        "hidden", "lr", "seed", "out", "quiet",
+        "hidden", "lr", "seed", "out", "quiet", "crlft_beta",
     ))
     from mdpalign.bench.config import BenchConfigError
 

@@ -75,6 +75,8 @@ class FrozenLakeConfig:
     * ``orpo_lambda``: ORPO's lambda (NLL over the chosen trajectory's tokens).
     * ``ift_lambda``, ``ift_decay``: IFT's fusion weight and the decay of its propagation weights.
     * ``crlft_weights``: class weights (expert, sub-optimal); OpenChat's constants by default.
+      With ``crlft_beta`` set they are read as class rewards r_c and the weights are
+      exp(r_c / crlft_beta) (``mdpalign.objectives.crlft_class_weights``, OpenChat's Eq. 6).
     """
 
     seeds: int = 5
@@ -98,6 +100,7 @@ class FrozenLakeConfig:
     ift_lambda: float = 0.2
     ift_decay: float = 0.95
     crlft_weights: tuple[float, float] = (1.0, 0.1)
+    crlft_beta: float | None = None
     out: str = "reports/frozen-lake"
     quiet: bool = False
 
@@ -126,7 +129,12 @@ class FrozenLakeConfig:
         if not 0.0 <= float(self.ift_decay) <= 1.0:
             raise BenchConfigError(f"ift_decay must lie in [0, 1]; got {self.ift_decay!r}")
         w = tuple(float(x) for x in self.crlft_weights)
-        if len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
+        if self.crlft_beta is not None:
+            object.__setattr__(self, "crlft_beta", _check_positive("crlft_beta", self.crlft_beta))
+            if len(w) != 2 or not all(math.isfinite(x) for x in w):
+                raise BenchConfigError(f"crlft_weights (class rewards with --crlft-beta) must be two finite numbers; "
+                                       f"got {self.crlft_weights!r}")
+        elif len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
             raise BenchConfigError(f"crlft_weights must be two positive numbers (expert, sub-optimal); got {self.crlft_weights!r}")
         object.__setattr__(self, "crlft_weights", w)
         object.__setattr__(self, "slippery", bool(self.slippery))

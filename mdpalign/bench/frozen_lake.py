@@ -272,7 +272,7 @@ def _method_loss(method: str, net, problem: Problem, batch: Batch, config: Froze
         return ift
     if method == "crlft":
         classes = torch.tensor([0, 1])
-        weights = torch.as_tensor(config.crlft_weights, dtype=DTYPE)
+        weights = crlft_weights(config)
 
         def crlft():
             tok = _token_logps(net, batch.states, batch.actions, batch.mask, classes)
@@ -282,6 +282,15 @@ def _method_loss(method: str, net, problem: Problem, batch: Batch, config: Froze
     if method == "oracle":
         return _distillation_loss(net, problem.pi_star)
     raise BenchConfigError(f"unknown method {method!r}")  # pragma: no cover - config validates
+
+
+def crlft_weights(config: FrozenLakeConfig) -> torch.Tensor:
+    """(expert, sub-optimal) weights: the constants given, or exp(r_c / beta) with ``crlft_beta``."""
+    from mdpalign.objectives import crlft_class_weights
+
+    if config.crlft_beta is None:
+        return torch.as_tensor(config.crlft_weights, dtype=DTYPE)
+    return crlft_class_weights(config.crlft_weights, config.crlft_beta, dtype=DTYPE)
 
 
 def _evaluate(net, problem: Problem, config: FrozenLakeConfig, theta_star: dict, expert_class: bool) -> dict:
@@ -544,6 +553,7 @@ def _run_frozen_lake(config: FrozenLakeConfig) -> FrozenLakeResult:
         "param_mse_vs_kl": summary["param_mse_vs_kl"],
         "paper_agreement": summary["paper"],
         "gauge_demo": gauge,
+        "crlft_class_weights": crlft_weights(config).tolist(),
     }
     table = final_table(results)
     with rp.atomic_output_dir(config.out) as tmp:
@@ -610,8 +620,11 @@ def agreement_text(results: dict) -> str:
     """Plain-words comparison of each metric's ranking with the paper's, computed from the numbers."""
     agree = results["paper_agreement"]
     lines = []
-    paper = " < ".join(m.upper() for m in next(iter(agree.values()))["paper_order"]) if agree else ""
+    paper = " < ".join(m.upper() for m in PAPER_ORDER)
     lines.append(f"The paper reports (best first, by parameter MSE): {paper}.")
+    if not agree or len(next(iter(agree.values()))["paper_order"]) < 2:
+        lines.append("Fewer than two of the paper's methods (DPO, IFT, ORPO, SFT) were run: nothing to compare.")
+        return "\n".join(lines)
     for k, a in agree.items():
         title = METRICS[k][0]
         order = " < ".join(m.upper() for m in a["order"]) if METRICS[k][1] else \
@@ -724,8 +737,11 @@ def _report_markdown(results: dict, problem: Problem, table: str, figures: dict[
         ("ORPO", f"λ = {cfg['orpo_lambda']}, NLL and log-odds on length-averaged log-probs of the trajectories"),
         ("IFT", f"λ = {cfg['ift_lambda']}, decay {cfg['ift_decay']}, reference-code form (Σ l·v / Σ v, v not detached); "
                 "ŝ_t = where the greedy action at s_{t−1} leads on the deterministic lake"),
-        ("C-RLFT", f"class-conditioned MLP (one-hot class input), weights expert {cfg['crlft_weights'][0]}, "
-                   f"sub-optimal {cfg['crlft_weights'][1]} (OpenChat's constants), token-sum NLL, "
+        ("C-RLFT", "class-conditioned MLP (one-hot class input), " + (
+            f"weights expert {cfg['crlft_weights'][0]}, sub-optimal {cfg['crlft_weights'][1]} (OpenChat's constants)"
+            if cfg["crlft_beta"] is None else
+            f"weights exp(r_c/β) = {', '.join(f'{w:.4g}' for w in results['crlft_class_weights'])} for class rewards "
+            f"{cfg['crlft_weights']} and β = {cfg['crlft_beta']}") + ", token-sum NLL, "
                    "evaluated under the expert class; its θ₀/θ* are the same distillations for that network"),
         ("oracle", "the θ* distillation loss itself, optimised with the same Adam (the bound)"),
     ]
