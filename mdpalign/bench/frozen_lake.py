@@ -788,7 +788,7 @@ def _report_markdown(results: dict, problem: Problem, table: str, figures: dict[
         f"π* is {rp.format_number(g['visitation_kl'])}. The network is also over-parameterised: many θ give π*, and "
         "θ* is just the one distillation from θ₀ finds. And with deterministic demonstrations (SFT, ORPO, C-RLFT's "
         "expert class, DPO's growing margin) the losses keep pushing logits outward, so the distance to any "
-        "fixed θ* grows with training even while the visited states' policy barely changes. Rank methods by the "
+        "fixed θ* can grow with training while the policy's value keeps improving. Rank methods by the "
         "KL, the value gap and the soft-value gap; the parameter MSE is reported because the paper uses it.",
         "",
         mse_growth_text(results),
