@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -23,7 +24,9 @@ CPU_DDP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _run_two_processes(cfg: dict, tmp_path) -> dict:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    port = 29500 + os.getpid() % 2000
+    with socket.socket() as sock:  # a free port: a fixed one collides with other runs on a shared machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     # the shipped config: accelerate's multi-process launcher (torchrun) + the run's use_cpu=true = DDP over gloo
     # (`accelerate launch --cpu` alone starts ONE process; several need mpirun)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_DDP, "--main_process_port", str(port),
