@@ -370,3 +370,34 @@ def test_check_vanishing_mass_is_measured():
 def test_bad_input_raises_a_clear_error(call, match):
     with pytest.raises(ProofInputError, match=match):
         call()
+
+
+def test_bradley_terry_newton_converges_at_float64_resolution():
+    """Regression: all-pairs BT data from rewards shifted by a large constant made the damped Newton's
+    strict Armijo test stall near the optimum (predicted decrease below the loss's rounding). The MLE of
+    exact BT data is the reward vector up to its gauge."""
+    import numpy as np
+
+    from mdpalign.envs.bandits import ContextualBandit, preference_pairs, random_contextual_bandit
+    from mdpalign.proofs.dpo import bradley_terry_scores
+
+    b = random_contextual_bandit(1, 6, seed=6295)
+    shifted = ContextualBandit(b.rewards + 7.3, b.ref_policy, b.context_probs)
+    W = preference_pairs(shifted).weight_tensor()[0]
+    r = b.rewards[0]
+    np.testing.assert_allclose(bradley_terry_scores(W), r - r[0], atol=1e-9)
+
+
+def test_kl_rl_optimum_survives_underflow():
+    """Regression: at tiny beta, pi_ref·exp(r/beta) underflows to 0 for non-greedy arms; the optimum is
+    still unique and attained (computed in log space), not a 'no finite optimum'."""
+    import numpy as np
+
+    from mdpalign.proofs.base import UniqueOptimum
+    from mdpalign.proofs.kl_rl import kl_rl_optimum
+
+    opt = kl_rl_optimum(np.array([[0.0, 1.0, 2.0]]), np.full((1, 3), 1 / 3), 1e-3)
+    assert isinstance(opt, UniqueOptimum) and opt.attained
+    assert opt.policy[0, 2] == 1.0 and opt.policy[0, 0] == 0.0  # underflowed, as float64 must
+    pinned = {(int(i), int(j)): v for _, i, j, v in opt.pinned}
+    assert pinned[(0, 2)] == -2000.0  # the exact log-ratio survives

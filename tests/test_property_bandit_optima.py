@@ -39,7 +39,7 @@ from mdpalign.proofs.harness import (
 
 GRAD_TOL = 1e-8
 LIMIT_TOL = 1e-6  # no finite optimum: L-BFGS slows as logits diverge; bounds below scale with the gradient reached
-N = 12  # examples per property: the whole property suite must stay within its CPU budget
+N = 40  # examples per property: the whole property suite stays within its 5-minute CI budget (measured ~1 min)
 
 seeds = st.integers(0, 2**31 - 1)
 betas = st.floats(0.2, 3.0)
@@ -195,7 +195,7 @@ def test_orpo_two_arm_contradictory_reaches_root(q, lam, seed):
     _assert_ok(chk, bound)
 
 
-@settings(max_examples=6)  # each fit runs into the diverging-logit regime (slow); 6 examples keep the budget
+@settings(max_examples=15)  # each fit runs into the diverging-logit regime (slow); 6 examples keep the budget
 @given(seed=seeds, K=st.integers(3, 5), lam=st.floats(0.05, 2.0))
 def test_orpo_disjoint_supports_tend_to_chosen_distribution(seed, K, lam):
     """THEORY ORPO disjoint supports: infimum n H(D_w), approached only as pi -> D_w (as SFT).

@@ -29,7 +29,7 @@ def _kl(p, q):
     return (p * (np.log(p) - np.log(q))).sum(-1)
 
 
-@settings(max_examples=15)
+@settings(max_examples=50)
 @given(seed=seeds, X=st.integers(1, 3), K=st.integers(2, 5), beta=st.floats(0.1, 5.0))
 def test_every_loss_is_invariant_to_a_per_state_logit_shift(seed, X, K, beta):
     """THEORY: every loss is invariant to theta_x -> theta_x + c(x) (the policy does not change);
@@ -58,7 +58,7 @@ def test_every_loss_is_invariant_to_a_per_state_logit_shift(seed, X, K, beta):
     assert mse > 0  # the parameters moved although nothing the losses see did
 
 
-@settings(max_examples=20)
+@settings(max_examples=50)
 @given(seed=seeds, X=st.integers(1, 3), K=st.integers(2, 6), beta=st.floats(0.05, 10.0), c=st.floats(0.1, 10.0))
 def test_kl_rl_optimum_depends_on_r_over_beta_and_ignores_r_plus_c(seed, X, K, beta, c):
     """THEORY: optima depend on r/beta only, and r + c(x) leaves them unchanged (KL-RL and DPO-BT:
@@ -78,7 +78,7 @@ def test_kl_rl_optimum_depends_on_r_over_beta_and_ignores_r_plus_c(seed, X, K, b
     np.testing.assert_allclose(d1, d2, atol=1e-10)
 
 
-@settings(max_examples=10)
+@settings(max_examples=30)
 @given(seed=seeds, K=st.integers(3, 5), beta=st.floats(0.3, 3.0))
 def test_trained_dpo_is_permutation_equivariant(seed, K, beta):
     """THEORY: permutation equivariance over arms — relabelling the arms in data and reference
@@ -99,7 +99,7 @@ def test_trained_dpo_is_permutation_equivariant(seed, K, beta):
     np.testing.assert_allclose(out[1], out[0][:, perm], atol=1e-5)
 
 
-@settings(max_examples=20)
+@settings(max_examples=50)
 @given(seed=seeds, K=st.integers(2, 6), betas=st.lists(st.floats(0.01, 50.0), min_size=2, max_size=6, unique=True))
 def test_kl_and_expected_reward_non_increasing_in_beta(seed, K, betas):
     """THEORY KL-RL: KL(pi*_beta || pi_ref) and E_{pi*_beta}[r] are non-increasing in beta
@@ -114,7 +114,7 @@ def test_kl_and_expected_reward_non_increasing_in_beta(seed, K, betas):
     assert all(a >= c - 1e-12 for a, c in zip(ers, ers[1:]))
 
 
-@settings(max_examples=15)
+@settings(max_examples=50)
 @given(seed=seeds, K=st.integers(2, 6))
 def test_beta_limits_greedy_and_reference(seed, K):
     """THEORY KL-RL limits: beta -> 0 gives the greedy policy (ties broken by pi_ref), beta -> inf gives
@@ -130,7 +130,7 @@ def test_beta_limits_greedy_and_reference(seed, K):
     assert np.abs(pinf - b.ref_policy).max() <= np.expm1((r.max() - r.min()) / big) + 1e-15
 
 
-@settings(max_examples=20)
+@settings(max_examples=50)
 @given(q=st.floats(0.05, 0.95))
 def test_orpo_lambda_to_zero_recovers_sft(q):
     """THEORY limits lambda -> 0: the ORPO two-arm optimum tends to SFT's logit(q) (rate O(lambda))."""

@@ -33,7 +33,7 @@ def _ok(chk, bound):
     assert chk.ok, f"{chk.detail} (certified bound {bound:.2e})"
 
 
-@settings(max_examples=8)
+@settings(max_examples=24)
 @given(seed=seeds, shape=shapes, beta=st.floats(0.3, 3.0))
 def test_sequence_dpo_recovers_soft_optimal_token_policy(seed, shape, beta):
     """THEORY token trees: sequence-level DPO on a token-factored tabular policy, all leaf pairs
@@ -49,7 +49,7 @@ def test_sequence_dpo_recovers_soft_optimal_token_policy(seed, shape, beta):
     _ok(chk, bound)
 
 
-@settings(max_examples=8)
+@settings(max_examples=24)
 @given(seed=seeds, shape=shapes, normalize=st.booleans())
 def test_tree_sft_reaches_subtree_mass_ratios(seed, shape, normalize):
     """THEORY SFT on sequences: sum form -> pi*(y) = D(y); per-sequence mean form -> pi*(y) ∝ D(y)/|y|."""
@@ -62,7 +62,7 @@ def test_tree_sft_reaches_subtree_mass_ratios(seed, shape, normalize):
     _ok(chk, bound)
 
 
-@settings(max_examples=8)
+@settings(max_examples=24)
 @given(seed=seeds, shape=shapes)
 def test_ift_lambda0_decay0_is_per_sequence_mean_sft(seed, shape):
     """THEORY IFT: lambda = 0 and gamma = 0 -> exactly SFT (per-sequence mean NLL): pi*(y) ∝ D(y)/|y|.
@@ -83,7 +83,7 @@ def _depth2_joint(rng, V):
     return J / J.sum()
 
 
-@settings(max_examples=10)
+@settings(max_examples=30)
 @given(seed=seeds, V=st.integers(2, 3), lam=st.floats(0.05, 0.7))
 def test_ift_depth2_is_lambda_distorted_sft(seed, V, lam):
     """THEORY IFT stochastic depth 2, gamma = 0: pi(.|x) = D(y1), pi(.|m) = D(.|m), and for a != m
@@ -94,13 +94,19 @@ def test_ift_depth2_is_lambda_distorted_sft(seed, V, lam):
     leaf_w = np.array([J[t[0], t[1]] for t in tree.sequences()])
     opt = ift_depth2_optimum(tree, J, lam)
     pol = _policy(tree, seed)
+    # The loss is only piecewise smooth: the fused input follows argmax pi(.|x), and where that argmax
+    # flips the loss jumps (L-BFGS then stalls at the jump, seen at seed=715969, V=2, lam=0.25). The
+    # closed form is the stationary point of the piece where the greedy first token is the modal m, so
+    # start inside that piece: root logits at log D(y1), which the optimum keeps (pi(.|x) = D(y1)).
+    with torch.no_grad():
+        pol.logits[0] = torch.as_tensor(np.log(J.sum(axis=1)), dtype=pol.logits.dtype)
     _, chk, bound = fit_and_check(opt, pol, ift_population_loss(pol, tree, leaf_w, lam=lam, decay=0.0))
     _ok(chk, bound)
     sft = tree_sft_optimum(tree, leaf_w)
     assert not sft.check(log_probs=pol.log_probs_table().detach(), tol=1e-3).ok  # genuinely distorted
 
 
-@settings(max_examples=6)
+@settings(max_examples=15)
 @given(seed=seeds, shape=shapes, lam=st.floats(0.0, 0.6), decay=st.sampled_from([0.0, 0.95]))
 def test_ift_deterministic_demo_tends_to_sft_limit(seed, shape, lam, decay):
     """THEORY IFT deterministic demonstrations: the same limit policy as SFT (pi(y_t|s_t) -> 1 on the

@@ -433,8 +433,13 @@ def optimum_from_target(
     infimum: float | None = None,
     extras: dict | None = None,
     free: np.ndarray | None = None,
+    log_target: np.ndarray | None = None,
 ) -> Optimum:
     """Wrap a closed-form target policy ``(X, K)`` (rows of unconstrained contexts ignored).
+
+    Pass ``log_target`` (and any ``target``, e.g. ``None``) where the target is known in log space:
+    probabilities that underflow to 0 in float64 (``r/beta`` differences beyond ~745) are then still
+    positive, and the pinned log-ratios keep their exact values.
 
     Zeros in a constrained row mean the optimum is not attained: those logits must go to -inf
     relative to the others, so the result is a :class:`NoFiniteOptimum` whose limit is ``target``.
@@ -442,16 +447,24 @@ def optimum_from_target(
     (:class:`PinnedDifferences`, with the constrained rows' log-ratios pinned); pass ``free`` to mark
     unconstrained rows that are merely irrelevant (e.g. complete prefixes of a token tree).
     """
-    target = np.asarray(target, dtype=np.float64)
+    if log_target is not None:
+        log_target = np.asarray(log_target, dtype=np.float64)
+        target = np.exp(log_target)
+        positive = log_target > -np.inf
+    else:
+        target = np.asarray(target, dtype=np.float64)
+        positive = target > 0
+        with np.errstate(divide="ignore"):
+            log_target = np.where(positive, np.log(np.where(positive, target, 1.0)), -np.inf)
     X, K = target.shape
     constrained = np.ones(X, bool) if constrained is None else np.asarray(constrained, bool)
     policy = np.where(constrained[:, None], target, np.nan)
-    vanishing = constrained[:, None] & (target <= 0)
+    vanishing = constrained[:, None] & ~positive
     attained = not vanishing.any()
     rows: list = []
     for x in np.flatnonzero(constrained):
-        sup = np.flatnonzero(target[x] > 0)
-        rows += pinned_all_pairs(int(x), sup, np.log(np.where(target[x] > 0, target[x], 1.0)))
+        sup = np.flatnonzero(positive[x])
+        rows += pinned_all_pairs(int(x), sup, np.where(positive[x], log_target[x], 0.0))
     common = dict(
         objective=objective,
         shape=(X, K),

@@ -77,7 +77,8 @@ def kl_rl_optimum(rewards: Any, ref_policy: Any, beta: float) -> UniqueOptimum:
     log_pi = log_normalise(np.log(ref) + r / beta)
     opt = optimum_from_target(
         "kl_rl",
-        np.exp(log_pi),
+        None,
+        log_target=log_pi,
         derivation="J(pi) = beta log Z - beta KL(pi || pi_ref exp(r/beta)/Z): maximal iff pi = pi*.",
         extras={"values": beta * logsumexp(np.log(ref) + r / beta, axis=1), "beta": beta},
     )
