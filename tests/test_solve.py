@@ -56,13 +56,7 @@ def random_mdp(seed: int, S: int, A: int, gamma: float, sparse: bool, n_terminal
         R = R + rng.normal(size=(S, A))  # arbitrary signs are fine when discounted
         R[terminal] = 0.0
     flat = sp.csr_matrix(P.reshape(S * A, S)) if sparse else P
-    try:
-        return TabularMDP(flat, R, gamma, terminal=terminal)
-    except NotImplementedError:
-        # mdp.py at 45d53cb fails on a sparse P without terminal states (an empty fancy index
-        # gives a sparse (1, 0) matrix, minus a scalar); fall back to dense until that is fixed.
-        assert sparse and not terminal.any()
-        return TabularMDP(P, R, gamma, terminal=terminal)
+    return TabularMDP(flat, R, gamma, terminal=terminal)
 
 
 mdp_params = st.fixed_dictionaries({
