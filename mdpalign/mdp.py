@@ -26,12 +26,32 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order
 
-__all__ = ["TabularMDP", "InvalidMDPError", "ROW_SUM_TOL"]
+__all__ = ["TabularMDP", "InvalidMDPError", "ROW_SUM_TOL", "reachable_mask"]
 
 #: Largest tolerated deviation of a transition row (or the initial distribution) from summing to 1.
 ROW_SUM_TOL = 1e-9
 
 ArrayOrSparse = Union[np.ndarray, sp.spmatrix, sp.sparray]
+
+
+def reachable_mask(adjacency, sources) -> np.ndarray:
+    """Boolean ``(n,)``: nodes reachable from any of ``sources`` along the non-zero entries of ``adjacency``.
+
+    One breadth-first search from a virtual super-source linked to every source: linear in the edges,
+    where a search per source (or networkx's pure-Python graphs) is far too slow at 10^5+ states.
+    Pass the transpose of a transition support to ask "which states can reach ``sources``".
+    """
+    adjacency = sp.csr_matrix(adjacency, copy=True)
+    adjacency.eliminate_zeros()  # a stored zero is no edge
+    n = adjacency.shape[0]
+    sources = np.asarray(sources, dtype=np.int64).ravel()
+    link = sp.csr_matrix((np.ones(sources.size, dtype=np.int8), (np.zeros(sources.size, dtype=np.int64), sources)),
+                         shape=(1, n))
+    graph = sp.bmat([[None, link], [sp.csr_matrix((n, 1), dtype=np.int8), adjacency]], format="csr")
+    order = breadth_first_order(graph, 0, directed=True, return_predecessors=False)
+    reached = np.zeros(n, dtype=bool)
+    reached[order[order > 0] - 1] = True
+    return reached
 
 
 class InvalidMDPError(ValueError):
@@ -313,19 +333,6 @@ class TabularMDP:
             (np.ones(int(keep.sum()), dtype=np.int8), (coo.row[keep] // self.n_actions, coo.col[keep])), shape=(S, S)
         )
 
-    def _reached_from(self, adjacency: sp.csr_matrix, sources: np.ndarray) -> np.ndarray:
-        # One breadth-first search from a virtual super-source linked to every source: linear in the edges,
-        # where a search per source (or networkx's pure-Python graphs) is far too slow at 10^5+ states.
-        S = self.n_states
-        link = sp.csr_matrix((np.ones(len(sources), dtype=np.int8), (np.zeros(len(sources), dtype=np.int64),
-                                                                   np.asarray(sources, dtype=np.int64))),
-                             shape=(1, S))
-        graph = sp.bmat([[None, link], [sp.csr_matrix((S, 1), dtype=np.int8), adjacency]], format="csr")
-        order = breadth_first_order(graph, 0, directed=True, return_predecessors=False)
-        reached = np.zeros(S, dtype=bool)
-        reached[order[order > 0] - 1] = True
-        return reached
-
     def states_that_cannot_terminate(self) -> np.ndarray:
         """Non-terminal states from which no action sequence reaches a terminal state.
 
@@ -336,14 +343,14 @@ class TabularMDP:
         targets = np.flatnonzero(self.terminal)
         if targets.size == 0:
             return np.arange(self.n_states, dtype=np.int64)
-        reached = self._reached_from(self._support_matrix().T.tocsr(), targets)
+        reached = reachable_mask(self._support_matrix().T, targets)
         return np.flatnonzero(~reached).astype(np.int64)
 
     def reachable_states(self, sources=None) -> np.ndarray:
         """States reachable (under some policy) from ``sources`` (default: the support of ``initial``)."""
         if sources is None:
             sources = np.flatnonzero(self.initial > 0)
-        return np.flatnonzero(self._reached_from(self._support_matrix(), np.asarray(sources))).astype(np.int64)
+        return np.flatnonzero(reachable_mask(self._support_matrix(), np.asarray(sources))).astype(np.int64)
 
     def with_gamma(self, gamma: float) -> "TabularMDP":
         """The same MDP with another discount (re-validated)."""

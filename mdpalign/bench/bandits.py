@@ -247,12 +247,8 @@ def run_bandits(config: BanditsConfig):
     Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
     caller's thread count afterwards.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with rp.single_torch_thread():
         return _run_bandits(config)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_bandits(config: BanditsConfig) -> BanditsResult:

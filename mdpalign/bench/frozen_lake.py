@@ -506,12 +506,8 @@ def run_frozen_lake(config: FrozenLakeConfig):
     Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
     caller's thread count afterwards.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with rp.single_torch_thread():
         return _run_frozen_lake(config)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_frozen_lake(config: FrozenLakeConfig) -> FrozenLakeResult:

@@ -38,6 +38,20 @@ class ReportError(ValueError):
 
 
 @contextlib.contextmanager
+def single_torch_thread():
+    """Run torch single-threaded inside the block (the benchmarks' matrices are tiny: threads only add
+    overhead and make timings noisy), restoring the caller's thread count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``out`` only if the block succeeds.
 

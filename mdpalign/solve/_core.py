@@ -41,9 +41,8 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-from scipy.sparse.csgraph import breadth_first_order
 
-from mdpalign.mdp import TabularMDP
+from mdpalign.mdp import TabularMDP, reachable_mask
 
 __all__ = [
     "Solution", "SoftSolution", "SolverError", "UnboundedMDPError", "ConvergenceError",
@@ -203,18 +202,7 @@ def span_limits(mdp: TabularMDP, d: np.ndarray) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- properness
 def _reaches_terminal(mdp: TabularMDP, P_support) -> np.ndarray:
     """Boolean (S,): states from which the chain with support ``P_support`` (S x S) reaches a terminal state."""
-    S = mdp.n_states
-    # Reverse edges s' -> s, plus a virtual source S pointing to every terminal state.
-    g = sp.csr_matrix(P_support, dtype=np.float64)
-    g = g.T.tocoo()
-    term = np.flatnonzero(mdp.terminal)
-    rows = np.concatenate([g.row, np.full(term.size, S)])
-    cols = np.concatenate([g.col, term])
-    rev = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(S + 1, S + 1))
-    order = breadth_first_order(rev, S, directed=True, return_predecessors=False)
-    reached = np.zeros(S + 1, dtype=bool)
-    reached[order] = True
-    return reached[:S]
+    return reachable_mask(sp.csr_matrix(P_support).T, np.flatnonzero(mdp.terminal))
 
 
 def is_proper(mdp: TabularMDP, policy) -> bool:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.csgraph import breadth_first_order, connected_components
+from scipy.sparse.csgraph import connected_components
 
-from mdpalign.mdp import TabularMDP
+from mdpalign.mdp import TabularMDP, reachable_mask
 from mdpalign.solve._core import (
-    SolverError, _evaluate_from, _reaches_terminal, check_horizon, check_mdp, policy_matrix, solve_linear,
+    SolverError, _evaluate_from, check_horizon, check_mdp, policy_matrix, solve_linear,
 )
 
 __all__ = ["evaluate", "occupancy", "success_probability", "closed_nonterminal_classes"]
@@ -31,18 +31,6 @@ def _support(P) -> sp.csr_matrix:
     M.data = (M.data > 0).astype(np.float64)
     M.eliminate_zeros()
     return M
-
-
-def _reachable_from(G: sp.csr_matrix, sources: np.ndarray) -> np.ndarray:
-    """Boolean (S,): states reachable along the edges of G from any of ``sources``."""
-    S = G.shape[0]
-    coo = G.tocoo()
-    rows = np.concatenate([coo.row, np.full(sources.size, S)])
-    cols = np.concatenate([coo.col, sources])
-    ext = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(S + 1, S + 1))
-    reach = np.zeros(S + 1, dtype=bool)
-    reach[breadth_first_order(ext, S, directed=True, return_predecessors=False)] = True
-    return reach[:S]
 
 
 def closed_nonterminal_classes(mdp: TabularMDP, P_pi) -> np.ndarray:
@@ -146,7 +134,7 @@ def occupancy(mdp: TabularMDP, policy, horizon: int | None = None) -> np.ndarray
     if mdp.gamma == 1.0:
         closed = closed_nonterminal_classes(mdp, P_pi)
         if closed.any():
-            reach = _reachable_from(_support(P_pi), np.flatnonzero(mdp.initial > 0))
+            reach = reachable_mask(_support(P_pi), np.flatnonzero(mdp.initial > 0))
             hit = closed & reach
             if hit.any():
                 raise SolverError(
@@ -210,11 +198,7 @@ def success_probability(mdp: TabularMDP, policy, goal_states, horizon: int | Non
     pi = _time_policies(mdp, policy, None)[0]
     P_pi, _ = mdp.policy_transitions(pi)
 
-    class _Goal:  # the reachability helper only needs .terminal and .n_states
-        terminal = goal
-        n_states = S
-
-    can_reach = _reaches_terminal(_Goal, _support(P_pi))
+    can_reach = reachable_mask(sp.csr_matrix(_support(P_pi)).T, np.flatnonzero(goal))
     X = np.flatnonzero(can_reach & ~goal)
     h = goal.astype(np.float64)
     if X.size:
