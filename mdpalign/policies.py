@@ -6,7 +6,9 @@ Every policy maps integer inputs (states / contexts / prefixes) to logits over a
 * ``embed(states) -> (..., D)`` and ``forward_embeds(embeds) -> (..., A)``: the :class:`EmbeddingPolicy` protocol,
   which lets IFT feed the fused input ``(1−λ)·e(s) + λ·e(ŝ)``. A fusion with ``λ = 0`` reproduces the plain
   forward pass bit for bit (MLPPolicy runs ``log_probs`` through the same two calls; TabularPolicy indexes, and a
-  one-hot matmul gives the same numbers exactly — tested).
+  one-hot matmul gives the same numbers exactly — tested). Policies over a huge action space (an LLM's vocabulary)
+  may add the optional hooks ``greedy_from_embeds`` / ``token_logps_from_embeds`` (:class:`EmbeddingPolicyHooks`)
+  so IFT never materialises full logits.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["EmbeddingPolicy", "TabularPolicy", "MLPPolicy", "PolicyInputError"]
+__all__ = ["EmbeddingPolicy", "EmbeddingPolicyHooks", "TabularPolicy", "MLPPolicy", "PolicyInputError"]
 
 
 class PolicyInputError(ValueError):
@@ -27,11 +29,37 @@ class PolicyInputError(ValueError):
 class EmbeddingPolicy(Protocol):
     """What IFT's two-pass driver needs: ``embed(inputs) -> (…, D)`` and ``forward_embeds(embeds, **kw) ->
     logits (…, A)``. For a Hugging Face causal LM the adapter is ``model.get_input_embeddings()(ids)`` and
-    ``model(inputs_embeds=embeds, **kw).logits``."""
+    ``model(inputs_embeds=embeds, **kw).logits``.
+
+    Optional hooks (:class:`EmbeddingPolicyHooks`; not members of this protocol, so the tabular and MLP policies,
+    which do not have them, still satisfy it). A policy whose action space is too large for full (B, T, A) logits —
+    a language model's vocabulary — provides them, and :func:`mdpalign.objectives.ift_two_pass` then calls them
+    instead of ``forward_embeds``:
+
+    * ``greedy_from_embeds(embeds, **kw) -> (B, T)`` int64: ``argmax_a`` of the logits at every position (IFT's
+      pass 1; called under ``torch.no_grad``);
+    * ``token_logps_from_embeds(embeds, targets, mask, **kw) -> (B, T)``: ``log softmax(logits)[targets]`` where
+      ``mask`` (B, T) bool is true, exactly 0 elsewhere, differentiable (IFT's pass 2); ``targets[:, t]`` is the
+      action scored with the logits of position t (no shift).
+
+    Both must equal ``forward_embeds(embeds, **kw).argmax(-1)`` and ``token_logps_from_logits(forward_embeds(
+    embeds, **kw), targets, mask)`` up to rounding; the ``kw`` are the same forward keywords. The LLM adapter
+    (``mdpalign.llm_bridge.trainer``) implements them with the chunked LM head of ``mdpalign.llm_bridge.logps``.
+    """
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor: ...
 
     def forward_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class EmbeddingPolicyHooks(Protocol):
+    """The optional large-action-space hooks of an :class:`EmbeddingPolicy` (see there)."""
+
+    def greedy_from_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor: ...
+
+    def token_logps_from_embeds(self, embeds: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                                **kwargs) -> torch.Tensor: ...
 
 
 def _check_ids(name: str, ids: torch.Tensor, upper: int) -> torch.Tensor:

@@ -66,6 +66,27 @@ def test_scoring_the_prompt_too(setup):
     torch.testing.assert_close(tl, naive * scored, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 4096])
+def test_target_layout_and_greedy_equal_the_full_logits(setup, chunk):
+    """score_layout="target" (position t scores its own next token, IFT's layout, last position included) and
+    greedy_mask (chunked argmax) against the full logits, through inputs_embeds as IFT calls them."""
+    _, model, padded, _, logits, _ = setup
+    ids, am = padded["input_ids"], padded["attention_mask"]
+    targets = torch.roll(ids, -1, dims=1)
+    mask = am.bool().clone()
+    mask[0, -1] = True  # the last position is scorable in this layout
+    every = torch.ones_like(mask)
+    with torch.no_grad():
+        out = model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=am, score_mask=mask,
+                    score_targets=targets, score_layout="target", greedy_mask=every, logps_chunk_size=chunk)
+    expected = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
+    torch.testing.assert_close(out.token_logps, expected * mask, atol=1e-5, rtol=0)
+    assert torch.all(out.token_logps[~mask] == 0)
+    assert torch.equal(out.greedy, logits.argmax(-1))
+    with pytest.raises(ValueError, match="needs score_targets"):
+        model(input_ids=ids, score_mask=mask, score_layout="target")
+
+
 def test_selective_equals_naive_and_bf16_upcasts(setup):
     _, _, padded, _, logits, naive = setup
     torch.testing.assert_close(selective_token_logps(logits, padded["input_ids"]), naive, atol=1e-5, rtol=0)

@@ -160,6 +160,49 @@ def test_ift_with_lambda_and_decay_zero_is_sft_per_sequence_mean(dirs, tmp_path)
         assert abs(ift2.compute_loss(ift2.model, batch).item() - l_ift.item()) > 1e-3
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_ift_chunked_head_hooks_equal_the_full_logits_path(dirs, tmp_path, monkeypatch, lam):
+    """The adapter's hooks (chunked argmax + chunked target log-probs) give the loss and gradients of the plain
+    EmbeddingPolicy path (full fp32 logits, argmax, token_logps_from_logits) on the same model and batch."""
+    from mdpalign.llm_bridge import trainer as trainer_module
+
+    hooked_cls = trainer_module._EmbeddingPolicy
+
+    class Plain:  # the protocol without the optional hooks
+        def __init__(self, model, embeddings, chunk_size):
+            inner = hooked_cls(model, embeddings, chunk_size)
+            self.embed, self.forward_embeds = inner.embed, inner.forward_embeds
+
+    tr, _, batch = _ours(dirs, tmp_path, COMPLETIONS, objective="ift", ift_lambda=lam, ift_decay=0.9,
+                         logps_chunk_size=3)
+
+    def loss_and_grads():
+        tr.model.zero_grad(set_to_none=True)
+        loss = tr.compute_loss(tr.model, batch)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in tr.model.named_parameters()}
+
+    def no_full_logits(*args, **kwargs):
+        raise AssertionError("the hooked path must not ask for full logits")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(hooked_cls, "forward_embeds", no_full_logits)
+        l_hook, g_hook = loss_and_grads()
+    with monkeypatch.context() as mp:
+        mp.setattr(trainer_module, "_EmbeddingPolicy", Plain)
+        l_plain, g_plain = loss_and_grads()
+    assert l_hook == pytest.approx(l_plain, abs=1e-6)
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_hook[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    # pass 1 on its own: the chunked argmax is the argmax of the full logits
+    model = tr.model
+    policy = hooked_cls(model, model.get_input_embeddings(), chunk_size=3)
+    with torch.no_grad():
+        e = policy.embed(batch["input_ids"])
+        kw = {"attention_mask": batch["attention_mask"]}
+        assert torch.equal(policy.greedy_from_embeds(e, **kw), policy.forward_embeds(e, **kw).argmax(-1))
+
+
 def test_padding_free_gives_the_padded_loss(dirs, tmp_path):
     for objective, rows, extra in (("dpo", PREFERENCES, {"reference": "precomputed"}), ("orpo", PREFERENCES, {}),
                                    ("ift", COMPLETIONS, {"ift_lambda": 0.3, "ift_decay": 0.9})):

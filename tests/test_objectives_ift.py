@@ -12,6 +12,7 @@ from mdpalign.objectives import (
     shift_mask_to_inputs,
     successor_from_table,
 )
+from mdpalign.objectives.common import ShapeError
 from mdpalign.policies import MLPPolicy, TabularPolicy
 
 STATES = torch.tensor([[0, 1, 2, 3], [4, 2, 0, 0], [1, 3, 4, 2]])
@@ -167,6 +168,66 @@ def test_two_pass_causal_default_shifts_the_greedy_prediction():
     fuse = shift_mask_to_inputs(mask)
     assert fuse.tolist() == [[False, False, True, True, True], [False, False, False, True, True]]
     assert torch.equal(two.predicted_inputs, torch.where(fuse, expect_pred, ids))
+
+
+class _Hooked:
+    """An EmbeddingPolicy with the optional hooks, computed from the wrapped policy's logits; counts every call."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.calls = {"forward_embeds": 0, "greedy_from_embeds": 0, "token_logps_from_embeds": 0}
+
+    def embed(self, inputs):
+        return self.policy.embed(inputs)
+
+    def forward_embeds(self, embeds, **kw):
+        self.calls["forward_embeds"] += 1
+        return self.policy.forward_embeds(embeds, **kw)
+
+    def greedy_from_embeds(self, embeds, **kw):
+        self.calls["greedy_from_embeds"] += 1
+        assert not torch.is_grad_enabled()  # pass 1 runs without gradient
+        return self.policy.forward_embeds(embeds, **kw).argmax(-1)
+
+    def token_logps_from_embeds(self, embeds, targets, mask, **kw):
+        self.calls["token_logps_from_embeds"] += 1
+        lp = torch.log_softmax(self.policy.forward_embeds(embeds, **kw), -1).gather(-1, targets[..., None])[..., 0]
+        return torch.where(mask, lp, torch.zeros_like(lp))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.4])
+def test_two_pass_calls_the_optional_hooks_and_gives_the_plain_result(lam):
+    from mdpalign.policies import EmbeddingPolicy, EmbeddingPolicyHooks
+
+    classes = torch.tensor([[0], [1], [0]]).expand(3, 4)
+    plain = MLPPolicy(5, 3, hidden=7, n_classes=2, seed=3)
+    hooked = _Hooked(plain)
+    assert isinstance(hooked, EmbeddingPolicy) and isinstance(hooked, EmbeddingPolicyHooks)
+    assert not isinstance(plain, EmbeddingPolicyHooks)  # the built-in policies keep the forward_embeds path
+    kw = dict(lam=lam, predicted_inputs=successor_from_table(NEXT), classes=classes)
+    a = ift_two_pass(plain, STATES, ACTIONS, MASK, **kw)
+    b = ift_two_pass(hooked, STATES, ACTIONS, MASK, **kw)
+    assert hooked.calls == {"forward_embeds": 0, "greedy_from_embeds": 1, "token_logps_from_embeds": 1}
+    assert torch.equal(a.greedy, b.greedy) and torch.equal(a.predicted_inputs, b.predicted_inputs)
+    torch.testing.assert_close(b.token_logps, a.token_logps, rtol=0, atol=1e-14)
+    grads = []
+    for two in (a, b):
+        plain.zero_grad(set_to_none=True)
+        ift_loss(two.token_logps, MASK, decay=0.9).losses.sum().backward()
+        grads.append([p.grad.clone() for p in plain.parameters()])
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(gb, ga, rtol=0, atol=1e-13)
+
+
+def test_two_pass_checks_the_hooks_output_shapes():
+    hooked = _Hooked(TabularPolicy(5, 3, init_scale=1.0, seed=0))
+    hooked.greedy_from_embeds = lambda e, **kw: torch.zeros(3, 3, dtype=torch.long)
+    with pytest.raises(ShapeError, match="greedy ids of shape"):
+        ift_two_pass(hooked, STATES, ACTIONS, MASK, lam=0.1, predicted_inputs=successor_from_table(NEXT))
+    hooked = _Hooked(TabularPolicy(5, 3, init_scale=1.0, seed=0))
+    hooked.token_logps_from_embeds = lambda e, y, m, **kw: torch.zeros(3)
+    with pytest.raises(ShapeError, match="token_logps_from_embeds returned shape"):
+        ift_two_pass(hooked, STATES, ACTIONS, MASK, lam=0.1, predicted_inputs=successor_from_table(NEXT))
 
 
 def test_bad_arguments():

@@ -13,7 +13,10 @@ Two ways to get them:
   activation checkpointing, so the backward pass recomputes the chunk's logits instead of keeping
   them: peak extra memory is one (chunk_size, vocab) fp32 block, not (B*T, vocab).
   :func:`install_logps_forward` routes ``model(..., score_mask=...)`` here, so the call still
-  goes through the (DDP / FSDP / PEFT) wrapped model's forward.
+  goes through the (DDP / FSDP / PEFT) wrapped model's forward. ``score_layout="target"`` scores
+  ``score_targets[:, t]`` with the hidden state of position t itself (IFT's layout), and
+  ``greedy_mask=`` returns the per-position argmax token (:func:`chunked_greedy`, no grad), the
+  same chunking, so IFT's two passes never hold (B, T, vocab) logits either.
 * :func:`selective_token_logps` — from logits you already have: ``gather - logsumexp``, row by row
   for half precision (the fp32 upcast is then one row at a time).
 
@@ -56,11 +59,7 @@ def selective_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torc
 
 
 def _head_logps(head, hidden, targets, softcap: float | None, scale: float):
-    z = head(hidden).float()
-    if scale != 1.0:
-        z = z * scale
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
+    z = _head_logits(head, hidden, softcap, scale)
     return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
@@ -96,12 +95,45 @@ def chunked_token_logps(
     return torch.cat(out)
 
 
+def _head_logits(head, hidden, softcap: float | None, scale: float) -> torch.Tensor:
+    z = head(hidden).float()
+    if scale != 1.0:
+        z = z * scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z
+
+
+@torch.no_grad()
+def chunked_greedy(
+    hidden: torch.Tensor,
+    head,
+    chunk_size: int = 1024,
+    softcap: float | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """argmax of the (transformed) logits ``c·tanh(scale·head(h)/c)`` for M rows of h -> (M,) int64 ids.
+
+    ``chunk_size`` rows at a time under ``torch.no_grad``: peak extra memory one (chunk_size, vocab) fp32 block.
+    The transform is the one :func:`chunked_token_logps` applies (monotone, so the argmax is the model's greedy
+    token; ties go to the lowest id, as ``torch.argmax`` of the full logits does).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out = [_head_logits(head, hidden[start : start + chunk_size], softcap, scale).argmax(dim=-1)
+           for start in range(0, hidden.shape[0], chunk_size)]
+    if not out:
+        return torch.zeros(0, dtype=torch.long, device=hidden.device)
+    return torch.cat(out)
+
+
 @dataclass
 class LogpsOutput:
     """What ``model(..., score_mask=...)`` returns once :func:`install_logps_forward` ran."""
 
-    token_logps: torch.Tensor  # (B, T) fp32, 0 where not scored
+    token_logps: torch.Tensor | None = None  # (B, T) fp32, 0 where not scored (None without score_mask)
     hidden_states: torch.Tensor | None = None
+    greedy: torch.Tensor | None = None  # (B, T) int64 argmax ids where greedy_mask, 0 elsewhere
 
     def __getitem__(self, key):  # Trainer helpers index outputs like dicts
         return getattr(self, key)
@@ -117,11 +149,21 @@ def _logit_transform(config) -> tuple[float | None, float]:
 def install_logps_forward(model) -> None:
     """Patch a causal LM *instance* so ``model(..., score_mask=M)`` returns :class:`LogpsOutput`.
 
-    Without ``score_mask`` the forward is untouched (generation, plain logits). With it, the
-    backbone runs once and only the positions in M (B, T) bool are pushed through the LM head, in
-    chunks (see :func:`chunked_token_logps`). ``score_targets`` (B, T) gives the token scored at
-    each position (default ``input_ids``; needed with ``inputs_embeds``). Patch the base model —
-    PEFT wrappers, DDP and FSDP call its ``forward`` attribute, so the patch survives wrapping.
+    Without ``score_mask`` and ``greedy_mask`` the forward is untouched (generation, plain logits).
+    With them, the backbone runs once and only the selected positions are pushed through the LM
+    head, in chunks of ``logps_chunk_size`` (see :func:`chunked_token_logps`):
+
+    * ``score_mask`` (B, T) bool with ``score_layout="input"`` (default): ``token_logps[:, t] =
+      log pi(score_targets[:, t] | x_<t)`` from the hidden state at t−1 (position 0 never scored);
+      ``score_targets`` defaults to ``input_ids`` (needed with ``inputs_embeds``).
+    * ``score_layout="target"``: ``token_logps[:, t] = log pi(score_targets[:, t] | x_≤t)`` from the
+      hidden state at t itself (the layout of :func:`mdpalign.objectives.ift_two_pass`, where position
+      t's target is the next token); ``score_targets`` is then required.
+    * ``greedy_mask`` (B, T) bool: ``greedy[:, t]`` = argmax of position t's logits (the model's next
+      token), computed chunk by chunk without gradient (:func:`chunked_greedy`); 0 elsewhere.
+
+    Patch the base model — PEFT wrappers, DDP and FSDP call its ``forward`` attribute, so the patch
+    survives wrapping.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, _INSTALLED, False):
@@ -134,26 +176,42 @@ def install_logps_forward(model) -> None:
     original = base.forward
     softcap, scale = _logit_transform(base.config)
 
-    def forward(self, *args, score_mask=None, score_targets=None, logps_chunk_size=1024, **kwargs):
-        if score_mask is None:
+    def forward(self, *args, score_mask=None, score_targets=None, score_layout="input", greedy_mask=None,
+                logps_chunk_size=1024, **kwargs):
+        if score_mask is None and greedy_mask is None:
             return original(*args, **kwargs)
+        if score_layout not in ("input", "target"):
+            raise ValueError(f"score_layout must be 'input' or 'target', got {score_layout!r}")
         kwargs["use_cache"] = False
         for k in ("labels", "logits_to_keep", "num_items_in_batch"):
             kwargs.pop(k, None)
         input_ids = args[0] if args else kwargs.get("input_ids")
-        targets = score_targets if score_targets is not None else input_ids
-        if targets is None:
-            raise ValueError("score_targets is required when the model is called with inputs_embeds")
         hidden = getattr(self, prefix)(*args, **kwargs).last_hidden_state
-        mask = score_mask.bool().clone()
-        mask[:, 0] = False
-        # the hidden state at t-1 predicts the token at t
-        prev = torch.zeros_like(mask)
-        prev[:, :-1] = mask[:, 1:]
-        lp = chunked_token_logps(hidden[prev], self.get_output_embeddings(), targets[mask].to(hidden.device),
-                                 logps_chunk_size, softcap, scale)
-        token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
-        return LogpsOutput(token_logps=token_logps)
+        head = self.get_output_embeddings()
+        token_logps = greedy = None
+        if score_mask is not None:
+            if score_layout == "target":
+                if score_targets is None:
+                    raise ValueError("score_layout='target' needs score_targets (the token that follows each position)")
+                mask = score_mask.bool()
+                rows = mask  # the hidden state at t predicts the target at t
+            else:
+                if score_targets is None and input_ids is None:
+                    raise ValueError("score_targets is required when the model is called with inputs_embeds")
+                mask = score_mask.bool().clone()
+                mask[:, 0] = False
+                # the hidden state at t-1 predicts the token at t
+                rows = torch.zeros_like(mask)
+                rows[:, :-1] = mask[:, 1:]
+            targets = score_targets if score_targets is not None else input_ids
+            lp = chunked_token_logps(hidden[rows], head, targets[mask].to(hidden.device),
+                                     logps_chunk_size, softcap, scale)
+            token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
+        if greedy_mask is not None:
+            gm = greedy_mask.bool().to(hidden.device)
+            ids = chunked_greedy(hidden[gm], head, logps_chunk_size, softcap, scale)
+            greedy = torch.zeros(gm.shape, dtype=torch.long, device=hidden.device).masked_scatter(gm, ids)
+        return LogpsOutput(token_logps=token_logps, greedy=greedy)
 
     base.forward = types.MethodType(forward, base)
     setattr(base, _INSTALLED, True)

@@ -11,7 +11,8 @@ Reductions (each the one TRL uses where TRL has the objective, so the numbers ar
   mean / sum NLL.
 * C-RLFT: Σ_i w_i ℓ_i / Σ_i w_i (``crlft_reduce``), Σ_i w_i over the optimizer step like the SFT count.
 * DPO: batch mean of per-pair losses. ORPO: batch token mean of the NLL + λ · mean odds-ratio term
-  (TRL's ORPOTrainer). IFT: batch mean of per-sequence losses (the reference code).
+  (TRL's ORPOTrainer). IFT: batch mean of per-sequence losses (the reference code); both passes through the
+  chunked LM head (greedy tokens and target log-probs without full-vocabulary logits).
 
 Reference log-probs for DPO (``reference``): ``precomputed`` (one pass before training, cached on
 disk, keyed by a hash of the reference model, the tokenised data and the settings), ``model`` (a
@@ -70,17 +71,30 @@ def check_embedding_access(model) -> None:
 
 
 class _EmbeddingPolicy:
-    """The EmbeddingPolicy protocol (``embed`` / ``forward_embeds``) over a (wrapped) HF causal LM."""
+    """The EmbeddingPolicy protocol (``embed`` / ``forward_embeds``) over a (wrapped) HF causal LM, with the optional
+    hooks ``greedy_from_embeds`` / ``token_logps_from_embeds`` that :func:`~mdpalign.objectives.ift_two_pass` uses:
+    both go through the model's patched forward (:func:`~mdpalign.llm_bridge.logps.install_logps_forward`), so the
+    LM head runs ``chunk_size`` positions at a time (argmax under no_grad; target log-probs upcast per chunk and
+    recomputed in backward) and no (B, T, vocab) fp32 logits are ever held."""
 
-    def __init__(self, model, embeddings: torch.nn.Module):
-        self.model, self.embeddings = model, embeddings
+    def __init__(self, model, embeddings: torch.nn.Module, chunk_size: int = 1024):
+        self.model, self.embeddings, self.chunk_size = model, embeddings, int(chunk_size)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embeddings(ids)
 
     def forward_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor:
-        # fp32 so the objectives' log_softmax is not done in bf16
+        # fp32 so the objectives' log_softmax is not done in bf16 (full logits: only for callers without the hooks)
         return self.model(inputs_embeds=embeds, use_cache=False, **kwargs).logits.float()
+
+    def greedy_from_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor:
+        every = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        return self.model(inputs_embeds=embeds, greedy_mask=every, logps_chunk_size=self.chunk_size, **kwargs).greedy
+
+    def token_logps_from_embeds(self, embeds: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                                **kwargs) -> torch.Tensor:
+        return self.model(inputs_embeds=embeds, score_mask=mask, score_targets=targets, score_layout="target",
+                          logps_chunk_size=self.chunk_size, **kwargs).token_logps
 
 
 def _unwrap(model):
@@ -341,7 +355,7 @@ class MdpalignTrainer(Trainer):
         target_mask = torch.zeros_like(counted)
         target_mask[:, :-1] = counted[:, 1:]
         fwd = {"position_ids": inputs["position_ids"]} if "seq_lengths" in inputs else {"attention_mask": inputs["attention_mask"]}
-        policy = _EmbeddingPolicy(model, _unwrap(model).get_input_embeddings())
+        policy = _EmbeddingPolicy(model, _unwrap(model).get_input_embeddings(), self.args.logps_chunk_size)
         two = ift_two_pass(policy, ids, targets, target_mask, lam=self.args.ift_lambda, **fwd)
         tl, tm = two.token_logps, target_mask
         if "seq_lengths" in inputs:

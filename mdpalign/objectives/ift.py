@@ -216,6 +216,14 @@ def ift_two_pass(
     pass 2: ``fused = fuse_embeddings(embed(inputs), embed(ŝ), fuse_mask, lam)`` and the target log-probs of
     ``forward_embeds(fused)``. ``fuse_mask`` defaults to :func:`shift_mask_to_inputs` (mask). ``forward_kwargs``
     (attention_mask, classes, ...) go to both passes. Feed the result to :func:`ift_loss`.
+
+    Optional hooks (see :class:`~mdpalign.policies.EmbeddingPolicy`): when the policy has
+    ``greedy_from_embeds(embeds, **kw)`` pass 1 takes ``greedy`` from it instead of the argmax of full logits, and
+    when it has ``token_logps_from_embeds(embeds, targets, mask, **kw)`` pass 2 takes the target log-probs from it
+    instead of :func:`~mdpalign.objectives.common.token_logps_from_logits` on ``forward_embeds(fused)`` (each hook
+    is used on its own when present). The result is the same up to rounding; the hooks let a language model
+    compute both without its (B, T, vocab) logits (the LLM adapter chunks the LM head). Their outputs are checked
+    for shape (B, T).
     """
     lam = _check_unit_interval(lam, "lam")
     m = as_bool_mask(mask, "mask")
@@ -225,12 +233,22 @@ def ift_two_pass(
     if fm.shape != m.shape:
         raise ShapeError(f"fuse_mask must have shape {tuple(m.shape)}, got {tuple(fm.shape)}")
     with torch.no_grad():
-        greedy = policy.forward_embeds(policy.embed(inputs), **forward_kwargs).argmax(dim=-1)
+        if hasattr(policy, "greedy_from_embeds"):
+            greedy = policy.greedy_from_embeds(policy.embed(inputs), **forward_kwargs)
+        else:
+            greedy = policy.forward_embeds(policy.embed(inputs), **forward_kwargs).argmax(dim=-1)
+        if greedy.shape != inputs.shape:
+            raise ShapeError(f"pass 1 gave greedy ids of shape {tuple(greedy.shape)}, expected {tuple(inputs.shape)}")
         pred = predicted_inputs(greedy, inputs)
     if pred.shape != inputs.shape:
         raise ShapeError(f"predicted_inputs returned shape {tuple(pred.shape)}, expected {tuple(inputs.shape)}")
     # Where no fusion happens keep the true input, so the predicted id is never embedded out of context.
     pred = torch.where(fm, pred, inputs)
     fused = fuse_embeddings(policy.embed(inputs), policy.embed(pred), fm, lam)
-    logits = policy.forward_embeds(fused, **forward_kwargs)
-    return IFTTwoPass(token_logps_from_logits(logits, targets, m), pred, fm, greedy)
+    if hasattr(policy, "token_logps_from_embeds"):
+        token_logps = policy.token_logps_from_embeds(fused, targets, m, **forward_kwargs)
+        if token_logps.shape != m.shape:
+            raise ShapeError(f"token_logps_from_embeds returned shape {tuple(token_logps.shape)}, expected {tuple(m.shape)}")
+    else:
+        token_logps = token_logps_from_logits(policy.forward_embeds(fused, **forward_kwargs), targets, m)
+    return IFTTwoPass(token_logps, pred, fm, greedy)
