@@ -281,6 +281,45 @@ def test_crlft_weights_scale_each_class(dirs, tmp_path):
     assert loss == pytest.approx(sum(wi * li for wi, li in zip(w, nll)) / sum(w), rel=1e-5)
 
 
+def test_crlft_reduction_token_vs_sequence(dirs, tmp_path):
+    """crlft_reduction="sequence" (OpenChat's code: token weights w_i/n_i) against a hand computation from the
+    model's full-logits token log-probs; "token" (the paper) differs on sequences of unequal length."""
+    from mdpalign.llm_bridge import config as config_module
+    from mdpalign.llm_bridge.logps import naive_token_logps
+    from mdpalign.objectives import crlft_loss, crlft_reduce
+    from mdpalign.objectives.crlft import CRLFT_REDUCTIONS
+
+    assert config_module.CRLFT_REDUCTIONS == CRLFT_REDUCTIONS
+    assert _cfg(tmp_path).crlft_reduction == "token"
+    rows = [dict(r, **{"class": c}) for r, c in zip(COMPLETIONS, ["expert", "suboptimal", "expert", "suboptimal"])]
+    weights = {"expert": 1.0, "suboptimal": 0.1}
+    tok = load_tokenizer(dirs["base"])
+    ds = tokenize_records(rows, tok, TokenizeSettings("crlft", class_weights=weights))
+    losses = {}
+    for red in ("token", "sequence"):
+        cfg = _cfg(tmp_path, objective="crlft", crlft_class_weights=weights, crlft_reduction=red)
+        tr = MdpalignTrainer(load_model(dirs["policy"], cfg), cfg, ds, processing_class=tok)
+        batch = tr.data_collator(ds.examples)
+        with torch.no_grad():
+            losses[red] = tr.compute_loss(tr.model, batch).item()
+            # the training path (normaliser = Σ w over the optimizer step) gives the same number on one batch
+            step_w = tr._get_num_items_in_batch([batch], tr.args.device)
+            assert tr.compute_loss(tr.model, batch, num_items_in_batch=step_w).item() == pytest.approx(losses[red], rel=1e-6)
+            logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    m = batch["completion_mask"].bool()
+    n = m.sum(-1)
+    assert len(set(n.tolist())) > 1  # unequal lengths, else the two reductions differ only by a constant
+    lp = naive_token_logps(logits, batch["input_ids"]).double() * m
+    w = torch.tensor([weights[r["class"]] for r in rows], dtype=torch.float64)
+    hand = ((w * (-lp.sum(-1) / n)).sum() / w.sum()).item()
+    objective = crlft_reduce(crlft_loss(lp, m, w, reduction="sequence")).item()
+    assert objective == pytest.approx(hand, rel=1e-12)
+    assert losses["sequence"] == pytest.approx(hand, rel=1e-5)
+    token = crlft_reduce(crlft_loss(lp, m, w, reduction="token")).item()
+    assert losses["token"] == pytest.approx(token, rel=1e-5)
+    assert abs(losses["token"] - losses["sequence"]) > 0.1 * losses["sequence"]
+
+
 def test_kill_and_resume_gives_the_uninterrupted_run(dirs, tmp_path):
     from transformers import TrainerCallback
 
@@ -320,6 +359,7 @@ def test_kill_and_resume_gives_the_uninterrupted_run(dirs, tmp_path):
         ({"objective": "dpo", "reference": "adapter_disabled"}, "needs use_peft"),
         ({"ift_lambda": 1.0}, "ift_lambda must be in"),
         ({"objective": "crlft"}, "needs crlft_class_weights"),
+        ({"crlft_reduction": "sum"}, "unknown crlft_reduction 'sum'; expected one of token, sequence"),
         ({"crlft_class_weights": "{not json"}, "crlft_class_weights must be a mapping or a JSON object"),
     ],
 )

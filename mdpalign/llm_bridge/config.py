@@ -20,6 +20,7 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 REFERENCE_MODES = ("precomputed", "model", "adapter_disabled")
 ORPO_NLL_SCOPES = ("prompt_and_completion", "completion")
 SFT_REDUCTIONS = ("token_mean", "sequence_mean", "sequence_sum")
+CRLFT_REDUCTIONS = ("token", "sequence")  # == mdpalign.objectives.crlft.CRLFT_REDUCTIONS (checked in tests)
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # objectives whose loss compares a policy with a reference model
 NEEDS_REFERENCE = ("dpo",)
@@ -86,6 +87,13 @@ class TrainConfig(TrainingArguments):
     crlft_class_weights: dict | str | None = field(
         default=None, metadata={"help": 'Class -> weight, e.g. {"expert": 1.0, "suboptimal": 0.1} (OpenChat).'}
     )
+    crlft_reduction: str = field(
+        default="token",
+        metadata={"help": f"C-RLFT reduction, one of {CRLFT_REDUCTIONS}: token = the paper's sum of token NLL of each "
+                          "sequence weighted by its class weight w, normalised by the sum of w over the optimizer step; "
+                          "sequence = OpenChat's code, each token weighted by w_i/n_i (n_i = counted tokens of "
+                          "sequence i), same normalisation."},
+    )
     crlft_class_prefixes: dict | str | None = field(
         default=None,
         metadata={"help": 'Class -> prompt prefix, e.g. {"expert": "GPT4 Correct User: ", "suboptimal": "GPT3 User: "}.'},
@@ -133,6 +141,7 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("reference", cfg.reference, REFERENCE_MODES)
     _one_of("orpo_nll_scope", cfg.orpo_nll_scope, ORPO_NLL_SCOPES)
     _one_of("sft_reduction", cfg.sft_reduction, SFT_REDUCTIONS)
+    _one_of("crlft_reduction", cfg.crlft_reduction, CRLFT_REDUCTIONS)
     _one_of("torch_dtype", cfg.torch_dtype, TORCH_DTYPES)
     if not (math.isfinite(cfg.beta) and cfg.beta > 0):
         raise ConfigError(f"beta must be a finite number > 0, got {cfg.beta}")

@@ -9,7 +9,9 @@ Reductions (each the one TRL uses where TRL has the objective, so the numbers ar
   whole optimizer step (all gradient-accumulation micro-batches, all processes) as TRL/Trainer do
   with ``num_items_in_batch``; ``sequence_mean`` / ``sequence_sum``: batch mean of the per-sequence
   mean / sum NLL.
-* C-RLFT: Σ_i w_i ℓ_i / Σ_i w_i (``crlft_reduce``), Σ_i w_i over the optimizer step like the SFT count.
+* C-RLFT: Σ_i w_i ℓ_i / Σ_i w_i (``crlft_reduce``), Σ_i w_i over the optimizer step like the SFT count;
+  ℓ_i the token-sum NLL (``crlft_reduction="token"``, the paper) or the per-sequence mean NLL (``"sequence"``,
+  OpenChat's code: each token weighted w_i/n_i).
 * DPO: batch mean of per-pair losses. ORPO: batch token mean of the NLL + λ · mean odds-ratio term
   (TRL's ORPOTrainer). IFT: batch mean of per-sequence losses (the reference code); both passes through the
   chunked LM head (greedy tokens and target log-probs without full-vocabulary logits).
@@ -295,7 +297,7 @@ class MdpalignTrainer(Trainer):
     def _loss_crlft(self, model, inputs, weight_sum):
         tl, m, _ = batch_token_logps(model, inputs, self.args.logps_chunk_size)
         w = self._weights(inputs).to(device=tl.device, dtype=tl.dtype)
-        out = crlft_loss(tl, m, w, reduction="token")
+        out = crlft_loss(tl, m, w, reduction=self.args.crlft_reduction)
         loss = self._scale_global(out.losses.sum(), weight_sum)
         if loss is None:
             from mdpalign.objectives import crlft_reduce
