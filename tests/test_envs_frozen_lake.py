@@ -1,5 +1,4 @@
 """Frozen Lake: the MDP must be gymnasium's own transition table, and the two-path lake must be what it says."""
-import itertools
 
 import gymnasium
 import networkx as nx

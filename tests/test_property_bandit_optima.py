@@ -9,7 +9,6 @@ gradient through the line search (decrease ~ ||grad||^2/mu falls below one ulp o
 Limits (no finite optimum) use bounds derived in each test from the gradient formula.
 """
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

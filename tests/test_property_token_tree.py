@@ -11,7 +11,6 @@ from mdpalign.envs.token_tree import TokenTree, random_token_tree
 from mdpalign.proofs import leaf_pair_table, token_tree_optimum
 from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
 from mdpalign.proofs.harness import (
-    certified_logit_error,
     fit_and_check,
     fit_tabular,
     ift_population_loss,

@@ -8,27 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mdpalign._argtypes import positive_float, positive_int
+
 __all__ = ["register", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
 
 
 def _method_list(text: str) -> tuple[str, ...]:
@@ -59,9 +41,9 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    fl.add_argument("--seeds", type=_positive_int, default=d.seeds, help="number of network initialisations")
-    fl.add_argument("--steps", type=_positive_int, default=d.steps, help="Adam steps per method (full batch)")
-    fl.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="evaluate every K steps")
+    fl.add_argument("--seeds", type=positive_int, default=d.seeds, help="number of network initialisations")
+    fl.add_argument("--steps", type=positive_int, default=d.steps, help="Adam steps per method (full batch)")
+    fl.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="evaluate every K steps")
     fl.add_argument("--map", default=d.map, help="'two-path' (the default lake), a gymnasium map name "
                     "('4x4', '8x8') or comma-separated rows such as SFFG,FHHF,FFFF,HFFH")
     fl.add_argument("--slippery", action=argparse.BooleanOptionalAction, default=d.slippery,
@@ -71,11 +53,11 @@ def register(subparsers) -> None:
     fl.add_argument("--methods", type=_method_list, default=d.methods,
                     help=f"comma-separated subset of {','.join(FROZEN_LAKE_METHODS)}")
     fl.add_argument("--gamma", type=float, default=d.gamma, help="discount of the lake")
-    fl.add_argument("--beta-star", type=_positive_float, default=d.beta_star,
+    fl.add_argument("--beta-star", type=positive_float, default=d.beta_star,
                     help="temperature of the soft-optimal target policy pi*")
-    fl.add_argument("--hidden", type=_positive_int, default=d.hidden, help="hidden width of the two-layer MLP")
-    fl.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
-    fl.add_argument("--crlft-beta", type=_positive_float, default=d.crlft_beta,
+    fl.add_argument("--hidden", type=positive_int, default=d.hidden, help="hidden width of the two-layer MLP")
+    fl.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate")
+    fl.add_argument("--crlft-beta", type=positive_float, default=d.crlft_beta,
                     help="C-RLFT weights exp(r_c/beta) for class rewards (1, 0.1); default: OpenChat's constant "
                          "weights 1 and 0.1")
     fl.add_argument("--seed", type=int, default=d.seed, help="first seed; seeds are seed, seed+1, ...")
@@ -89,17 +71,17 @@ def register(subparsers) -> None:
         help="each objective vs its exact optimum and vs the KL-regularised RL optimum, on bandits",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bd.add_argument("--seeds", type=_positive_int, default=b.seeds)
-    bd.add_argument("--steps", type=_positive_int, default=b.steps)
-    bd.add_argument("--eval-every", type=_positive_int, default=b.eval_every)
-    bd.add_argument("--arms", type=_positive_int, default=b.arms, help="arms per context")
-    bd.add_argument("--contexts", type=_positive_int, default=b.contexts)
-    bd.add_argument("--beta", type=_positive_float, default=b.beta, help="KL strength / DPO beta")
+    bd.add_argument("--seeds", type=positive_int, default=b.seeds)
+    bd.add_argument("--steps", type=positive_int, default=b.steps)
+    bd.add_argument("--eval-every", type=positive_int, default=b.eval_every)
+    bd.add_argument("--arms", type=positive_int, default=b.arms, help="arms per context")
+    bd.add_argument("--contexts", type=positive_int, default=b.contexts)
+    bd.add_argument("--beta", type=positive_float, default=b.beta, help="KL strength / DPO beta")
     bd.add_argument("--objectives", type=_method_list, default=b.objectives,
                     help=f"comma-separated subset of {','.join(BANDIT_OBJECTIVES)}")
     bd.add_argument("--regimes", type=_method_list, default=b.regimes,
                     help=f"comma-separated subset of {','.join(BANDIT_REGIMES)}")
-    bd.add_argument("--lr", type=_positive_float, default=b.lr)
+    bd.add_argument("--lr", type=positive_float, default=b.lr)
     bd.add_argument("--seed", type=int, default=b.seed)
     bd.add_argument("--out", default=b.out)
     bd.add_argument("--quiet", action="store_true")

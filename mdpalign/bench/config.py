@@ -6,7 +6,7 @@ two runs with equal configs (and library versions) produce the same numbers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "BenchConfigError",

@@ -26,7 +26,6 @@ explicit here and published in every report:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -810,7 +809,7 @@ def _report_markdown(results: dict, problem: Problem, table: str, figures: dict[
         "- `value_gap`: J(π_opt) − J(π) from S, exact, π_opt the hard optimum.",
         "- `success`: probability of ever reaching G from S, exact (an absorbing-chain solve; the trained "
         "policies are softmax policies, so they terminate with probability 1).",
-        f"- `soft_value_gap`: V*_β(S) − V^π_β(S) at β = β*, the KL-regularised values (uniform reference); "
+        "- `soft_value_gap`: V*_β(S) − V^π_β(S) at β = β*, the KL-regularised values (uniform reference); "
         "= β Σ_t γ^t E[KL(π ‖ π*)] along π's own visits.",
         "",
         f"Run time: {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU (process).",

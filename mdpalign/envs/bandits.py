@@ -18,7 +18,7 @@ Plain numpy; no torch here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import networkx as nx

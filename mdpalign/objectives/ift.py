@@ -26,7 +26,6 @@ from mdpalign.objectives.common import (
     as_bool_mask,
     check_token_inputs,
     masked_token_values,
-    token_counts,
     token_logps_from_logits,
 )
 from mdpalign.objectives.sft import sft_pieces

@@ -3,41 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 
+from mdpalign._argtypes import non_negative_int, positive_float, unit_interval
+
 _METHOD_NAMES = {"pi": "policy_iteration", "vi": "value_iteration", "lp": "linear_program", "soft": "soft_value_iteration"}
-
-
-def _gamma(text: str) -> float:
-    try:
-        g = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"gamma must be a number in [0, 1]; got {text!r}") from None
-    if not (0.0 <= g <= 1.0):
-        raise argparse.ArgumentTypeError(f"gamma must lie in [0, 1]; got {g}")
-    return g
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number; got {text!r}")
-    return v
-
-
-def _horizon(text: str) -> int:
-    try:
-        h = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"horizon must be a non-negative integer; got {text!r}") from None
-    if h < 0:
-        raise argparse.ArgumentTypeError(f"horizon must be a non-negative integer; got {h}")
-    return h
 
 
 def _map(text: str):
@@ -63,14 +34,14 @@ def register(subparsers) -> None:
     fl.add_argument("--map", type=_map, default="4x4",
                     help="'4x4' (default), '8x8', or comma-separated rows, e.g. SFFF,FHFH,FFFH,HFFG")
     fl.add_argument("--no-slippery", dest="slippery", action="store_false", help="deterministic moves")
-    fl.add_argument("--gamma", type=_gamma, default=0.99, help="discount in [0, 1] (default 0.99)")
-    fl.add_argument("--horizon", type=_horizon, default=None,
+    fl.add_argument("--gamma", type=unit_interval, default=0.99, help="discount in [0, 1] (default 0.99)")
+    fl.add_argument("--horizon", type=non_negative_int, default=None,
                     help="solve the time-limited problem with this many steps (backward induction)")
     fl.add_argument("--method", choices=sorted(_METHOD_NAMES), default="pi",
                     help="pi (policy iteration, default), vi (value iteration), lp (linear program), "
                          "soft (KL-regularised, needs --beta)")
-    fl.add_argument("--beta", type=_positive_float, default=None, help="KL temperature for --method soft")
-    fl.add_argument("--tol", type=_positive_float, default=1e-10, help="certified error target (default 1e-10)")
+    fl.add_argument("--beta", type=positive_float, default=None, help="KL temperature for --method soft")
+    fl.add_argument("--tol", type=positive_float, default=1e-10, help="certified error target (default 1e-10)")
     fl.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     fl.set_defaults(func=run_frozen_lake, _parser=fl)
 

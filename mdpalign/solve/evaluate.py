@@ -39,7 +39,6 @@ def closed_nonterminal_classes(mdp: TabularMDP, P_pi) -> np.ndarray:
     These are the states an improper policy can never leave; every other non-terminal state is
     transient (left for good with probability 1).
     """
-    S = mdp.n_states
     G = _support(P_pi)
     n_comp, comp = connected_components(G, directed=True, connection="strong")
     coo = G.tocoo()
@@ -185,7 +184,6 @@ def success_probability(mdp: TabularMDP, policy, goal_states, horizon: int | Non
     ``mdp.initial @ h`` is the success probability of an episode.
     """
     check_mdp(mdp)
-    S = mdp.n_states
     goal = _goal_mask(mdp, goal_states)
     if horizon is not None:
         H = check_horizon(horizon)

@@ -7,7 +7,7 @@ from scipy.optimize import linprog
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
-    EPS, Solution, SolverError, UnboundedMDPError, check_mdp, check_tol, evaluate_deterministic,
+    EPS, Solution, UnboundedMDPError, check_mdp, check_tol, evaluate_deterministic,
     macqueen_bounds, proper_greedy_policy, q_values, ssp_certificate, timer,
 )
 from mdpalign.solve.policy_iteration import policy_iteration
