@@ -25,11 +25,25 @@ def test_log_odds_finite_at_the_extremes_with_finite_gradients(dtype):
     a_r = torch.tensor([-800.0, -1.0, -1e-30, -1e-7], dtype=dtype, requires_grad=True)
     lo = orpo_log_odds(a_c, a_r)
     assert bool(torch.isfinite(lo).all())
-    # log odds(a) = a - log(1 - e^a) -> -log(-a) as a -> 0-, and -> a as a -> -inf
+    # log odds(a) = a - log(1 - e^a) = a - log(-expm1(a)) -> -log(-a) as a -> 0-, and -> a as a -> -inf
+    # (row 1, a_c = 0, has infinite odds: only its finiteness is specified, so it is left out below)
+    def odds(a):
+        return a - math.log(-math.expm1(a))
+
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    rows = (0, 2, 3)
+    exact = {i: odds(a_c[i].item()) - odds(a_r[i].item()) for i in rows}
+    assert [lo[i].item() for i in rows] == pytest.approx([exact[i] for i in rows], rel=tol, abs=tol)
     if dtype == torch.float64:
         assert lo[0].item() == pytest.approx(-math.log(1e-30) - (-800.0), rel=1e-12)
     (-torch.nn.functional.logsigmoid(lo)).sum().backward()
     assert bool(torch.isfinite(a_c.grad).all()) and bool(torch.isfinite(a_r.grad).all())
+    # d/dlo -log sigma(lo) = -sigma(-lo); d odds/da = 1/(1 - e^a) = -1/expm1(a): the chain rule by hand
+    for i in rows:
+        x = exact[i]
+        outer = -(math.exp(-x) / (1.0 + math.exp(-x)) if x > 0 else 1.0 / (1.0 + math.exp(x)))  # -sigma(-x)
+        assert a_c.grad[i].item() == pytest.approx(outer * (-1.0 / math.expm1(a_c[i].item())), rel=tol, abs=tol), i
+        assert a_r.grad[i].item() == pytest.approx(outer * (1.0 / math.expm1(a_r[i].item())), rel=tol, abs=tol), i
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
