@@ -57,6 +57,9 @@ def test_zero_probability_actions_contribute_zero_with_finite_gradient():
     assert j.item() == pytest.approx(1.0 - math.log(2.0))
     j.backward()
     assert bool(torch.isfinite(log_pi.grad).all())
+    # d/d(log pi_y) of pi_y (r_y - beta (log pi_y - log ref_y)) = pi_y (r_y - beta (log pi_y - log ref_y)) - beta pi_y:
+    # at pi = (1, 0), beta = 1: (1 - log 2) - 1 = -log 2 for the sure action, and 0 for the impossible one
+    assert log_pi.grad.tolist() == pytest.approx([-math.log(2.0), 0.0], rel=1e-15, abs=0)
 
 
 def test_errors():
