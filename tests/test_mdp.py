@@ -131,9 +131,14 @@ def test_states_that_cannot_terminate_agrees_with_graph_reachability():
     terminal[[0, 5]] = True
     P[terminal] = 0.0
     P[0, :, 0] = P[5, :, 5] = 1.0
+    # a trap: 10 and 11 only move between themselves, and 9 only into them (so the answer is not empty)
+    P[[9, 10, 11]] = 0.0
+    P[9, :, 10] = P[10, :, 11] = P[11, :, 10] = 1.0
+    P[11, 0] = [0.0] * 10 + [0.5, 0.5]
     mdp = TabularMDP(P, np.zeros((S, A)), 0.9, terminal=terminal)
     g = mdp.to_networkx()
     expected = [s for s in range(S) if not any(nx.has_path(g, s, t) for t in (0, 5))]
+    assert {9, 10, 11} <= set(expected) and len(expected) < S - 2
     np.testing.assert_array_equal(mdp.states_that_cannot_terminate(), expected)
     # to_networkx carries the probabilities: out-edges of each (s, a) sum to 1
     for s in range(S):
@@ -189,3 +194,7 @@ def test_sparse_without_terminal_states():
     P[:, :, 0] = 1.0
     mdp = TabularMDP(sp.csr_matrix(P.reshape(6, 3)), np.zeros((3, 2)), 0.9)
     assert mdp.is_sparse and not mdp.terminal.any()
+    # no terminal state: the default start is uniform over all three, and every row moves to state 0
+    np.testing.assert_array_equal(mdp.initial, np.full(3, 1 / 3))
+    np.testing.assert_array_equal(mdp.expected_next(np.array([5.0, 1.0, 2.0])), np.full((3, 2), 5.0))
+    np.testing.assert_array_equal(mdp.dense_P(), P)
