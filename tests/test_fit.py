@@ -78,7 +78,9 @@ def test_fit_errors():
     pol32 = TabularPolicy(2, 4, dtype=torch.float32)
     with pytest.raises(FitError, match="float32"):
         fit(pol32, _sft(pol32))
-    fit(pol32, _sft(pol32), dtype=None, max_iter=3)  # allowed when asked
+    res32 = fit(pol32, _sft(pol32), dtype=None, max_iter=3)  # allowed when asked: it really trains, in float32
+    assert pol32.logits.dtype == torch.float32
+    assert res32.loss < math.log(4.0) - 1e-3  # below the uniform start's loss, the entropy log 4 of the guess
     pol = TabularPolicy(2, 4)
     with pytest.raises(FitError, match="scalar"):
         fit(pol, lambda: sft_loss(pol.token_logps(STATES, ACTIONS), MASK))
