@@ -129,6 +129,26 @@ def test_iterative_linear_solver_matches_direct():
 
 
 # ----------------------------------------------------------------------------- gamma = 1
+def _almost_sure_winning(P: np.ndarray, goal) -> np.ndarray:
+    """States from which some policy reaches ``goal`` with probability 1, from the support graph alone
+    (the classical nested fixed point: shrink W to the states that can reach the goal using only actions
+    whose every successor stays in W, until W is stable). No values, no solver."""
+    support = P > 0
+    W = np.ones(P.shape[0], dtype=bool)
+    while True:
+        safe = ~np.any(support & ~W[None, None, :], axis=2)
+        R = np.zeros_like(W)
+        R[list(goal)] = True
+        while True:
+            grow = W & ~R & np.any(safe & np.any(support & R[None, None, :], axis=2), axis=1)
+            if not grow.any():
+                break
+            R |= grow
+        if np.array_equal(R, W):
+            return W
+        W = R
+
+
 def test_frozen_lake_8x8_gamma_one_policies_are_proper():
     from mdpalign.envs.frozen_lake import frozen_lake
 
@@ -136,7 +156,12 @@ def test_frozen_lake_8x8_gamma_one_policies_are_proper():
     mdp = lake.mdp
     sols = solvers_for(mdp)
     v = sols[0].values
-    assert np.sum(np.abs(v - 1.0) < 1e-9) == 27
+    # reward 1 on entering G is the only reward, so V = 1 exactly where G is reachable almost surely (G itself,
+    # terminal, has value 0): the same set from the support graph, and its size is ARCHITECTURE.md's 27
+    sure = _almost_sure_winning(mdp.dense_P(), lake.goal_states)
+    sure[list(lake.goal_states)] = False
+    np.testing.assert_array_equal(np.abs(v - 1.0) < 1e-9, sure)
+    assert sure.sum() == 27
     naive = sols[0].q_values.argmax(axis=1)
     assert not is_proper(mdp, naive)  # plain argmax bumps into a wall forever
     for sol in sols:
@@ -231,13 +256,27 @@ def test_soft_policy_formula_and_large_beta(params, seed):
     assert np.all(sol.policy_probs[ref == 0] == 0.0)
     expected = ref * np.exp((sol.q_values - sol.values[:, None]) / 0.5)
     nonterm = ~mdp.terminal
-    np.testing.assert_allclose(sol.policy_probs[nonterm], expected[nonterm], rtol=1e-8, atol=1e-12)
+    # Tolerances from the certificate eps = sol.error_bound (|V - V*| <= eps): the soft Bellman operator T is
+    # non-expansive in sup norm, so |T V - V| <= |T V - T V*| + |V* - V| <= 2 eps; a policy normalised with
+    # T V instead of V is off by a factor exp(+-2 eps / beta). 1e-12 covers float64 rounding.
+    eps = sol.error_bound
+    np.testing.assert_allclose(sol.policy_probs[nonterm], expected[nonterm], rtol=np.expm1(2 * eps / 0.5) + 1e-12,
+                               atol=1e-15)
     # soft Bellman fixed point
     V_back = 0.5 * np.log((ref * np.exp(sol.q_values / 0.5)).sum(axis=1))
-    np.testing.assert_allclose(V_back[nonterm], sol.values[nonterm], atol=1e-8)
-    # beta -> infinity: the reference policy's value
-    big = soft_value_iteration(mdp, 1e7, ref_policy=ref)
-    np.testing.assert_allclose(big.values, evaluate(mdp, ref), atol=1e-5)
+    np.testing.assert_allclose(V_back[nonterm], sol.values[nonterm], rtol=0, atol=2 * eps + 1e-12)
+    # beta -> infinity: the reference policy's value. V_beta - V^ref = (I - gamma P_ref)^-1 b with the per-state
+    # bias b(s) = beta log E_ref exp(Q/beta) - E_ref Q, and 0 <= b(s) <= range_s(Q)^2 / (8 beta) (Jensen below,
+    # Hoeffding's lemma above); (I - gamma P_ref)^-1 1 is the expected discounted number of steps under pi_ref.
+    beta = 1e7
+    big = soft_value_iteration(mdp, beta, ref_policy=ref)
+    q = np.where(ref > 0, big.q_values, np.nan)
+    q_range = np.where(nonterm, np.nanmax(q, axis=1) - np.nanmin(q, axis=1), 0.0)
+    ones = np.where(nonterm, 1.0, 0.0)[:, None] * np.ones(mdp.n_actions)
+    steps = evaluate(TabularMDP(mdp.P, ones, mdp.gamma, terminal=mdp.terminal), ref)
+    excess = big.values - evaluate(mdp, ref)
+    assert np.all(excess >= -big.error_bound - 1e-12)
+    assert np.all(excess <= q_range.max() ** 2 / (8 * beta) * steps + big.error_bound + 1e-12)
 
 
 def test_soft_stable_at_tiny_beta():
@@ -391,7 +430,9 @@ def test_solve_dispatcher():
     v = policy_iteration(mdp).values
     for method in ("pi", "vi", "lp"):
         np.testing.assert_allclose(solve(mdp, method).values, v, atol=1e-9)
-    assert solve(mdp, "soft", beta=0.1).method == "soft_value_iteration"
+    soft = solve(mdp, "soft", beta=0.1)
+    assert soft.method == "soft_value_iteration"
+    np.testing.assert_array_equal(soft.values, soft_value_iteration(mdp, 0.1).values)
     np.testing.assert_allclose(solve(mdp, "pi", horizon=5).values, finite_horizon(mdp, 5).values)
 
 
