@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.special import logit
+from scipy.special import expit, logit
 
 from mdpalign.envs.bandits import k_armed_bandit, preference_pairs, random_contextual_bandit
 from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
@@ -133,9 +133,15 @@ def test_beta_limits_greedy_and_reference(seed, K):
 @settings(max_examples=50)
 @given(q=st.floats(0.05, 0.95))
 def test_orpo_lambda_to_zero_recovers_sft(q):
-    """THEORY limits lambda -> 0: the ORPO two-arm optimum tends to SFT's logit(q) (rate O(lambda))."""
+    """THEORY limits lambda -> 0: the ORPO two-arm optimum tends to SFT's logit(q) (rate O(lambda)).
+    Bound: the root equation sigma(u) + 2 lam sigma(2u) = q(1 + 2 lam) reads sigma(u) - q = 2 lam (q - sigma(2u));
+    by the mean value theorem sigma(u) - sigma(logit q) = sigma'(xi)(u - logit q) with xi between u and logit q,
+    and u lies between logit(q)/2 and logit(q) (test_proofs_closed_forms), so |xi| <= |logit q| and
+    sigma'(xi) >= q(1 - q): |u - logit q| <= 2 lam |q - sigma(2u)| / (q(1 - q)) < 2 lam / (q(1 - q)).
+    1e-12 covers the root finder's rounding."""
     for lam in (1e-3, 1e-5):
-        assert abs(orpo_two_arm_root(q, lam) - logit(q)) <= 10 * lam * (1 + abs(logit(q))) / (q * (1 - q))
+        u = orpo_two_arm_root(q, lam)
+        assert abs(u - logit(q)) <= 2 * lam * abs(q - expit(2 * u)) / (q * (1 - q)) + 1e-12
 
 
 # ----------------------------------------------------------------------------------- non-existence
