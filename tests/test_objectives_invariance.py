@@ -39,4 +39,6 @@ def test_every_loss_is_invariant_to_a_per_state_logit_shift(seed, shift):
     with torch.no_grad():
         pol.logits += torch.tensor(shift, dtype=torch.float64)[:, None]
     after = _all_losses(pol).detach()
-    torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-9)
+    # float64 rounding only: log-softmax of logits shifted by |c| <= 50 is off by ~50 eps ~ 1e-14 per token, and
+    # the losses sum or square a few of them (largest difference seen over 300 examples: 8e-14)
+    torch.testing.assert_close(after, before, rtol=1e-12, atol=1e-12)
