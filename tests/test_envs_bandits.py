@@ -149,7 +149,10 @@ def test_sampled_partial_preferences_use_the_same_pairs_as_exact():
     b = random_contextual_bandit(1, 6, seed=1)
     s = sample_preference_pairs(b, 4000, 11, coverage="partial", partial_fraction=0.3)
     assert nx.is_connected(comparison_graph(s, 0))
-    assert comparison_graph(s, 0).number_of_edges() <= 5
+    # max(K - 1, round(0.3 * 15)) = 5 pairs, drawn from the same seed as the exact data's: the same edges
+    exact = preference_pairs(b, "partial", partial_fraction=0.3, connected=True, seed=11)
+    edges = {frozenset(e) for e in comparison_graph(s, 0).edges}
+    assert edges == {frozenset(e) for e in comparison_graph(exact, 0).edges} and len(edges) == 5
 
 
 def test_demonstrations_exact_and_sampled():
