@@ -78,7 +78,14 @@ def test_mlp_class_conditioning():
 def test_mlp_embedding_input_and_float32():
     pol = MLPPolicy(5, 3, hidden=4, input="embedding", embed_dim=2, seed=0, dtype=torch.float32, activation="relu")
     assert pol.embed(torch.tensor([1, 2])).shape == (2, 2)
+    assert torch.equal(pol.embed(torch.tensor([1, 2])), pol.embedding.weight[[1, 2]])
     lp = pol.token_logps(torch.tensor([1, 2]), torch.tensor([0, 2]))
     assert lp.dtype == torch.float32 and bool((lp < 0).all())
+    # by hand: embedding row -> linear -> relu -> linear -> log-softmax, picked at the action
+    with torch.no_grad():
+        w1, b1, w2, b2 = pol.layer1.weight, pol.layer1.bias, pol.layer2.weight, pol.layer2.bias
+        expect = [torch.log_softmax(w2 @ torch.relu(w1 @ pol.embedding.weight[s] + b1) + b2, -1)[a]
+                  for s, a in ((1, 0), (2, 2))]
+    torch.testing.assert_close(lp.detach(), torch.stack(expect), rtol=1e-6, atol=1e-6)  # float32 rounding
     with pytest.raises(PolicyInputError, match="input must be"):
         MLPPolicy(5, 3, input="conv")
