@@ -237,6 +237,9 @@ def test_two_path_lake(kind):
         assert tp.suboptimal.reaches_goal and len(tp.suboptimal) > len(tp.optimal)
         assert tp.suboptimal.actions == (DOWN, DOWN, RIGHT, RIGHT, RIGHT, UP, UP)
         assert 0 < tp.suboptimal.discounted_return(0.9) < tp.optimal.discounted_return(0.9)
+        # reward 1 on the last of n steps: gamma^(n-1)
+        assert tp.suboptimal.discounted_return(0.9) == pytest.approx(0.9**6, rel=1e-15)
+        assert tp.optimal.discounted_return(0.9) == pytest.approx(0.9**2, rel=1e-15)
     else:
         assert not tp.suboptimal.reaches_goal and tp.suboptimal.final_state in lake.hole_states
         assert tp.suboptimal.discounted_return(0.9) == 0.0
