@@ -194,7 +194,7 @@ def test_orpo_two_arm_contradictory_reaches_root(q, lam, seed):
     _assert_ok(chk, bound)
 
 
-@settings(max_examples=15)  # each fit runs into the diverging-logit regime (slow); 6 examples keep the budget
+@settings(max_examples=15)  # each fit runs into the diverging-logit regime (slow); 15 examples keep the budget
 @given(seed=seeds, K=st.integers(3, 5), lam=st.floats(0.05, 2.0))
 def test_orpo_disjoint_supports_tend_to_chosen_distribution(seed, K, lam):
     """THEORY ORPO disjoint supports: infimum n H(D_w), approached only as pi -> D_w (as SFT).
