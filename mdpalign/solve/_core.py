@@ -199,6 +199,16 @@ def span_limits(mdp: TabularMDP, d: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
+def macqueen_midpoint(mdp: TabularMDP, values: np.ndarray, backed_up: np.ndarray) -> tuple[np.ndarray, float]:
+    """The midpoint of MacQueen's bounds (:func:`macqueen_bounds`) and their half-width, which certifies it:
+    ``max|midpoint - V*| <= half_width``. gamma < 1; at gamma = 0 one backup is exact (half-width 0)."""
+    c = mdp.gamma / (1.0 - mdp.gamma) if mdp.gamma > 0 else 0.0
+    low, high = span_limits(mdp, (backed_up - values)[~mdp.terminal])
+    midpoint = backed_up + 0.5 * c * (low + high)
+    midpoint[mdp.terminal] = 0.0
+    return midpoint, 0.5 * c * (high - low)
+
+
 # ----------------------------------------------------------------------------- properness
 def _reaches_terminal(mdp: TabularMDP, P_support) -> np.ndarray:
     """Boolean (S,): states from which the chain with support ``P_support`` (S x S) reaches a terminal state."""

@@ -6,7 +6,7 @@ import scipy.linalg as sla
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
-    span_limits,
+    macqueen_midpoint,
     EPS, ConvergenceError, SoftSolution, SolverError, _evaluate_from, check_max_iter, check_mdp, check_tol,
     is_proper, proper_greedy_policy, q_values, ssp_rounding_allowance, supersolution_gap, timer,
 )
@@ -136,7 +136,6 @@ def soft_value_iteration(mdp: TabularMDP, beta: float, ref_policy=None, tol: flo
     max_iter = check_max_iter(max_iter)
     log_ref = log_reference(mdp, ref_policy)
     S = mdp.n_states
-    nonterm = ~mdp.terminal
     gamma = mdp.gamma
 
     def finish(V, q, log_pi, bound, iters):
@@ -172,17 +171,13 @@ def soft_value_iteration(mdp: TabularMDP, beta: float, ref_policy=None, tol: flo
             prev = change
         raise ConvergenceError(f"soft policy iteration did not converge within {max_iter} iterations")
 
-    c = gamma / (1.0 - gamma) if gamma > 0 else 0.0
     V = np.zeros(S)
     for k in range(1, max_iter + 1):
-        TV, q, log_pi = soft_backup(mdp, V, beta, log_ref)
-        d = (TV - V)[nonterm]
-        low, high = span_limits(mdp, d)
-        half_width = 0.5 * c * (high - low)
+        TV = soft_backup(mdp, V, beta, log_ref)[0]
+        midpoint, half_width = macqueen_midpoint(mdp, V, TV)
         V = TV
         if half_width <= tol:
-            V = TV + 0.5 * c * (low + high)
-            V[mdp.terminal] = 0.0
+            V = midpoint
             q = q_values(mdp, V)
             log_pi = log_ref + q / beta - _soft_lse(log_ref, q / beta)[:, None]
             return finish(V, q, log_pi, half_width, k)

@@ -5,7 +5,7 @@ import numpy as np
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
-    span_limits,
+    macqueen_midpoint,
     EPS, ConvergenceError, Solution, SolverError, check_max_iter, check_mdp, check_tol,
     proper_greedy_policy, q_values, ssp_certificate, timer,
 )
@@ -45,7 +45,6 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
     max_iter = check_max_iter(max_iter)
     S = mdp.n_states
     gamma = mdp.gamma
-    nonterm = ~mdp.terminal
     if initial_values is None:
         V = np.zeros(S)
     else:
@@ -68,17 +67,12 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
         V, q, policy, bound, polish = ssp_certificate(mdp, policy)
         return Solution(V, q, policy, bound, k + polish, "value_iteration", timer() - start)
 
-    c = gamma / (1.0 - gamma) if gamma > 0 else 0.0
     for k in range(1, max_iter + 1):
-        q = q_values(mdp, V)
-        TV = q.max(axis=1)
-        d = (TV - V)[nonterm]
-        low, high = span_limits(mdp, d)
-        half_width = 0.5 * c * (high - low)
+        TV = q_values(mdp, V).max(axis=1)
+        midpoint, half_width = macqueen_midpoint(mdp, V, TV)
         V = TV
         if half_width <= tol:
-            V = TV + 0.5 * c * (low + high)
-            V[mdp.terminal] = 0.0
+            V = midpoint
             q = q_values(mdp, V)
             return Solution(V, q, q.argmax(axis=1).astype(np.int64), half_width, k,
                             "value_iteration", timer() - start)
