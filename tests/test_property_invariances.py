@@ -13,6 +13,7 @@ from scipy.special import expit, logit
 from mdpalign.envs.bandits import k_armed_bandit, preference_pairs, random_contextual_bandit
 from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
 from mdpalign.proofs.harness import (
+    certified_logit_error,
     crlft_population_loss,
     dpo_population_loss,
     fit_tabular,
@@ -82,21 +83,27 @@ def test_kl_rl_optimum_depends_on_r_over_beta_and_ignores_r_plus_c(seed, X, K, b
 @given(seed=seeds, K=st.integers(3, 5), beta=st.floats(0.3, 3.0))
 def test_trained_dpo_is_permutation_equivariant(seed, K, beta):
     """THEORY: permutation equivariance over arms — relabelling the arms in data and reference
-    relabels the trained optimum (library dpo_loss, L-BFGS to ||grad|| <= 1e-8). Tolerance 1e-5: each
-    run is within the certified 4||grad||/mu <= 4e-6 of the optimum when mu >= 1e-2 (the smallest
-    curvature seen on these k_armed_bandit instances), and two runs are compared.
+    relabels the trained optimum (library dpo_loss, L-BFGS to ||grad|| <= 1e-8). Tolerance: each run's
+    pairwise log-probability differences are within its own certified 4||grad||/mu of the optimum's
+    (mdpalign.proofs.harness.certified_logit_error, one structural null direction: the logit shift),
+    so the two runs' differences agree within the sum of the two bounds.
     """
     b = k_armed_bandit(K, seed=seed)
     W = preference_pairs(b).weight_tensor()
     perm = np.random.default_rng(seed).permutation(K)
     Wp = W[:, perm][:, :, perm]
     refp = b.ref_policy[:, perm]
-    out = []
+    out, bounds = [], []
     for ref, w in ((b.ref_policy, W), (refp, Wp)):
         pol = tabular_policy(1, K, seed=seed)
-        fit_tabular(pol, dpo_population_loss(pol, ref, w, beta), tol=1e-8)
-        out.append(pol.log_probs_table().detach().numpy())
-    np.testing.assert_allclose(out[1], out[0][:, perm], atol=1e-5)
+        loss = dpo_population_loss(pol, ref, w, beta)
+        fit_tabular(pol, loss, tol=1e-8)
+        bounds.append(certified_logit_error(loss, pol, null_dim=1)[0])
+        out.append(pol.log_probs_table().detach().numpy()[0])
+    d1 = out[1][:, None] - out[1][None, :]
+    d0 = out[0][perm][:, None] - out[0][perm][None, :]
+    assert np.abs(d1 - d0).max() <= bounds[0] + bounds[1]
+    assert bounds[0] + bounds[1] < 1e-4  # the certificate is tight enough for the check to mean something
 
 
 @settings(max_examples=50)
