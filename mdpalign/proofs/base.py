@@ -413,6 +413,14 @@ class NoFiniteOptimum(Optimum):
     """The infimum is approached only as some logits diverge; ``policy`` is the limit where unique."""
 
 
+
+def check_scalar(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a float, or :class:`ProofInputError` unless it is finite and > 0 (>= 0 with ``allow_zero``)."""
+    v = float(value)
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ProofInputError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return v
+
 def pinned_all_pairs(x: int, arms: np.ndarray, log_target: np.ndarray) -> list[tuple[float, float, float, float]]:
     """Rows ``(x, i, j, log_target[i] - log_target[j])`` for every ordered pair ``i < j`` of ``arms``."""
     arms = [int(a) for a in arms]

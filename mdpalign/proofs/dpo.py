@@ -46,6 +46,7 @@ import numpy as np
 from scipy.special import expit, log_expit, logit
 
 from mdpalign.proofs.base import (
+    check_scalar,
     NoFiniteOptimum,
     Optimum,
     PinnedDifferences,
@@ -175,8 +176,7 @@ def dpo_optimum(ref_policy: Any, pairs: Any, beta: float) -> Optimum:
     """
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    if not (np.isfinite(beta) and beta > 0):
-        raise ProofInputError(f"beta must be finite and > 0, got {beta!r}")
+    beta = check_scalar(beta, "beta")
     if isinstance(pairs, np.ndarray):
         W = np.asarray(pairs, dtype=np.float64)
         if W.shape != (X, K, K) or (W < 0).any():

@@ -30,6 +30,7 @@ import networkx as nx
 import numpy as np
 
 from mdpalign.proofs.base import (
+    check_scalar,
     Optimum,
     PinnedDifferences,
     ProofInputError,
@@ -45,13 +46,6 @@ from mdpalign.proofs.base import (
 __all__ = ["ipo_optimum", "ipo_mu_optimum", "ipo_scores", "ipo_population_loss"]
 
 
-def _check_tau(tau: float) -> float:
-    t = float(tau)
-    if not np.isfinite(t) or t <= 0:
-        raise ProofInputError(f"tau must be finite and > 0, got {tau!r}")
-    return t
-
-
 def _win_table(pairs: Any, X: int, K: int) -> np.ndarray:
     if isinstance(pairs, np.ndarray):
         W = np.asarray(pairs, dtype=np.float64)
@@ -64,7 +58,7 @@ def _win_table(pairs: Any, X: int, K: int) -> np.ndarray:
 def ipo_scores(W_x: Any, tau: float) -> np.ndarray:
     """Minimum-norm least-squares solution ``g = L^+ b`` ``(K,)`` for one context's win table."""
     W = np.asarray(W_x, dtype=np.float64)
-    tau = _check_tau(tau)
+    tau = check_scalar(tau, "tau")
     N = W + W.T
     L = np.diag(N.sum(axis=1)) - N
     b = (W - W.T).sum(axis=1) / (2 * tau)
@@ -76,7 +70,7 @@ def ipo_population_loss(ref_policy: Any, pairs: Any, tau: float, probs: Any = No
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
     W = _win_table(pairs, X, K)
-    tau = _check_tau(tau)
+    tau = check_scalar(tau, "tau")
     g = as_log_policy(probs, log_probs=log_probs, shape=(X, K)) - np.log(ref)
     d = g[:, :, None] - g[:, None, :] - 1.0 / (2 * tau)
     return float((W * d**2).sum())
@@ -91,7 +85,7 @@ def ipo_optimum(ref_policy: Any, pairs: Any, tau: float) -> Optimum:
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
     W = _win_table(pairs, X, K)
-    tau = _check_tau(tau)
+    tau = check_scalar(tau, "tau")
     log_ref = np.log(ref)
     G = np.zeros((X, K))
     constrained = np.zeros(X, bool)
@@ -153,4 +147,4 @@ def ipo_mu_optimum(ref_policy: Any, mu: Any, pref_probs: Any, tau: float) -> np.
     P = P.copy()
     P[:, np.arange(K), np.arange(K)] = 0.5
     p_vs_mu = np.einsum("xij,xj->xi", P, mu)
-    return np.exp(log_normalise(np.log(ref) + p_vs_mu / _check_tau(tau)))
+    return np.exp(log_normalise(np.log(ref) + p_vs_mu / check_scalar(tau, "tau")))

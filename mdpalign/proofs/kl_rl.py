@@ -28,6 +28,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from mdpalign.proofs.base import (
+    check_scalar,
     ProofInputError,
     UniqueOptimum,
     as_log_policy,
@@ -37,13 +38,6 @@ from mdpalign.proofs.base import (
 )
 
 __all__ = ["kl_rl_optimum", "soft_value", "kl_rl_value", "kl_rl_gap", "greedy_limit"]
-
-
-def _check_beta(beta: float, name: str = "beta") -> float:
-    b = float(beta)
-    if not np.isfinite(b) or b <= 0:
-        raise ProofInputError(f"{name} must be finite and > 0, got {beta!r}")
-    return b
 
 
 def _check_rewards(rewards: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -61,7 +55,7 @@ def soft_value(rewards: Any, ref_policy: Any, beta: float) -> np.ndarray:
     """``V*(x) = beta * log sum_y pi_ref(y|x) exp(r(x,y)/beta)`` ``(X,)``, computed with logsumexp."""
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = _check_beta(beta)
+    beta = check_scalar(beta, "beta")
     return beta * logsumexp(np.log(ref) + r / beta, axis=1)
 
 
@@ -73,7 +67,7 @@ def kl_rl_optimum(rewards: Any, ref_policy: Any, beta: float) -> UniqueOptimum:
     """
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = _check_beta(beta)
+    beta = check_scalar(beta, "beta")
     log_pi = log_normalise(np.log(ref) + r / beta)
     opt = optimum_from_target(
         "kl_rl",
@@ -102,7 +96,7 @@ def kl_rl_value(
     """
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = _check_beta(beta)
+    beta = check_scalar(beta, "beta")
     lp = as_log_policy(probs, log_probs=log_probs, shape=ref.shape)
     p = np.exp(lp)
     term = np.where(p > 0, p * (r - beta * (lp - np.log(ref))), 0.0)

@@ -39,6 +39,7 @@ from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 
 from mdpalign.proofs.base import (
+    check_scalar,
     NoClosedFormError,
     NoFiniteOptimum,
     Optimum,
@@ -53,13 +54,6 @@ from mdpalign.proofs.base import (
 __all__ = ["orpo_optimum", "orpo_two_arm_root", "orpo_population_loss", "log_odds"]
 
 
-def _check_lam(lam: float) -> float:
-    v = float(lam)
-    if not np.isfinite(v) or v < 0:
-        raise ProofInputError(f"lam must be finite and >= 0, got {lam!r}")
-    return v
-
-
 def log_odds(log_p: np.ndarray) -> np.ndarray:
     """``log p - log(1 - p)`` from ``log p`` (float64, ``log1p(-exp)`` / ``log(-expm1)`` switch at log 2)."""
     log_p = np.asarray(log_p, dtype=np.float64)
@@ -70,7 +64,7 @@ def log_odds(log_p: np.ndarray) -> np.ndarray:
 
 def orpo_two_arm_root(q: float, lam: float) -> float:
     """Root ``u*`` of ``sigma(u) + 2 lam sigma(2u) = q (1 + 2 lam)``: the optimal ``log pi_a - log pi_b``."""
-    lam = _check_lam(lam)
+    lam = check_scalar(lam, "lam", allow_zero=True)
     if not (0 < q < 1):
         raise ProofInputError(f"q must be in (0, 1) for a finite optimum, got {q!r}")
     f = lambda u: expit(u) + 2 * lam * expit(2 * u) - q * (1 + 2 * lam)  # noqa: E731
@@ -81,7 +75,7 @@ def orpo_two_arm_root(q: float, lam: float) -> float:
 
 def orpo_population_loss(pairs: Any, lam: float, probs: Any = None, *, log_probs: Any = None, shape=None) -> float:
     """Exact population ORPO loss (numpy float64) for a win table ``(X, K, K)`` or pair rows (give ``shape``)."""
-    lam = _check_lam(lam)
+    lam = check_scalar(lam, "lam", allow_zero=True)
     if isinstance(pairs, np.ndarray):
         W = pairs
         shape = W.shape[:2]
@@ -103,7 +97,7 @@ def orpo_optimum(pairs: Any, lam: float, n_contexts: int | None = None, n_arms: 
     :class:`NoClosedFormError` for a context that is neither disjoint-support nor the two-arm
     contradictory case.
     """
-    lam = _check_lam(lam)
+    lam = check_scalar(lam, "lam", allow_zero=True)
     if isinstance(pairs, np.ndarray):
         W = np.asarray(pairs, dtype=np.float64)
         if W.ndim != 3 or W.shape[1] != W.shape[2] or (W < 0).any():

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from mdpalign.proofs.base import ProofInputError, UniqueOptimum, pinned_all_pairs, pinned_array
+from mdpalign.proofs.base import ProofInputError, UniqueOptimum, check_scalar, pinned_all_pairs, pinned_array
 
 __all__ = ["soft_backward_recursion", "token_tree_optimum", "leaf_pair_table", "tree_sft_optimum"]
 
@@ -39,8 +39,7 @@ def soft_backward_recursion(tree: Any, beta: float) -> tuple[np.ndarray, np.ndar
 
     Rows of ``log pi*`` at complete prefixes are ``log(1/V)`` (no decision is taken there).
     """
-    if not (np.isfinite(beta) and beta > 0):
-        raise ProofInputError(f"beta must be finite and > 0, got {beta!r}")
+    beta = check_scalar(beta, "beta")
     n, Vsz = tree.n_prefixes, tree.vocab_size
     complete = np.asarray(tree.is_complete)
     children = np.asarray(tree.children)
