@@ -13,7 +13,7 @@ Every policy maps integer inputs (states / contexts / prefixes) to logits over a
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -36,15 +36,19 @@ class EmbeddingPolicy(Protocol):
     a language model's vocabulary — provides them, and :func:`mdpalign.objectives.ift_two_pass` then calls them
     instead of ``forward_embeds``:
 
-    * ``greedy_from_embeds(embeds, **kw) -> (B, T)`` int64: ``argmax_a`` of the logits at every position (IFT's
-      pass 1; called under ``torch.no_grad``);
-    * ``token_logps_from_embeds(embeds, targets, mask, **kw) -> (B, T)``: ``log softmax(logits)[targets]`` where
-      ``mask`` (B, T) bool is true, exactly 0 elsewhere, differentiable (IFT's pass 2); ``targets[:, t]`` is the
-      action scored with the logits of position t (no shift).
+    * ``greedy_from_embeds(build_embeds, **kw) -> (B, T)`` int64: ``argmax_a`` of the logits at every position
+      (IFT's pass 1; called under ``torch.no_grad``);
+    * ``token_logps_from_embeds(build_embeds, targets, mask, **kw) -> (B, T)``: ``log softmax(logits)[targets]``
+      where ``mask`` (B, T) bool is true, exactly 0 elsewhere, differentiable (IFT's pass 2); ``targets[:, t]`` is
+      the action scored with the logits of position t (no shift).
 
-    Both must equal ``forward_embeds(embeds, **kw).argmax(-1)`` and ``token_logps_from_logits(forward_embeds(
-    embeds, **kw), targets, mask)`` up to rounding; the ``kw`` are the same forward keywords. The LLM adapter
-    (``mdpalign.llm_bridge.trainer``) implements them with the chunked LM head of ``mdpalign.llm_bridge.logps``.
+    ``build_embeds(embed) -> (B, T, D)`` is the recipe for the input embeddings: the hook calls it with its own
+    ``ids -> embeddings`` lookup (usually ``self.embed``), where that lookup is valid — a sharded model (FSDP2)
+    holds its whole embedding table only inside its forward, so the LLM adapter runs the recipe there. With
+    ``embeds = build_embeds(self.embed)`` the hooks must equal ``forward_embeds(embeds, **kw).argmax(-1)`` and
+    ``token_logps_from_logits(forward_embeds(embeds, **kw), targets, mask)`` up to rounding; the ``kw`` are the
+    same forward keywords. The LLM adapter (``mdpalign.llm_bridge.trainer``) implements them with the chunked LM
+    head of ``mdpalign.llm_bridge.logps``.
     """
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor: ...
@@ -52,13 +56,17 @@ class EmbeddingPolicy(Protocol):
     def forward_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor: ...
 
 
+BuildEmbeds = Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+"""``build_embeds(embed)``: input embeddings (B, T, D) built from an ``ids -> embeddings`` lookup ``embed``."""
+
+
 @runtime_checkable
 class EmbeddingPolicyHooks(Protocol):
     """The optional large-action-space hooks of an :class:`EmbeddingPolicy` (see there)."""
 
-    def greedy_from_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor: ...
+    def greedy_from_embeds(self, build_embeds: "BuildEmbeds", **kwargs) -> torch.Tensor: ...
 
-    def token_logps_from_embeds(self, embeds: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+    def token_logps_from_embeds(self, build_embeds: "BuildEmbeds", targets: torch.Tensor, mask: torch.Tensor,
                                 **kwargs) -> torch.Tensor: ...
 
 

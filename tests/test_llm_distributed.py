@@ -1,4 +1,6 @@
-"""Two CPU processes through ``accelerate launch`` (DDP on gloo) give the one-process run with the same global batch."""
+"""Two CPU processes through ``accelerate launch`` give the one-process run with the same global batch:
+DDP on gloo with the shipped ``cpu_ddp.yaml``, and FSDP2 with the shipped ``fsdp.yaml`` (two processes, fp32; run
+through ``fsdp_cpu_launch.py``, since accelerate enables FSDP only on accelerators)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("accelerate")
@@ -18,10 +21,12 @@ from llm_fixtures import COMPLETIONS, PREFERENCES, save_tiny, write_jsonl  # noq
 from mdpalign.llm_bridge.train import train  # noqa: E402
 
 STEPS = 3
-CPU_DDP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "accelerate", "cpu_ddp.yaml")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(os.path.dirname(TESTS), "configs", "accelerate")
+CPU_DDP = os.path.join(CONFIGS, "cpu_ddp.yaml")
 
 
-def _run_two_processes(cfg: dict, tmp_path) -> dict:
+def _run_two_processes(cfg: dict, tmp_path, accelerate_config: str = CPU_DDP, entry: list[str] | None = None) -> dict:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     with socket.socket() as sock:  # a free port: a fixed one collides with other runs on a shared machine
@@ -29,9 +34,11 @@ def _run_two_processes(cfg: dict, tmp_path) -> dict:
         port = sock.getsockname()[1]
     # the shipped config: accelerate's multi-process launcher (torchrun) + the run's use_cpu=true = DDP over gloo
     # (`accelerate launch --cpu` alone starts ONE process; several need mpirun)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_DDP, "--main_process_port", str(port),
-           "-m", "mdpalign.llm_bridge.train", "--config", str(path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    entry = entry or ["-m", "mdpalign.llm_bridge.train"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+           "--main_process_port", str(port), *entry, "--config", str(path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(os.path.join(cfg["output_dir"], "train_result.json"), encoding="utf-8") as fh:
@@ -60,3 +67,54 @@ def test_two_process_ddp_equals_one_process(tmp_path, objective):
     for step in l1:
         assert l2[step] == pytest.approx(l1[step], abs=1e-5), (step, l1, l2)
     assert l1[STEPS] < l1[1] - 1e-3  # it trained, so equality is not about an untouched model
+
+
+def _cpu_fsdp_config(tmp_path, state_dict_type: str | None = None) -> str:
+    """The shipped fsdp.yaml with two processes in fp32 (CPU has no bf16 autocast worth testing here)."""
+    with open(os.path.join(CONFIGS, "fsdp.yaml"), encoding="utf-8") as fh:
+        cfg = yaml.safe_load(fh)
+    assert cfg["distributed_type"] == "FSDP" and cfg["fsdp_config"]["fsdp_version"] == 2
+    cfg.update(num_processes=2, mixed_precision="no")
+    if state_dict_type:
+        cfg["fsdp_config"]["fsdp_state_dict_type"] = state_dict_type
+    path = tmp_path / "cpu_fsdp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _weights(directory: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(directory, "model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["sft", "dpo", "ift"])
+def test_two_process_fsdp2_equals_one_process(tmp_path, objective):
+    """FSDP2 shards every parameter; the losses, and the full weights it saves, are the one-process run's.
+
+    DPO runs its live reference model sharded too (prepared in evaluation mode); IFT builds its fused input
+    embeddings inside the sharded forward (a lookup outside it would read one shard of the table). The IFT run
+    uses SHARDED_STATE_DICT, for which transformers' save_model alone writes no weights."""
+    model_dir = save_tiny(str(tmp_path / "model"))
+    rows = PREFERENCES if objective == "dpo" else COMPLETIONS
+    data = write_jsonl(str(tmp_path / "data.jsonl"), rows)
+    base = dict(model_name_or_path=model_dir, dataset_path=data, objective=objective, max_steps=STEPS,
+                learning_rate=3e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                disable_tqdm=True, seed=0, beta=0.1, reference="model", ift_lambda=0.3, ift_decay=0.9)
+    one = train(dict(base, output_dir=str(tmp_path / "one"), per_device_train_batch_size=4))
+    two = _run_two_processes(dict(base, output_dir=str(tmp_path / "two"), per_device_train_batch_size=2), tmp_path,
+                             _cpu_fsdp_config(tmp_path, "SHARDED_STATE_DICT" if objective == "ift" else None),
+                             [os.path.join(TESTS, "fsdp_cpu_launch.py")])
+    assert two["world_size"] == 2
+    l1, l2 = _losses(one.log_history), _losses(two["log_history"])
+    assert sorted(l2) == list(range(1, STEPS + 1))
+    for step in l1:
+        assert l2[step] == pytest.approx(l1[step], abs=1e-5), (step, l1, l2)
+    assert l1[STEPS] < l1[1] - 1e-3
+    w1, w2 = _weights(one.output_dir), _weights(str(tmp_path / "two"))
+    assert set(w2) == set(w1)
+    initial = _weights(model_dir)
+    for name, w in w1.items():
+        torch.testing.assert_close(w2[name], w, atol=1e-5, rtol=1e-4, msg=name)
+    assert any(not torch.equal(w1[n], initial[n]) for n in w1)  # saved weights are the trained ones

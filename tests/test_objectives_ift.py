@@ -200,14 +200,15 @@ class _Hooked:
         self.calls["forward_embeds"] += 1
         return self.policy.forward_embeds(embeds, **kw)
 
-    def greedy_from_embeds(self, embeds, **kw):
+    def greedy_from_embeds(self, build_embeds, **kw):
         self.calls["greedy_from_embeds"] += 1
         assert not torch.is_grad_enabled()  # pass 1 runs without gradient
-        return self.policy.forward_embeds(embeds, **kw).argmax(-1)
+        return self.policy.forward_embeds(build_embeds(self.embed), **kw).argmax(-1)
 
-    def token_logps_from_embeds(self, embeds, targets, mask, **kw):
+    def token_logps_from_embeds(self, build_embeds, targets, mask, **kw):
         self.calls["token_logps_from_embeds"] += 1
-        lp = torch.log_softmax(self.policy.forward_embeds(embeds, **kw), -1).gather(-1, targets[..., None])[..., 0]
+        logits = self.policy.forward_embeds(build_embeds(self.embed), **kw)
+        lp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
         return torch.where(mask, lp, torch.zeros_like(lp))
 
 

@@ -159,8 +159,12 @@ def install_logps_forward(model) -> None:
     * ``score_layout="target"``: ``token_logps[:, t] = log pi(score_targets[:, t] | x_≤t)`` from the
       hidden state at t itself (the layout of :func:`mdpalign.objectives.ift_two_pass`, where position
       t's target is the next token); ``score_targets`` is then required.
-    * ``greedy_mask`` (B, T) bool: ``greedy[:, t]`` = argmax of position t's logits (the model's next
-      token), computed chunk by chunk without gradient (:func:`chunked_greedy`); 0 elsewhere.
+    * ``greedy_mask`` (B, T) bool, or ``True`` for every position: ``greedy[:, t]`` = argmax of position t's
+      logits (the model's next token), computed chunk by chunk without gradient (:func:`chunked_greedy`); 0
+      elsewhere.
+    * ``build_inputs_embeds`` (instead of ``input_ids`` / ``inputs_embeds``): a callable ``embedding_module ->
+      inputs_embeds`` run *inside* the forward, where FSDP2 has gathered the embedding table (outside it, each
+      process holds a shard and a lookup fails). IFT's fused inputs come this way.
 
     Patch the base model — PEFT wrappers, DDP and FSDP call its ``forward`` attribute, so the patch
     survives wrapping.
@@ -177,7 +181,13 @@ def install_logps_forward(model) -> None:
     softcap, scale = _logit_transform(base.config)
 
     def forward(self, *args, score_mask=None, score_targets=None, score_layout="input", greedy_mask=None,
-                logps_chunk_size=1024, **kwargs):
+                logps_chunk_size=1024, build_inputs_embeds=None, **kwargs):
+        if build_inputs_embeds is not None:
+            # inside the (FSDP-wrapped) forward the embedding table is whole; outside it is a shard
+            if args or kwargs.get("input_ids") is not None or kwargs.get("inputs_embeds") is not None:
+                raise ValueError("build_inputs_embeds replaces input_ids / inputs_embeds; pass neither")
+            kwargs.pop("input_ids", None)
+            kwargs["inputs_embeds"] = build_inputs_embeds(self.get_input_embeddings())
         if score_mask is None and greedy_mask is None:
             return original(*args, **kwargs)
         if score_layout not in ("input", "target"):
@@ -208,7 +218,11 @@ def install_logps_forward(model) -> None:
                                      logps_chunk_size, softcap, scale)
             token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
         if greedy_mask is not None:
-            gm = greedy_mask.bool().to(hidden.device)
+            every = isinstance(greedy_mask, bool)
+            if every and not greedy_mask:
+                raise ValueError("greedy_mask=False: pass None for no greedy tokens")
+            gm = (torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if every
+                  else greedy_mask.bool().to(hidden.device))
             ids = chunked_greedy(hidden[gm], head, logps_chunk_size, softcap, scale)
             greedy = torch.zeros(gm.shape, dtype=torch.long, device=hidden.device).masked_scatter(gm, ids)
         return LogpsOutput(token_logps=token_logps, greedy=greedy)

@@ -150,7 +150,7 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
         del ref_model
 
     out = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(cfg.output_dir)
+    save_final_model(trainer, cfg.output_dir)
     if trainer.is_world_process_zero():
         tok.save_pretrained(cfg.output_dir)
         with open(os.path.join(cfg.output_dir, "train_result.json"), "w", encoding="utf-8") as fh:
@@ -159,6 +159,26 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
                        "world_size": cfg.world_size}, fh, indent=1)
     return TrainResult(metrics=dict(out.metrics), output_dir=cfg.output_dir, log_history=list(trainer.state.log_history),
                        dropped=list(dataset.dropped), reference_cache=cache, global_step=trainer.state.global_step)
+
+
+def save_final_model(trainer, output_dir: str) -> None:
+    """``trainer.save_model``, except that FSDP's final weights are always written whole.
+
+    transformers writes no weights at all from ``save_model`` when FSDP's ``state_dict_type`` is
+    ``SHARDED_STATE_DICT`` — accelerate's default for FSDP2 — so the trained model would exist only inside
+    the last intermediate checkpoint, if any. For the final save the state dict type is switched to
+    ``FULL_STATE_DICT`` (gathered on the main process, loadable by ``from_pretrained``) and switched back.
+    """
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if not trainer.is_fsdp_enabled or plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+        trainer.save_model(output_dir)
+        return
+    previous = plugin.state_dict_type
+    plugin.set_state_dict_type("FULL_STATE_DICT")
+    try:
+        trainer.save_model(output_dir)
+    finally:
+        plugin.set_state_dict_type(previous)
 
 
 def main(argv: list[str] | None = None) -> int:

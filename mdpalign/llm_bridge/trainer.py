@@ -89,14 +89,15 @@ class _EmbeddingPolicy:
         # fp32 so the objectives' log_softmax is not done in bf16 (full logits: only for callers without the hooks)
         return self.model(inputs_embeds=embeds, use_cache=False, **kwargs).logits.float()
 
-    def greedy_from_embeds(self, embeds: torch.Tensor, **kwargs) -> torch.Tensor:
-        every = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
-        return self.model(inputs_embeds=embeds, greedy_mask=every, logps_chunk_size=self.chunk_size, **kwargs).greedy
+    # the embedding recipe runs inside the model's forward (build_inputs_embeds), where FSDP2 has the whole table
+    def greedy_from_embeds(self, build_embeds, **kwargs) -> torch.Tensor:
+        return self.model(build_inputs_embeds=build_embeds, greedy_mask=True, logps_chunk_size=self.chunk_size,
+                          **kwargs).greedy
 
-    def token_logps_from_embeds(self, embeds: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+    def token_logps_from_embeds(self, build_embeds, targets: torch.Tensor, mask: torch.Tensor,
                                 **kwargs) -> torch.Tensor:
-        return self.model(inputs_embeds=embeds, score_mask=mask, score_targets=targets, score_layout="target",
-                          logps_chunk_size=self.chunk_size, **kwargs).token_logps
+        return self.model(build_inputs_embeds=build_embeds, score_mask=mask, score_targets=targets,
+                          score_layout="target", logps_chunk_size=self.chunk_size, **kwargs).token_logps
 
 
 def _unwrap(model):

@@ -236,12 +236,15 @@ def ift_two_pass(
     (attention_mask, classes, ...) go to both passes. Feed the result to :func:`ift_loss`.
 
     Optional hooks (see :class:`~mdpalign.policies.EmbeddingPolicy`): when the policy has
-    ``greedy_from_embeds(embeds, **kw)`` pass 1 takes ``greedy`` from it instead of the argmax of full logits, and
-    when it has ``token_logps_from_embeds(embeds, targets, mask, **kw)`` pass 2 takes the target log-probs from it
-    instead of :func:`~mdpalign.objectives.common.token_logps_from_logits` on ``forward_embeds(fused)`` (each hook
-    is used on its own when present). The result is the same up to rounding; the hooks let a language model
-    compute both without its (B, T, vocab) logits (the LLM adapter chunks the LM head). Their outputs are checked
-    for shape (B, T).
+    ``greedy_from_embeds(build_embeds, **kw)`` pass 1 takes ``greedy`` from it instead of the argmax of full logits,
+    and when it has ``token_logps_from_embeds(build_embeds, targets, mask, **kw)`` pass 2 takes the target
+    log-probs from it instead of :func:`~mdpalign.objectives.common.token_logps_from_logits` on
+    ``forward_embeds(fused)`` (each hook is used on its own when present). A hook gets the *recipe* for its input
+    embeddings, ``build_embeds(embed) -> (B, T, D)`` (pass 1: ``embed(inputs)``; pass 2: the fusion above), and
+    calls it with its own id -> embedding lookup wherever the lookup is valid — a model sharded by FSDP holds its
+    whole embedding table only inside its forward. The result is the same up to rounding; the hooks let a
+    language model compute both without its (B, T, vocab) logits (the LLM adapter chunks the LM head). Their
+    outputs are checked for shape (B, T).
     """
     lam = _check_unit_interval(lam, "lam")
     m = as_bool_mask(mask, "mask")
@@ -252,7 +255,7 @@ def ift_two_pass(
         raise ShapeError(f"fuse_mask must have shape {tuple(m.shape)}, got {tuple(fm.shape)}")
     with torch.no_grad():
         if hasattr(policy, "greedy_from_embeds"):
-            greedy = policy.greedy_from_embeds(policy.embed(inputs), **forward_kwargs)
+            greedy = policy.greedy_from_embeds(lambda embed: embed(inputs), **forward_kwargs)
         else:
             greedy = policy.forward_embeds(policy.embed(inputs), **forward_kwargs).argmax(dim=-1)
         if greedy.shape != inputs.shape:
@@ -262,11 +265,14 @@ def ift_two_pass(
         raise ShapeError(f"predicted_inputs returned shape {tuple(pred.shape)}, expected {tuple(inputs.shape)}")
     # Where no fusion happens keep the true input, so the predicted id is never embedded out of context.
     pred = torch.where(fm, pred, inputs)
-    fused = fuse_embeddings(policy.embed(inputs), policy.embed(pred), fm, lam)
+    def build_fused(embed):
+        return fuse_embeddings(embed(inputs), embed(pred), fm, lam)
+
     if hasattr(policy, "token_logps_from_embeds"):
-        token_logps = policy.token_logps_from_embeds(fused, targets, m, **forward_kwargs)
+        token_logps = policy.token_logps_from_embeds(build_fused, targets, m, **forward_kwargs)
         if token_logps.shape != m.shape:
             raise ShapeError(f"token_logps_from_embeds returned shape {tuple(token_logps.shape)}, expected {tuple(m.shape)}")
     else:
-        token_logps = token_logps_from_logits(policy.forward_embeds(fused, **forward_kwargs), targets, m)
+        token_logps = token_logps_from_logits(policy.forward_embeds(build_fused(policy.embed), **forward_kwargs),
+                                              targets, m)
     return IFTTwoPass(token_logps, pred, fm, greedy)
