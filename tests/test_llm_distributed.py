@@ -85,24 +85,33 @@ def _cpu_fsdp_config(tmp_path, state_dict_type: str | None = None) -> str:
 def _weights(directory: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(os.path.join(directory, "model.safetensors"))
+    names = [f for f in ("adapter_model.safetensors", "model.safetensors") if os.path.isfile(os.path.join(directory, f))]
+    assert names, f"no weights saved in {directory}: {sorted(os.listdir(directory))}"
+    return load_file(os.path.join(directory, names[0]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["sft", "dpo", "ift"])
-def test_two_process_fsdp2_equals_one_process(tmp_path, objective):
+@pytest.mark.parametrize("objective, extra", [
+    ("sft", {}), ("dpo", {"reference": "model"}), ("dpo", {"reference": "precomputed"}), ("orpo", {}), ("ift", {}),
+    ("dpo", {"reference": "adapter_disabled", "use_peft": True, "lora_r": 4, "lora_dropout": 0.0}),  # dropout: per-process RNG
+], ids=["sft", "dpo-model", "dpo-precomputed", "orpo", "ift", "dpo-peft"])
+def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
     """FSDP2 shards every parameter; the losses, and the full weights it saves, are the one-process run's.
 
     DPO runs its live reference model sharded too (prepared in evaluation mode); IFT builds its fused input
     embeddings inside the sharded forward (a lookup outside it would read one shard of the table). The IFT run
     uses SHARDED_STATE_DICT, for which transformers' save_model alone writes no weights."""
     model_dir = save_tiny(str(tmp_path / "model"))
-    rows = PREFERENCES if objective == "dpo" else COMPLETIONS
+    rows = PREFERENCES if objective in ("dpo", "orpo") else COMPLETIONS
     data = write_jsonl(str(tmp_path / "data.jsonl"), rows)
     base = dict(model_name_or_path=model_dir, dataset_path=data, objective=objective, max_steps=STEPS,
                 learning_rate=3e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-                disable_tqdm=True, seed=0, beta=0.1, reference="model", ift_lambda=0.3, ift_decay=0.9)
-    one = train(dict(base, output_dir=str(tmp_path / "one"), per_device_train_batch_size=4))
+                disable_tqdm=True, seed=0, beta=0.1, ift_lambda=0.3, ift_decay=0.9, **extra)
+    # ORPO's NLL is a token mean per micro-batch (TRL's reduction), so two processes of 2 equal one process with two
+    # accumulated micro-batches of 2, not one batch of 4 (uneven lengths)
+    single = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2) if objective == "orpo" else \
+        dict(per_device_train_batch_size=4)
+    one = train(dict(base, output_dir=str(tmp_path / "one"), **single))
     two = _run_two_processes(dict(base, output_dir=str(tmp_path / "two"), per_device_train_batch_size=2), tmp_path,
                              _cpu_fsdp_config(tmp_path, "SHARDED_STATE_DICT" if objective == "ift" else None),
                              [os.path.join(TESTS, "fsdp_cpu_launch.py")])
@@ -114,7 +123,10 @@ def test_two_process_fsdp2_equals_one_process(tmp_path, objective):
     assert l1[STEPS] < l1[1] - 1e-3
     w1, w2 = _weights(one.output_dir), _weights(str(tmp_path / "two"))
     assert set(w2) == set(w1)
-    initial = _weights(model_dir)
     for name, w in w1.items():
         torch.testing.assert_close(w2[name], w, atol=1e-5, rtol=1e-4, msg=name)
-    assert any(not torch.equal(w1[n], initial[n]) for n in w1)  # saved weights are the trained ones
+    if extra.get("use_peft"):  # the adapter moved away from its zero-initialised B
+        assert any(w.abs().max() > 1e-4 for n, w in w1.items() if "lora_B" in n)
+    else:
+        initial = _weights(model_dir)
+        assert any(not torch.equal(w1[n], initial[n]) for n in w1)  # saved weights are the trained ones

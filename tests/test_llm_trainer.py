@@ -249,6 +249,24 @@ def test_reference_modes_agree(dirs, tmp_path):
     assert (c_on - c_base).abs().max() > 1e-3
 
 
+def test_seed_fixes_the_lora_initialisation(dirs, tmp_path):
+    """Two runs with the same seed start from the same random LoRA A matrices, whatever the RNG did before."""
+    from safetensors.torch import load_file
+
+    adapters = []
+    for i in range(2):
+        torch.manual_seed(1000 + i)  # whatever state a caller left behind
+        out = str(tmp_path / f"run{i}")
+        train(dict(model_name_or_path=dirs["base"], dataset_path=dirs["sft"], objective="sft", use_peft=True,
+                   lora_r=4, output_dir=out, max_steps=1, learning_rate=0.0, **COMMON))
+        adapters.append(load_file(os.path.join(out, "adapter_model.safetensors")))
+    a_names = [n for n in adapters[0] if "lora_A" in n]
+    assert a_names and set(adapters[0]) == set(adapters[1])
+    for n in adapters[0]:
+        assert torch.equal(adapters[0][n], adapters[1][n]), n
+    assert any(adapters[0][n].abs().sum() > 0 for n in a_names)  # random, not zero-initialised
+
+
 # ----------------------------------------------------------------------------- training moves the right way
 
 def test_dpo_steps_raise_the_margin_and_sft_steps_lower_the_loss(dirs, tmp_path):

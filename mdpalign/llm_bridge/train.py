@@ -123,6 +123,11 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     if model is None:
         model = load_model(cfg.model_name_or_path, cfg)
     if cfg.use_peft and not hasattr(model, "disable_adapter"):
+        from transformers import set_seed
+
+        # the LoRA A matrices are random: `seed` must fix them, the same in every process and every run
+        # (Trainer seeds only once the model exists)
+        set_seed(cfg.seed)
         model = _apply_peft(model, cfg)
 
     needs_ref = cfg.objective == "dpo"
