@@ -5,7 +5,12 @@ realistic length distribution (log-normal prompt and completion lengths). Rows: 
 in TRL; IFT and C-RLFT in mdpalign (to compare with SFT). Prints a Markdown table and writes JSON.
 
     python benchmarks/gpu/bench_llm.py --device cuda --out benchmarks/results/gpu.json
-    python benchmarks/gpu/bench_llm.py --device cpu --tiny            # smoke test of the script itself
+    python benchmarks/gpu/bench_llm.py --device cpu --size small      # CPU proxy: ~40M model, shorter texts
+    python benchmarks/gpu/bench_llm.py --device cpu --size tiny       # smoke test of the script itself
+
+Every method runs in its own process (``--isolate``, the default), so one method's allocations cannot inflate the
+next one's peak: on CUDA the peak is ``torch.cuda.max_memory_allocated`` over the timed steps, on CPU the process's
+peak resident set size (``ru_maxrss``, model loading included).
 
 Text is built from a word-level tokenizer whose words are "t0 ... tN", so TRL and mdpalign tokenise it to
 exactly the same ids. Both use sdpa attention, bf16 (on GPU), gradient checkpointing, a live reference model
@@ -27,17 +32,24 @@ METHODS = ["mdpalign:sft", "trl:sft", "mdpalign:dpo", "trl:dpo", "mdpalign:orpo"
            "mdpalign:ift", "mdpalign:crlft"]
 
 
-def model_config(tiny: bool, vocab: int):
+# size -> (vocabulary, length divisor, Qwen2 shape); "0.5b" is Qwen2.5-0.5B's shape (~494M parameters, 28% of
+# them in the tied embedding / LM head), "small" keeps that share of the LM head at ~40M parameters for CPU runs
+SIZES = {
+    "tiny": (512, 16, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2)),
+    "small": (32_000, 4, dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
+                              num_key_value_heads=2)),
+    "0.5b": (151_936, 1, dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                              num_key_value_heads=2)),
+}
+
+
+def model_config(size: str):
     from transformers import Qwen2Config
 
-    if tiny:
-        return Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                           tie_word_embeddings=True)
-    # Qwen2.5-0.5B shape: ~494M parameters
-    return Qwen2Config(vocab_size=vocab, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                       tie_word_embeddings=True, rope_theta=1_000_000.0)
+    vocab, _, shape = SIZES[size]
+    return Qwen2Config(vocab_size=vocab, max_position_embeddings=32768, tie_word_embeddings=True,
+                       rope_theta=1_000_000.0, **shape)
 
 
 def build_tokenizer(vocab: int, directory: str):
@@ -52,10 +64,9 @@ def build_tokenizer(vocab: int, directory: str):
     return fast
 
 
-def synthetic_rows(n: int, tiny: bool, vocab: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Log-normal lengths: prompts median 128 (16..512), completions median 192 (8..500); tiny: /16."""
+def synthetic_rows(n: int, scale: int, vocab: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Log-normal lengths: prompts median 128 (16..512), completions median 192 (8..500), all divided by ``scale``."""
     rng = np.random.default_rng(seed)
-    scale = 16 if tiny else 1
 
     def lengths(median, lo, hi):
         return np.clip(rng.lognormal(np.log(median / scale), 0.6, n), max(2, lo // scale), hi // scale).astype(int)
@@ -148,7 +159,12 @@ def run_one(method: str, a, model_dir: str, prefs, sft, tokens_per_step: dict) -
     trainer.train()
     step = float(np.median(timer.times)) if timer.times else float("nan")
     tokens = tokens_per_step["pref" if objective in ("dpo", "orpo") else "sft"]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:  # the whole process's peak resident set (KiB on Linux); meaningful with one method per process
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out = {"method": method, "step_s": step, "tokens_per_s": tokens / step, "peak_mem_gib": peak,
            "steps_timed": len(timer.times)}
     del trainer
@@ -157,51 +173,95 @@ def run_one(method: str, a, model_dir: str, prefs, sft, tokens_per_step: dict) -
     return out
 
 
+def _run_isolated(method: str, argv: list[str], work: str) -> dict:
+    """This script with ``--methods method`` in a fresh process; its one result."""
+    import subprocess
+
+    out = os.path.join(work, f"{method.replace(':', '_')}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--methods", method, "--no-isolate", "--out", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
+    with open(out, encoding="utf-8") as fh:
+        return json.load(fh)["results"][0]
+
+
+def ratio_lines(results: list[dict]) -> list[str]:
+    """mdpalign vs TRL per objective (throughput and peak-memory ratios), IFT and C-RLFT step time vs mdpalign SFT."""
+    by = {r["method"]: r for r in results}
+    lines = []
+    for obj in ("sft", "dpo", "orpo"):
+        ours, theirs = by.get(f"mdpalign:{obj}"), by.get(f"trl:{obj}")
+        if ours and theirs:
+            lines.append(f"- {obj}: throughput {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x TRL's, "
+                         f"peak memory {ours['peak_mem_gib'] / theirs['peak_mem_gib']:.2f}x TRL's")
+    sft = by.get("mdpalign:sft")
+    for obj in ("ift", "crlft"):
+        if sft and f"mdpalign:{obj}" in by:
+            lines.append(f"- {obj}: step time {by[f'mdpalign:{obj}']['step_s'] / sft['step_s']:.2f}x mdpalign SFT's")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    p.add_argument("--tiny", action="store_true", help="tiny model and short sequences (CPU smoke test)")
+    p.add_argument("--size", choices=sorted(SIZES), default=None,
+                   help="model and text size (default: 0.5b on cuda, small on cpu)")
+    p.add_argument("--tiny", action="store_true", help="same as --size tiny (CPU smoke test)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--chunk", type=int, default=1024, help="mdpalign logps_chunk_size")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="run every method in this process (peak memory is then cumulative on CPU)")
     p.add_argument("--out", default=None, help="JSON output path")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but no CUDA device; use --device cpu --tiny for a smoke run")
-    if a.tiny:
+        p.error("--device cuda but no CUDA device; use --device cpu for a CPU run")
+    size = "tiny" if a.tiny else a.size or ("0.5b" if a.device == "cuda" else "small")
+    if size == "tiny":
         a.steps, a.warmup = min(a.steps, 2), min(a.warmup, 1)
-    vocab = 512 if a.tiny else 151_936
+    vocab, scale, _ = SIZES[size]
+    methods = a.methods.split(",")
     with tempfile.TemporaryDirectory() as work:
         a.workdir = work
-        model_dir = os.path.join(work, "model")
-        tok = build_tokenizer(vocab, os.path.join(work, "tokenizer"))
-        from transformers import AutoModelForCausalLM
+        if a.isolate and len(methods) > 1:
+            child = ["--device", a.device, "--size", size, "--steps", str(a.steps), "--warmup", str(a.warmup),
+                     "--batch-size", str(a.batch_size), "--max-length", str(a.max_length), "--chunk", str(a.chunk)]
+            results = [_run_isolated(m, child, work) for m in methods]
+            n_params = None
+        else:
+            model_dir = os.path.join(work, "model")
+            tok = build_tokenizer(vocab, os.path.join(work, "tokenizer"))
+            from transformers import AutoModelForCausalLM
 
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(model_config(a.tiny, vocab))
-        n_params = sum(q.numel() for q in model.parameters())
-        model.save_pretrained(model_dir)
-        del model
-        n = a.batch_size * (a.warmup + a.steps)
-        prefs, sft = synthetic_rows(n, a.tiny, vocab)
-        # tokens per optimizer step (mean over the data; the data cycle through once)
-        per_pref = np.mean([len(tok(x["prompt"] + x["chosen"])["input_ids"]) + len(tok(x["prompt"] + x["rejected"])["input_ids"]) for x in prefs])
-        per_sft = np.mean([len(tok(x["prompt"] + x["completion"])["input_ids"]) for x in sft])
-        tokens_per_step = {"pref": float(per_pref) * a.batch_size, "sft": float(per_sft) * a.batch_size}
-        results = [run_one(m, a, model_dir, prefs, sft, tokens_per_step) for m in a.methods.split(",")]
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(model_config(size))
+            n_params = sum(q.numel() for q in model.parameters())
+            model.save_pretrained(model_dir)
+            del model
+            n = a.batch_size * (a.warmup + a.steps)
+            prefs, sft = synthetic_rows(n, scale, vocab)
+            # tokens per optimizer step (mean over the data; the data cycle through once)
+            per_pref = np.mean([len(tok(x["prompt"] + x["chosen"])["input_ids"]) + len(tok(x["prompt"] + x["rejected"])["input_ids"]) for x in prefs])
+            per_sft = np.mean([len(tok(x["prompt"] + x["completion"])["input_ids"]) for x in sft])
+            tokens_per_step = {"pref": float(per_pref) * a.batch_size, "sft": float(per_sft) * a.batch_size}
+            results = [dict(run_one(m, a, model_dir, prefs, sft, tokens_per_step), params=n_params) for m in methods]
+    n_params = results[0].get("params") or n_params
     device = torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"
-    lines = [f"Model: Qwen2-style, {n_params / 1e6:.0f}M parameters, {'bf16' if a.device == 'cuda' else 'fp32'}; "
-             f"device: {device}; batch {a.batch_size}; {a.steps} timed steps after {a.warmup} warmup",
-             "", "| method | step time (s) | tokens/s | peak memory (GiB) |", "|---|---|---|---|"]
+    mem = "peak memory (GiB)" if a.device == "cuda" else "peak RSS (GiB)"
+    lines = [f"Model: Qwen2-style ({size}), {n_params / 1e6:.0f}M parameters, {'bf16' if a.device == 'cuda' else 'fp32'}; "
+             f"device: {device}; batch {a.batch_size}; median of {a.steps} timed steps after {a.warmup} warmup",
+             "", f"| method | step time (s) | tokens/s | {mem} |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_mem_gib']:.2f} |" for r in results]
+    lines += ["", *ratio_lines(results)]
     print("\n".join(lines))
     if a.out:
         with open(a.out, "w", encoding="utf-8") as fh:
-            json.dump({"device": device, "params": n_params, "args": {k: v for k, v in vars(a).items() if k != "workdir"},
-                       "results": results}, fh, indent=1)
+            json.dump({"device": device, "size": size, "params": n_params,
+                       "args": {k: v for k, v in vars(a).items() if k != "workdir"}, "results": results}, fh, indent=1)
     return 0
 
 
