@@ -130,3 +130,27 @@ def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
     else:
         initial = _weights(model_dir)
         assert any(not torch.equal(w1[n], initial[n]) for n in w1)  # saved weights are the trained ones
+
+
+@pytest.mark.slow
+def test_fsdp2_checkpoint_resumes_the_same_run(tmp_path):
+    """Resuming a two-process FSDP2 run from its step-2 checkpoint (model, optimizer, scheduler, RNG) repeats steps
+    3 and 4 of the uninterrupted run. The resumed run is pointed at a *different* initial model, so only weights
+    restored from the checkpoint can give the same losses."""
+    model_dir = save_tiny(str(tmp_path / "model"))
+    data = write_jsonl(str(tmp_path / "data.jsonl"), COMPLETIONS)
+    base = dict(model_name_or_path=model_dir, dataset_path=data, objective="sft", max_steps=4, learning_rate=3e-3,
+                logging_steps=1, save_strategy="steps", save_steps=2, report_to="none", use_cpu=True,
+                disable_tqdm=True, seed=0, per_device_train_batch_size=2)
+    launch = dict(accelerate_config=_cpu_fsdp_config(tmp_path), entry=[os.path.join(TESTS, "fsdp_cpu_launch.py")])
+    full = _run_two_processes(dict(base, output_dir=str(tmp_path / "full")), tmp_path, **launch)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / "optimizer.bin").is_file()
+    other = save_tiny(str(tmp_path / "other"), seed=1)
+    resumed = _run_two_processes(dict(base, model_name_or_path=other, output_dir=str(tmp_path / "resumed"),
+                                      resume_from_checkpoint=str(checkpoint)), tmp_path, **launch)
+    lf, lr = _losses(full["log_history"]), _losses(resumed["log_history"])
+    assert resumed["global_step"] == 4 and sorted(lr) == [1, 2, 3, 4]  # steps 1-2 from the checkpoint's state
+    for step in (3, 4):
+        assert lr[step] == pytest.approx(lf[step], abs=1e-6), (lf, lr)
+    assert lf[4] < lf[2] - 1e-3  # training moved between checkpoint and end
