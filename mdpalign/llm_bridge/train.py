@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
     result = train(cfg)
-    print(json.dumps({"output_dir": result.output_dir, "global_step": result.global_step, **result.metrics}))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not one per process
+        print(json.dumps({"output_dir": result.output_dir, "global_step": result.global_step, **result.metrics}))
     return 0
 
 
