@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,11 +18,14 @@ from llm_fixtures import COMPLETIONS, PREFERENCES, build_model, build_tokenizer 
 from mdpalign.llm_bridge.data import Collator, TokenizeSettings, tokenize_records  # noqa: E402
 from mdpalign.llm_bridge.logps import (  # noqa: E402
     batch_token_logps,
+    chunk_bounds,
+    chunked_greedy,
     chunked_token_logps,
     install_logps_forward,
     naive_token_logps,
     scoring_mask,
     selective_token_logps,
+    synced_num_chunks,
     unpack,
 )
 
@@ -146,3 +154,68 @@ def test_chunked_head_softcap_and_scale_match_transformed_logits():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="hidden has 11 rows but targets has 10"):
         chunked_token_logps(h, lambda x: x @ w.T + bias, y[:10])
+
+
+def test_chunk_bounds_pad_with_empty_chunks_up_to_num_chunks():
+    assert chunk_bounds(7, 3) == [(0, 3), (3, 6), (6, 7)]
+    assert chunk_bounds(0, 3) == []
+    assert chunk_bounds(2, 3, num_chunks=3) == [(0, 2), (2, 2), (2, 2)]
+    with pytest.raises(ValueError, match="num_chunks=1 is fewer than the 3 chunks"):
+        chunk_bounds(7, 3, num_chunks=1)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        chunk_bounds(7, 0)
+
+
+def test_extra_empty_chunks_change_nothing():
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(8, 20)
+    h, y = torch.randn(5, 8, generator=g, requires_grad=True), torch.randint(0, 20, (5,), generator=g)
+    plain = chunked_token_logps(h, head, y, chunk_size=2)
+    (gp,) = torch.autograd.grad(plain.sum(), h)
+    padded = chunked_token_logps(h, head, y, chunk_size=2, num_chunks=6)
+    (gq,) = torch.autograd.grad(padded.sum(), h)
+    torch.testing.assert_close(padded, plain, atol=0, rtol=0)
+    torch.testing.assert_close(gq, gp, atol=0, rtol=0)
+    torch.testing.assert_close(chunked_greedy(h, head, 2, num_chunks=6), chunked_greedy(h, head, 2), atol=0, rtol=0)
+    # a head that ZeRO-3 did not partition needs no agreement between processes (and no process group)
+    assert synced_num_chunks(5, 2, head, h.device) is None
+
+
+_RANK_WORKER = """
+import json, sys, torch, torch.distributed as dist
+from mdpalign.llm_bridge.logps import chunked_token_logps, synced_num_chunks
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+torch.manual_seed(0)
+head = torch.nn.Linear(4, 10)
+head.weight.ds_id, head.weight.ds_process_group = 0, dist.group.WORLD  # the tags ZeRO-3 puts on its shards
+rows = [7, 2][rank]  # uneven scored tokens: 3 chunks of 3 on rank 0, 1 on rank 1
+calls = []
+head.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+h = torch.randn(rows, 4, requires_grad=True)
+n = synced_num_chunks(rows, 3, head, h.device)
+chunked_token_logps(h, head, torch.zeros(rows, dtype=torch.long), 3, num_chunks=n).sum().backward()
+print(json.dumps({"num_chunks": n, "calls": calls}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_synced_num_chunks_gives_every_process_the_same_number_of_head_calls():
+    """What ZeRO-3 needs (each head call all-gathers its weight): two gloo processes with 7 and 2 scored rows call
+    the head equally often, in forward and in the checkpointed recompute. DeepSpeed's tags are faked here;
+    tests/test_llm_deepspeed.py runs the real thing."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK_WORKER, str(r)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for r in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert [o["num_chunks"] for o in outs] == [3, 3]
+    assert sorted(outs[0]["calls"]) == [1, 1, 3, 3, 3, 3]  # 3 chunks, forward and recompute
+    assert sorted(outs[1]["calls"]) == [0, 0, 0, 0, 2, 2]  # 1 real chunk and 2 empty ones, twice

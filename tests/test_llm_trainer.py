@@ -13,10 +13,10 @@ pytest.importorskip("trl")
 
 from llm_fixtures import COMPLETIONS, PREFERENCES, save_tiny, write_jsonl  # noqa: E402
 
-from mdpalign.llm_bridge.config import ConfigError, TrainConfig, parse_config  # noqa: E402
+from mdpalign.llm_bridge.config import ConfigError, TrainConfig, launch_problem, parse_config  # noqa: E402
 from mdpalign.llm_bridge.data import TokenizeSettings, tokenize_records  # noqa: E402
 from mdpalign.llm_bridge.train import load_model, load_tokenizer, train  # noqa: E402
-from mdpalign.llm_bridge.trainer import MdpalignTrainer, UnsupportedModelError  # noqa: E402
+from mdpalign.llm_bridge.trainer import MdpalignTrainer, UnsupportedModelError, deepspeed_reference_config  # noqa: E402
 
 COMMON = dict(use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=1,
               per_device_train_batch_size=4, per_device_eval_batch_size=4, seed=0, data_seed=0)
@@ -436,3 +436,37 @@ def test_mdpalign_train_command_runs_the_yaml_with_overrides(dirs, tmp_path, cap
         result = json.load(fh)
     assert result["global_step"] == 2  # the command line beat the file's max_steps: 5
     assert any("ift/weight_mean" in h for h in result["log_history"])  # and its objective
+
+
+def test_deepspeed_reference_config_keeps_zero3_and_precision_drops_training_blocks():
+    train_cfg = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"},
+                 "bf16": {"enabled": True},
+                 "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"},
+                                       "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                                       "stage3_param_persistence_threshold": "auto"}}
+    ref = deepspeed_reference_config(train_cfg, hidden_size=64)
+    assert "optimizer" not in ref and "scheduler" not in ref and "offload_optimizer" not in ref["zero_optimization"]
+    assert ref["zero_optimization"]["stage"] == 3 and ref["zero_optimization"]["offload_param"] == {"device": "cpu"}
+    assert ref["bf16"] == {"enabled": True}  # the reference runs in the policy's dtype
+    zero = ref["zero_optimization"]
+    assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"], zero["stage3_param_persistence_threshold"]) \
+        == (4096, 3686, 640)
+    assert train_cfg["zero_optimization"]["stage"] == 3 and "optimizer" in train_cfg  # the policy's config untouched
+    # ZeRO-1/2 shard only optimizer state and gradients: a frozen reference is a plain replica (stage 0)
+    assert deepspeed_reference_config({"zero_optimization": {"stage": 2}}, 64)["zero_optimization"]["stage"] == 0
+    with pytest.raises(ValueError, match="no hidden_size"):
+        deepspeed_reference_config({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}, None)
+    with pytest.raises(ValueError, match=r"still 'auto'.*\['train_micro_batch_size_per_gpu'\]"):
+        deepspeed_reference_config({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3}}, 64)
+
+
+def test_launch_problems_name_the_fix():
+    # accelerate on CPU finds no DeepSpeed backend: each of the launched processes sees a world of one
+    msg = launch_problem(use_cpu=False, world_size=1, deepspeed=True, env={"WORLD_SIZE": "2"})
+    assert "started 2 processes" in msg and "ddp_backend: gloo" in msg
+    msg = launch_problem(use_cpu=True, world_size=2, deepspeed=True, env={"WORLD_SIZE": "2"})
+    assert "drop DeepSpeed" in msg and "use_cpu: false" in msg
+    assert "ddp_backend" not in launch_problem(use_cpu=True, world_size=1, deepspeed=False, env={"WORLD_SIZE": "2"})
+    assert launch_problem(use_cpu=True, world_size=2, deepspeed=False, env={"WORLD_SIZE": "2"}) is None  # cpu_ddp
+    assert launch_problem(use_cpu=False, world_size=2, deepspeed=True, env={"WORLD_SIZE": "2"}) is None
+    assert launch_problem(use_cpu=True, world_size=1, deepspeed=False, env={}) is None  # one plain process

@@ -174,6 +174,34 @@ def validate(cfg: TrainConfig) -> None:
                 raise ConfigError(f"crlft_class_prefixes[{cls!r}] must be a string, got {p!r}")
 
 
+def launch_problem(use_cpu: bool, world_size: int, deepspeed: bool, env: dict[str, str]) -> str | None:
+    """Why this process's view of the launch contradicts the launcher's (``env``: its environment), or None.
+
+    Both cases below train without an error otherwise, just not what was asked: every process alone on its own
+    batch, or DDP where DeepSpeed was configured.
+    """
+    cpu_deepspeed = "set use_cpu: false and ddp_backend: gloo (configs/accelerate/cpu_deepspeed_zero3.yaml)"
+    if deepspeed and use_cpu:
+        return ("the launch asks for DeepSpeed, but use_cpu: true makes accelerate drop DeepSpeed and run plain DDP; "
+                f"for DeepSpeed on CPU {cpu_deepspeed}")
+    launched = int(env.get("WORLD_SIZE", "1"))
+    if launched > 1 and world_size != launched:
+        # accelerate picks the DeepSpeed backend from the devices it finds: on CPU none, so each process is alone
+        hint = f"; DeepSpeed on CPU: {cpu_deepspeed}" if deepspeed else ""
+        return (f"the launcher started {launched} processes but the Trainer sees a world of {world_size}: each process "
+                f"would train alone{hint}")
+    return None
+
+
+def check_launch(cfg: TrainConfig, env: dict[str, str] | None = None) -> None:
+    """Raise ``ConfigError`` on a :func:`launch_problem`."""
+    env = dict(os.environ) if env is None else env
+    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" or bool(cfg.deepspeed)
+    problem = launch_problem(cfg.use_cpu, cfg.world_size, deepspeed, env)
+    if problem:
+        raise ConfigError(problem)
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """``--config run.yaml`` then ``--key value`` overrides -> ``TrainConfig``.
 

@@ -28,8 +28,10 @@ import types
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.utils import ModelOutput
 
 _INSTALLED = "_mdpalign_logps_forward"
 
@@ -58,6 +60,44 @@ def selective_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torc
     return F.pad(lp.float(), (1, 0))
 
 
+def chunk_bounds(rows: int, chunk_size: int, num_chunks: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) of ``chunk_size``-row chunks covering ``rows``, then empty (rows, rows) ones up to ``num_chunks``."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    bounds = [(start, min(start + chunk_size, rows)) for start in range(0, rows, chunk_size)]
+    if num_chunks is not None:
+        if num_chunks < len(bounds):
+            raise ValueError(f"num_chunks={num_chunks} is fewer than the {len(bounds)} chunks of {chunk_size} rows "
+                             f"that {rows} rows need")
+        bounds += [(rows, rows)] * (num_chunks - len(bounds))
+    return bounds
+
+
+def zero3_process_group(head):
+    """The process group over which DeepSpeed ZeRO-3 partitioned ``head``'s parameters; None if it did not."""
+    params = head.parameters() if isinstance(head, torch.nn.Module) else ()
+    for p in params:
+        if hasattr(p, "ds_id"):  # set on every parameter that zero.Init / the ZeRO-3 engine partitions
+            return getattr(p, "ds_process_group", None) or dist.group.WORLD
+    return None
+
+
+def synced_num_chunks(rows: int, chunk_size: int, head, device) -> int | None:
+    """The most chunks any rank needs, when ZeRO-3 partitions ``head``; None (each rank its own count) otherwise.
+
+    ZeRO-3 all-gathers the head's weight on every call of the head (and again in each chunk's checkpointed
+    recompute in backward). An all-gather is a collective, so a rank that calls the head fewer times than another
+    (fewer scored tokens: the usual case) leaves the others waiting in a mismatched collective: the run hangs or
+    dies with a size mismatch. Every rank therefore makes the same number of calls, the extra ones on zero rows.
+    """
+    group = zero3_process_group(head)
+    if group is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return None
+    count = torch.tensor([len(chunk_bounds(rows, chunk_size))], dtype=torch.int64, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
+    return int(count.item())
+
+
 def _head_logps(head, hidden, targets, softcap: float | None, scale: float):
     z = _head_logits(head, hidden, softcap, scale)
     return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
@@ -70,6 +110,7 @@ def chunked_token_logps(
     chunk_size: int = 1024,
     softcap: float | None = None,
     scale: float = 1.0,
+    num_chunks: int | None = None,
 ) -> torch.Tensor:
     """log softmax(c·tanh(scale·head(h)/c))[y] for M rows of h, ``chunk_size`` rows at a time -> (M,) fp32.
 
@@ -77,14 +118,14 @@ def chunked_token_logps(
     (or any callable h -> logits). With ``softcap`` c the logits are c·tanh(z/c) (Gemma 2), ``scale``
     multiplies them first (Cohere's logit_scale). The head is *called* (not its weight read), so
     ZeRO-3 / FSDP gather its parameters through their module hooks, also in the backward recompute.
+    ``num_chunks`` (>= the ceil(M / chunk_size) chunks the rows need) calls the head that many times, the extra
+    calls on zero rows: see :func:`synced_num_chunks`.
     """
     if hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+    for start, stop in chunk_bounds(hidden.shape[0], chunk_size, num_chunks):
+        h, y = hidden[start:stop], targets[start:stop]
         if torch.is_grad_enabled():
             # recompute the chunk's logits in backward instead of keeping (chunk, vocab) fp32 per chunk
             out.append(checkpoint(_head_logps, head, h, y, softcap, scale, use_reentrant=False))
@@ -111,32 +152,34 @@ def chunked_greedy(
     chunk_size: int = 1024,
     softcap: float | None = None,
     scale: float = 1.0,
+    num_chunks: int | None = None,
 ) -> torch.Tensor:
     """argmax of the (transformed) logits ``c·tanh(scale·head(h)/c)`` for M rows of h -> (M,) int64 ids.
 
     ``chunk_size`` rows at a time under ``torch.no_grad``: peak extra memory one (chunk_size, vocab) fp32 block.
     The transform is the one :func:`chunked_token_logps` applies (monotone, so the argmax is the model's greedy
-    token; ties go to the lowest id, as ``torch.argmax`` of the full logits does).
+    token; ties go to the lowest id, as ``torch.argmax`` of the full logits does). ``num_chunks``: as in
+    :func:`chunked_token_logps`.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    out = [_head_logits(head, hidden[start : start + chunk_size], softcap, scale).argmax(dim=-1)
-           for start in range(0, hidden.shape[0], chunk_size)]
+    out = [_head_logits(head, hidden[start:stop], softcap, scale).argmax(dim=-1)
+           for start, stop in chunk_bounds(hidden.shape[0], chunk_size, num_chunks)]
     if not out:
         return torch.zeros(0, dtype=torch.long, device=hidden.device)
     return torch.cat(out)
 
 
 @dataclass
-class LogpsOutput:
-    """What ``model(..., score_mask=...)`` returns once :func:`install_logps_forward` ran."""
+class LogpsOutput(ModelOutput):
+    """What ``model(..., score_mask=...)`` returns once :func:`install_logps_forward` ran.
+
+    A ``ModelOutput`` (a dict) like every HF model output: Trainer helpers index it by key, and DeepSpeed ZeRO-3
+    finds the tensors in it to hook the model's backward (it warns that its hooks "may not get triggered" on an
+    object it cannot look into).
+    """
 
     token_logps: torch.Tensor | None = None  # (B, T) fp32, 0 where not scored (None without score_mask)
     hidden_states: torch.Tensor | None = None
     greedy: torch.Tensor | None = None  # (B, T) int64 argmax ids where greedy_mask, 0 elsewhere
-
-    def __getitem__(self, key):  # Trainer helpers index outputs like dicts
-        return getattr(self, key)
 
 
 def _logit_transform(config) -> tuple[float | None, float]:
@@ -214,8 +257,9 @@ def install_logps_forward(model) -> None:
                 rows = torch.zeros_like(mask)
                 rows[:, :-1] = mask[:, 1:]
             targets = score_targets if score_targets is not None else input_ids
-            lp = chunked_token_logps(hidden[rows], head, targets[mask].to(hidden.device),
-                                     logps_chunk_size, softcap, scale)
+            h = hidden[rows]
+            n = synced_num_chunks(h.shape[0], logps_chunk_size, head, hidden.device)
+            lp = chunked_token_logps(h, head, targets[mask].to(hidden.device), logps_chunk_size, softcap, scale, n)
             token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
         if greedy_mask is not None:
             every = isinstance(greedy_mask, bool)
@@ -223,7 +267,9 @@ def install_logps_forward(model) -> None:
                 raise ValueError("greedy_mask=False: pass None for no greedy tokens")
             gm = (torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if every
                   else greedy_mask.bool().to(hidden.device))
-            ids = chunked_greedy(hidden[gm], head, logps_chunk_size, softcap, scale)
+            h = hidden[gm]
+            n = synced_num_chunks(h.shape[0], logps_chunk_size, head, hidden.device)
+            ids = chunked_greedy(h, head, logps_chunk_size, softcap, scale, n)
             greedy = torch.zeros(gm.shape, dtype=torch.long, device=hidden.device).masked_scatter(gm, ids)
         return LogpsOutput(token_logps=token_logps, greedy=greedy)
 

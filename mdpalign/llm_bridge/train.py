@@ -99,11 +99,12 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     ``model``/``tokenizer`` may be passed already built (then ``model_name_or_path`` is only used to
     name the reference in the cache key).
     """
-    from mdpalign.llm_bridge.config import ConfigError, TrainConfig
+    from mdpalign.llm_bridge.config import ConfigError, TrainConfig, check_launch
     from mdpalign.llm_bridge.data import TokenizeSettings, load_records, tokenize_records
-    from mdpalign.llm_bridge.trainer import MdpalignTrainer, model_identity, reference_cache_key
+    from mdpalign.llm_bridge.trainer import MdpalignTrainer, is_zero3, model_identity, reference_cache_key
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
+    check_launch(cfg)
     if model is None and cfg.model_name_or_path is None:
         raise ConfigError("model_name_or_path is not set")
     if cfg.dataset_path is None:
@@ -120,6 +121,7 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     )
     dataset = tokenize_records(load_records(cfg.dataset_path, cfg.dataset_split), tok, settings)
 
+    model_given = model is not None
     if model is None:
         model = load_model(cfg.model_name_or_path, cfg)
     if cfg.use_peft and not hasattr(model, "disable_adapter"):
@@ -133,7 +135,13 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     needs_ref = cfg.objective == "dpo"
     ref_path = cfg.ref_model_name_or_path
     ref_model = None
-    if needs_ref and (cfg.reference == "model" or (cfg.reference == "precomputed" and ref_path)):
+    # ZeRO-3 (zero.Init) loads the policy as shards that only its engine, built when training starts, can run: the
+    # reference at initialisation is then computed from a second, equally sharded copy of the same checkpoint
+    init_copy = needs_ref and cfg.reference == "precomputed" and not ref_path and is_zero3(model)
+    if init_copy and (cfg.model_name_or_path is None or model_given):
+        raise ConfigError("under DeepSpeed ZeRO-3 the precomputed reference is computed from a copy loaded from a "
+                          "checkpoint; an in-memory model has none: set ref_model_name_or_path (or reference: model)")
+    if needs_ref and (cfg.reference == "model" or (cfg.reference == "precomputed" and (ref_path or init_copy))):
         ref_model = load_model(ref_path or cfg.model_name_or_path, cfg)
 
     trainer = MdpalignTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tok,
@@ -143,9 +151,9 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     if needs_ref and cfg.reference == "precomputed":
         # computed before trainer.train() loads any checkpoint: without ref_model_name_or_path the reference is
         # the policy at initialisation (adapter disabled under PEFT), also when resuming
-        if ref_model is not None:
+        if ref_path:
             ident = model_identity(ref_path, ref_model)
-        else:
+        else:  # the policy at init (also when init_copy loaded it again: the same numbers, so the same key)
             ident = model_identity(cfg.model_name_or_path or "<in-memory model>", model)
             ident["policy_at_init"] = True
             if cfg.model_name_or_path is None or not os.path.isdir(cfg.model_name_or_path):
@@ -186,6 +194,18 @@ def save_final_model(trainer, output_dir: str) -> None:
         plugin.set_state_dict_type(previous)
 
 
+def close_distributed() -> None:
+    """Wait for every process, then end the process group, before the interpreter exits (for scripts that end
+    after training; ``train`` leaves the group to its caller). Left to interpreter shutdown, gloo's worker threads
+    now and then abort the process ("terminate called without an active exception", SIGABRT) after a run that
+    succeeded: seen once in ~30 two-process DeepSpeed runs here; pytorch/pytorch#190489."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     from mdpalign.llm_bridge.config import parse_config
 
@@ -194,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not one per process
         print(json.dumps({"output_dir": result.output_dir, "global_step": result.global_step, **result.metrics}))
+    close_distributed()
     return 0
 
 

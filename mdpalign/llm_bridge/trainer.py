@@ -104,6 +104,77 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+# DeepSpeed config entries that transformers fills from the model's hidden size when they read "auto"
+_HIDDEN_SIZE_AUTO = {
+    "reduce_bucket_size": lambda h: h * h,
+    "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
+    "stage3_param_persistence_threshold": lambda h: 10 * h,
+}
+
+
+def deepspeed_reference_config(train_config: dict, hidden_size: int | None) -> dict:
+    """DeepSpeed config for the frozen reference model, derived from the policy's (as TRL's ``prepare_deepspeed``).
+
+    ZeRO-3 stays ZeRO-3: the reference is sharded like the policy, its weights gathered layer by layer by the
+    engine's hooks. Any other stage becomes 0, one full replica per process as under DDP (ZeRO-1/2 only shard
+    optimizer state and gradients, which a frozen model has none of). The optimizer, scheduler and optimizer offload
+    go (no optimizer). The precision blocks stay, so the reference runs in the policy's dtype. ``auto`` sizes that
+    transformers fills from the model only when training starts are filled the same way here.
+    """
+    import copy
+
+    cfg = copy.deepcopy(train_config)
+    for key in ("optimizer", "scheduler"):
+        cfg.pop(key, None)
+    zero = cfg.setdefault("zero_optimization", {})
+    zero.pop("offload_optimizer", None)
+    if zero.get("stage", 0) != 3:
+        zero["stage"] = 0
+    for key, size in _HIDDEN_SIZE_AUTO.items():
+        if zero.get(key) == "auto":
+            if hidden_size is None:
+                raise ValueError(f"DeepSpeed config has zero_optimization.{key}: auto, but the reference model's config "
+                                 "has no hidden_size to fill it from; set a number")
+            zero[key] = size(hidden_size)
+    left = sorted(_auto_keys(cfg))
+    if left:
+        raise ValueError(f"DeepSpeed config entries still 'auto' when the reference model is prepared: {left}; "
+                         "set them to numbers")
+    return cfg
+
+
+def _auto_keys(node, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in _auto_keys(v, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if node == "auto" else []
+
+
+def _hidden_size(model) -> int | None:
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "hidden_sizes", None):
+        return max(text.hidden_sizes)
+    return getattr(text, "hidden_size", None)
+
+
+def prepare_deepspeed_reference(model, accelerator):
+    """The frozen reference wrapped in a DeepSpeed inference engine (no optimizer) with
+    :func:`deepspeed_reference_config`. ``accelerator.prepare_model(..., evaluation_mode=True)`` does not do this under
+    DeepSpeed: it returns the bare model, whose ZeRO-3 weights (partitioned at load by ``zero.Init``) are then empty
+    tensors that no hook gathers ("'weight' must be 2-D" in the embedding)."""
+    import deepspeed
+
+    config = deepspeed_reference_config(accelerator.state.deepspeed_plugin.deepspeed_config, _hidden_size(model))
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
+
+
+def is_zero3(model) -> bool:
+    """True when DeepSpeed ZeRO-3 partitioned ``model``'s weights (each rank holds a shard; calls are collectives)."""
+    return any(hasattr(p, "ds_id") for p in _unwrap(model).parameters())
+
+
 class MdpalignTrainer(Trainer):
     """Trainer for ``args.objective`` in {sft, dpo, orpo, ift, crlft}; ``train_dataset`` from ``tokenize_records``."""
 
@@ -139,7 +210,9 @@ class MdpalignTrainer(Trainer):
         if ref_model is not None:
             install_logps_forward(ref_model)
             ref_model.eval().requires_grad_(False)
-            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            if self.is_deepspeed_enabled:
+                self.ref_model = prepare_deepspeed_reference(ref_model, self.accelerator)
+            elif self.is_fsdp_enabled:
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
             else:
                 self.ref_model = ref_model.to(self.args.device)
@@ -219,26 +292,21 @@ class MdpalignTrainer(Trainer):
         """Fill ``ref_chosen_logps``/``ref_rejected_logps`` of every example, from the disk cache when the key matches.
 
         The main process computes (batch by batch, no grad) and writes ``<ref_cache_dir>/<key>.json``; the others wait
-        and read it, so every process trains against the same numbers.
+        and read it, so every process trains against the same numbers. Under DeepSpeed ZeRO-3 every forward is a
+        collective (each rank holds a shard of the weights), so all processes compute the same table in step instead,
+        through a DeepSpeed inference engine around ``model_for_ref`` (which must then be a separate copy: the policy
+        has no engine before training starts).
         """
         cache_dir = self.args.ref_cache_dir or os.path.join(self.args.output_dir, "ref_cache")
         path = os.path.join(cache_dir, f"{cache_key}.json") if cache_key else None
-        with self.accelerator.main_process_first():
-            table = None
-            if path and os.path.isfile(path):
-                with open(path, encoding="utf-8") as fh:
-                    table = {int(k): v for k, v in json.load(fh).items()}
-                logger.info("reference log-probs loaded from cache %s", path)
-            elif self.accelerator.is_main_process or not path:
-                table = self._compute_reference_table(datasets, model_for_ref)
-                if path:
-                    os.makedirs(cache_dir, exist_ok=True)
-                    tmp = f"{path}.tmp{os.getpid()}"
-                    with open(tmp, "w", encoding="utf-8") as fh:
-                        json.dump({str(k): v for k, v in table.items()}, fh)
-                    os.replace(tmp, path)
-            else:  # pragma: no cover - main wrote it before we got here
-                raise FileNotFoundError(f"reference cache {path} missing after the main process computed it")
+        sharded = is_zero3(self.model) or (model_for_ref is not None and is_zero3(model_for_ref))
+        if sharded:
+            if model_for_ref is None:
+                raise ValueError("under DeepSpeed ZeRO-3 the precomputed reference needs its own model (the policy is "
+                                 "only partitioned shards before training); pass model_for_ref")
+            table = self._shared_reference_table(datasets, model_for_ref, path)
+        else:
+            table = self._main_reference_table(datasets, model_for_ref, path)
         for ds in datasets:
             for e in ds.examples:
                 if e["index"] not in table:
@@ -247,12 +315,40 @@ class MdpalignTrainer(Trainer):
                 self._examples[e["index"]] = e
         return path
 
+    def _main_reference_table(self, datasets, model_for_ref, path: str | None) -> dict[int, list[float]]:
+        """The main process loads or computes and writes; the others wait for it, then read the file."""
+        with self.accelerator.main_process_first():
+            if path and os.path.isfile(path):
+                return _read_reference_cache(path)
+            if self.accelerator.is_main_process or not path:
+                table = self._compute_reference_table(datasets, model_for_ref)
+                if path:
+                    _write_reference_cache(path, table)
+                return table
+            raise FileNotFoundError(f"reference cache {path} missing after the main process computed it")  # pragma: no cover
+
+    def _shared_reference_table(self, datasets, model_for_ref, path: str | None) -> dict[int, list[float]]:
+        """Every process computes the same batches in step (ZeRO-3 forwards are collectives); the main one writes."""
+        from accelerate.utils import broadcast_object_list
+
+        # the main process decides, so no rank computes while another reads the file (that would hang the collectives)
+        cached = broadcast_object_list([bool(path and os.path.isfile(path))])[0]
+        if cached:
+            return _read_reference_cache(path)
+        engine = prepare_deepspeed_reference(model_for_ref, self.accelerator)
+        table = self._compute_reference_table(datasets, engine)
+        if path and self.accelerator.is_main_process:
+            _write_reference_cache(path, table)
+        self.accelerator.wait_for_everyone()
+        return table
+
     def _compute_reference_table(self, datasets, model_for_ref) -> dict[int, list[float]]:
         """model_for_ref None: the policy itself before training (adapter disabled for a PEFT model)."""
         device = self.args.device
         model = model_for_ref if model_for_ref is not None else self.model
-        install_logps_forward(model)
-        model = model.to(device)
+        install_logps_forward(_unwrap(model))
+        if not is_zero3(model):  # a ZeRO-3 engine placed its shards itself
+            model = model.to(device)
         peft_base = model_for_ref is None and hasattr(_unwrap(self.model), "disable_adapter")
         was_training = model.training
         model.eval()
@@ -384,6 +480,21 @@ class MdpalignTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def _read_reference_cache(path: str) -> dict[int, list[float]]:
+    with open(path, encoding="utf-8") as fh:
+        table = {int(k): v for k, v in json.load(fh).items()}
+    logger.info("reference log-probs loaded from cache %s", path)
+    return table
+
+
+def _write_reference_cache(path: str, table: dict[int, list[float]]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"  # atomic: a concurrent reader never sees half a file
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({str(k): v for k, v in table.items()}, fh)
+    os.replace(tmp, path)
 
 
 def reference_cache_key(reference_id: dict[str, Any], datasets: list[TokenizedDataset], cfg: TrainConfig) -> str:
