@@ -31,6 +31,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import Trainer
 
 from mdpalign.llm_bridge.config import TrainConfig
@@ -354,6 +355,9 @@ class MdpalignTrainer(Trainer):
         model.eval()
         table: dict[int, list[float]] = {}
         bs = self.args.per_device_eval_batch_size
+        # one pass over the whole dataset before step 1: minutes on real data, so it shows progress
+        bar = tqdm(total=sum(-(-len(ds) // bs) for ds in datasets), desc="reference log-probs", unit="batch",
+                   disable=self.args.disable_tqdm or not self.accelerator.is_local_main_process)
         try:
             for ds in datasets:
                 for start in range(0, len(ds), bs):
@@ -362,7 +366,9 @@ class MdpalignTrainer(Trainer):
                     c, r = self.reference_logps(None if peft_base else model, batch)
                     for i, ci, ri in zip(batch["index"].tolist(), c.tolist(), r.tolist()):
                         table[i] = [ci, ri]
+                    bar.update()
         finally:
+            bar.close()
             model.train(was_training)
         return table
 
