@@ -74,6 +74,24 @@ def test_scoring_the_prompt_too(setup):
     torch.testing.assert_close(tl, naive * scored, atol=1e-5, rtol=0)
 
 
+def test_scoring_whole_sequences_for_the_chosen_half_only(setup):
+    """ORPO's scope: chosen rows (the first half) scored on prompt+completion, rejected rows on their completion;
+    the same positions in the padded and the packed layout."""
+    _, model, padded, packed, _, naive = setup
+    b = padded["input_ids"].shape[0] // 2
+    score = scoring_mask(padded, leading_sequences=b)
+    assert torch.equal(score[:b], scoring_mask(padded)[:b])
+    assert torch.equal(score[b:], padded["completion_mask"][b:] & scoring_mask(padded)[b:])
+    assert int(score[b:].sum()) < int(scoring_mask(padded)[b:].sum())  # the rejected prompts are skipped
+    with torch.no_grad():
+        tl, _, scored = batch_token_logps(model, padded, chunk_size=5, score_mask=score)
+        tl_p, _, scored_p = batch_token_logps(model, packed, chunk_size=5,
+                                              score_mask=scoring_mask(packed, leading_sequences=b))
+    assert torch.equal(scored_p, scored[:, : scored_p.shape[1]]) and not scored[:, scored_p.shape[1]:].any()
+    torch.testing.assert_close(tl, naive * scored, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tl_p, tl[:, : tl_p.shape[1]], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("chunk", [1, 5, 4096])
 def test_target_layout_and_greedy_equal_the_full_logits(setup, chunk):
     """score_layout="target" (position t scores its own next token, IFT's layout, last position included) and

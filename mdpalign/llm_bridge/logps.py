@@ -314,10 +314,24 @@ def batch_token_logps(model, batch: dict, chunk_size: int = 1024, score_mask: to
     return out.token_logps, batch["completion_mask"].bool(), mask
 
 
-def scoring_mask(batch: dict) -> torch.Tensor:
-    """Every real token after the first of its sequence (prompt and completion): ORPO's NLL scope."""
-    if "seq_lengths" in batch:
-        return batch["position_ids"] > 0
-    m = batch["attention_mask"].bool().clone()
-    m[:, 0] = False
-    return m
+def scoring_mask(batch: dict, leading_sequences: int | None = None) -> torch.Tensor:
+    """Every real token after the first of its sequence (prompt and completion): ORPO's NLL scope.
+
+    With ``leading_sequences=k`` only the batch's first k sequences (the chosen ones of a preference batch) are
+    scored whole; the others keep their completion mask, so the LM head skips the rejected prompts that no term
+    reads.
+    """
+    packed = "seq_lengths" in batch
+    if packed:
+        full = batch["position_ids"] > 0
+    else:
+        full = batch["attention_mask"].bool().clone()
+        full[:, 0] = False
+    if leading_sequences is None:
+        return full
+    lead = torch.zeros_like(full)
+    if packed:
+        lead[:, : int(batch["seq_lengths"][:leading_sequences].sum())] = True
+    else:
+        lead[:leading_sequences] = True
+    return torch.where(lead, full, full & batch["completion_mask"].bool())

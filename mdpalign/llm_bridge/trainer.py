@@ -435,7 +435,8 @@ class MdpalignTrainer(Trainer):
 
     def _loss_orpo(self, model, inputs, _):
         scope = self.args.orpo_nll_scope
-        score = scoring_mask(inputs) if scope == "prompt_and_completion" else None
+        # the NLL covers the chosen sequence only: the rejected rows are scored on their completions alone
+        score = scoring_mask(inputs, leading_sequences=len(inputs["index"])) if scope == "prompt_and_completion" else None
         tl, m, scored = batch_token_logps(model, inputs, self.args.logps_chunk_size, score_mask=score)
         b = tl.shape[0] // 2
         nll = {} if score is None else {"nll_token_logps": tl[:b], "nll_mask": scored[:b]}
