@@ -98,3 +98,36 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
     return path
+
+
+def launch_two_processes(cfg: dict, tmp_path, accelerate_config: str, entry: list[str], **env) -> dict:
+    """``accelerate launch --config_file accelerate_config <entry> --config run.yaml`` with ``cfg`` as run.yaml, on a
+    free port, from ``tmp_path``; asserts it succeeded and returns the run's train_result.json.
+
+    ``entry``: ``["-m", "mdpalign.llm_bridge.train"]`` or a script path; ``env`` adds variables (the tests folder is
+    on PYTHONPATH, so a script there can import these fixtures)."""
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with socket.socket() as sock:  # a free port: a fixed one collides with other runs on a shared machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+           "--main_process_port", str(port), *entry, "--config", str(path)]
+    tests = os.path.dirname(os.path.abspath(__file__))
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+                    PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])), **env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(os.path.join(cfg["output_dir"], "train_result.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def step_losses(history) -> dict[int, float]:
+    """{step: loss} from a Trainer log history."""
+    return {h["step"]: h["loss"] for h in history if "loss" in h}

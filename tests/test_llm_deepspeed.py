@@ -9,19 +9,22 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("deepspeed")
 pytest.importorskip("accelerate")
 pytest.importorskip("transformers")
 
-from llm_fixtures import COMPLETIONS, PREFERENCES, save_tiny, write_jsonl  # noqa: E402
+from llm_fixtures import (  # noqa: E402
+    COMPLETIONS,
+    PREFERENCES,
+    launch_two_processes,
+    save_tiny,
+    step_losses,
+    write_jsonl,
+)
 
 from mdpalign.llm_bridge.train import train  # noqa: E402
 
@@ -39,35 +42,16 @@ CASES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:  # a fixed port collides with other runs on a shared machine
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(stage: int, cfg: dict, tmp_path) -> tuple[dict, list[dict]]:
     """Two processes under DeepSpeed ZeRO-``stage``; returns train_result.json and each process's probe record."""
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     config = os.path.join(ROOT, "configs", "accelerate", f"cpu_deepspeed_zero{stage}.yaml")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
-           "--main_process_port", str(_free_port()), PROBE, "--config", str(path)]
     # CPU even where a GPU is visible: this is the CPU check
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(os.path.join(cfg["output_dir"], "train_result.json"), encoding="utf-8") as fh:
-        result = json.load(fh)
+    result = launch_two_processes(cfg, tmp_path, config, [PROBE], CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
     probes = []
     for name in sorted(glob.glob(os.path.join(cfg["output_dir"], "probe_rank*.json"))):
         with open(name, encoding="utf-8") as fh:
             probes.append(json.load(fh))
     return result, probes
-
-
-def _losses(history) -> dict[int, float]:
-    return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
 def _tolerance(losses: dict[int, float]) -> float:
@@ -110,7 +94,7 @@ def test_deepspeed_equals_one_process(tmp_path, stage, case):
         assert len(calls[0]) == len(calls[1])  # forward + backward recompute: the same number of gathers per process
         assert 0 in calls[0] + calls[1]  # ... which took empty calls: the processes needed different chunk counts
 
-    l1, l2 = _losses(one.log_history), _losses(two["log_history"])
+    l1, l2 = step_losses(one.log_history), step_losses(two["log_history"])
     assert sorted(l2) == list(range(1, STEPS + 1))
     tol = _tolerance(l1)
     for step in l1:

@@ -3,11 +3,7 @@ DDP on gloo with the shipped ``cpu_ddp.yaml``, and FSDP2 with the shipped ``fsdp
 through ``fsdp_cpu_launch.py``, since accelerate enables FSDP only on accelerators)."""
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +12,14 @@ import yaml
 pytest.importorskip("accelerate")
 pytest.importorskip("transformers")
 
-from llm_fixtures import COMPLETIONS, PREFERENCES, save_tiny, write_jsonl  # noqa: E402
+from llm_fixtures import (  # noqa: E402
+    COMPLETIONS,
+    PREFERENCES,
+    launch_two_processes,
+    save_tiny,
+    step_losses,
+    write_jsonl,
+)
 
 from mdpalign.llm_bridge.train import train  # noqa: E402
 
@@ -27,26 +30,9 @@ CPU_DDP = os.path.join(CONFIGS, "cpu_ddp.yaml")
 
 
 def _run_two_processes(cfg: dict, tmp_path, accelerate_config: str = CPU_DDP, entry: list[str] | None = None) -> dict:
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    with socket.socket() as sock:  # a free port: a fixed one collides with other runs on a shared machine
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     # the shipped config: accelerate's multi-process launcher (torchrun) + the run's use_cpu=true = DDP over gloo
     # (`accelerate launch --cpu` alone starts ONE process; several need mpirun)
-    entry = entry or ["-m", "mdpalign.llm_bridge.train"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
-           "--main_process_port", str(port), *entry, "--config", str(path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(os.path.join(cfg["output_dir"], "train_result.json"), encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _losses(history) -> dict[int, float]:
-    return {h["step"]: h["loss"] for h in history if "loss" in h}
+    return launch_two_processes(cfg, tmp_path, accelerate_config, entry or ["-m", "mdpalign.llm_bridge.train"])
 
 
 @pytest.mark.slow
@@ -62,7 +48,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, objective):
     one = train(dict(base, output_dir=str(tmp_path / "one"), per_device_train_batch_size=4))
     two = _run_two_processes(dict(base, output_dir=str(tmp_path / "two"), per_device_train_batch_size=2), tmp_path)
     assert two["world_size"] == 2  # really two processes in one DDP group
-    l1, l2 = _losses(one.log_history), _losses(two["log_history"])
+    l1, l2 = step_losses(one.log_history), step_losses(two["log_history"])
     assert sorted(l2) == list(range(1, STEPS + 1))
     for step in l1:
         assert l2[step] == pytest.approx(l1[step], abs=1e-5), (step, l1, l2)
@@ -116,7 +102,7 @@ def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
                              _cpu_fsdp_config(tmp_path, "SHARDED_STATE_DICT" if objective == "ift" else None),
                              [os.path.join(TESTS, "fsdp_cpu_launch.py")])
     assert two["world_size"] == 2
-    l1, l2 = _losses(one.log_history), _losses(two["log_history"])
+    l1, l2 = step_losses(one.log_history), step_losses(two["log_history"])
     assert sorted(l2) == list(range(1, STEPS + 1))
     for step in l1:
         assert l2[step] == pytest.approx(l1[step], abs=1e-5), (step, l1, l2)
@@ -149,7 +135,7 @@ def test_fsdp2_checkpoint_resumes_the_same_run(tmp_path):
     other = save_tiny(str(tmp_path / "other"), seed=1)
     resumed = _run_two_processes(dict(base, model_name_or_path=other, output_dir=str(tmp_path / "resumed"),
                                       resume_from_checkpoint=str(checkpoint)), tmp_path, **launch)
-    lf, lr = _losses(full["log_history"]), _losses(resumed["log_history"])
+    lf, lr = step_losses(full["log_history"]), step_losses(resumed["log_history"])
     assert resumed["global_step"] == 4 and sorted(lr) == [1, 2, 3, 4]  # steps 1-2 from the checkpoint's state
     for step in (3, 4):
         assert lr[step] == pytest.approx(lf[step], abs=1e-6), (lf, lr)
