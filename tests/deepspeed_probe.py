@@ -10,7 +10,7 @@ import sys
 from transformers import TrainerCallback
 
 from mdpalign.llm_bridge.config import parse_config
-from mdpalign.llm_bridge.train import close_distributed, train
+from mdpalign.llm_bridge.train import close_distributed, exit_without_finalization, train
 
 
 class Probe(TrainerCallback):
@@ -35,7 +35,8 @@ def main() -> int:
     cfg = parse_config(sys.argv[1:])
     os.makedirs(cfg.output_dir, exist_ok=True)
     train(cfg, callbacks=[Probe(os.path.join(cfg.output_dir, f"probe_rank{cfg.process_index}.json"))])
-    close_distributed()  # as train.main does
+    if close_distributed():  # as train.main does
+        exit_without_finalization(0)
     return 0
 
 

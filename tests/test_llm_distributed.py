@@ -140,3 +140,35 @@ def test_fsdp2_checkpoint_resumes_the_same_run(tmp_path):
     for step in (3, 4):
         assert lr[step] == pytest.approx(lf[step], abs=1e-6), (lf, lr)
     assert lf[4] < lf[2] - 1e-3  # training moved between checkpoint and end
+
+
+def test_exit_without_finalization_keeps_what_a_normal_exit_keeps(tmp_path):
+    """The multi-process CLI ends with ``exit_without_finalization``: the ``atexit`` handlers still run (trackers
+    finish there), buffered output still arrives, the exit code is the one given, and finalization, where gloo's
+    threads can abort a finished run, is skipped (an object's ``__del__`` that a normal exit runs does not run)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "atexit_ran"
+    script = f"""
+import atexit, sys
+from mdpalign.llm_bridge.train import exit_without_finalization
+
+class Finalised:
+    def __del__(self):
+        sys.stderr.write("finalised")
+
+kept = Finalised()
+atexit.register(lambda: open({str(marker)!r}, "w").write("yes"))
+sys.stdout.write("buffered, no newline")
+if sys.argv[1] == "skip":
+    exit_without_finalization(3)
+"""
+    normal = subprocess.run([sys.executable, "-c", script, "normal"], capture_output=True, text=True, timeout=60)
+    assert normal.returncode == 0 and "finalised" in normal.stderr  # the check below can fail
+    marker.unlink()
+    skipped = subprocess.run([sys.executable, "-c", script, "skip"], capture_output=True, text=True, timeout=60)
+    assert skipped.returncode == 3
+    assert skipped.stdout == "buffered, no newline"
+    assert marker.read_text() == "yes"
+    assert "finalised" not in skipped.stderr

@@ -194,19 +194,46 @@ def save_final_model(trainer, output_dir: str) -> None:
         plugin.set_state_dict_type(previous)
 
 
-def close_distributed() -> None:
-    """Wait for every process, then end the process group, before the interpreter exits (for scripts that end
-    after training; ``train`` leaves the group to its caller). Left to interpreter shutdown, gloo's worker threads
-    now and then abort the process ("terminate called without an active exception", SIGABRT) after a run that
-    succeeded: seen once in ~30 two-process DeepSpeed runs here; pytorch/pytorch#190489."""
+def close_distributed() -> bool:
+    """Wait for every process, then end the process group (for scripts that end after training; ``train`` leaves
+    the group to its caller). Returns whether there was a group to close.
+
+    Ending the group is not enough to make the exit safe: see ``exit_without_finalization``."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
+
+
+def exit_without_finalization(code: int = 0) -> None:
+    """End a process that ran in a process group: run the ``atexit`` handlers (trackers, loggers), flush the
+    streams, then ``os._exit(code)``, which skips interpreter finalization and C++ static destructors.
+
+    Why: a two-process run on gloo that succeeded, closed its group and returned, now and then still dies in
+    interpreter shutdown with "terminate called without an active exception" (SIGABRT), and ``accelerate launch``
+    then reports the whole run as failed. Seen here about once in 30 DeepSpeed runs and once in a CI run of the
+    FSDP2 tests, after the final weights were written. A C++ thread (gloo's) that still holds Python-owned
+    tensors takes the GIL after finalization began, CPython ends that thread with ``pthread_exit``, and the
+    forced unwind through a ``noexcept`` frame terminates the process: pytorch/pytorch#179291 (an ``atexit``
+    destroy, abandoned), #190489. Finalization has nothing left to do for a finished run, so it is skipped."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe must not turn success into a traceback
+            pass
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. In a multi-process launch it ends the process itself after a successful run
+    (``exit_without_finalization``); with one process it returns 0."""
     from mdpalign.llm_bridge.config import parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -214,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not one per process
         print(json.dumps({"output_dir": result.output_dir, "global_step": result.global_step, **result.metrics}))
-    close_distributed()
+    if close_distributed():
+        exit_without_finalization(0)
     return 0
 
 
