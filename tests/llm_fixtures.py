@@ -120,10 +120,11 @@ def launch_two_processes(cfg: dict, tmp_path, accelerate_config: str, entry: lis
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
            "--main_process_port", str(port), *entry, "--config", str(path)]
     tests = os.path.dirname(os.path.abspath(__file__))
+    # PYTHONFAULTHANDLER: a process that aborts (SIGABRT, SIGSEGV) prints every thread's Python stack into stderr
     full_env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-                    PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])), **env)
+                    PYTHONFAULTHANDLER="1", PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])), **env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stderr[-8000:]
     with open(os.path.join(cfg["output_dir"], "train_result.json"), encoding="utf-8") as fh:
         return json.load(fh)
 
