@@ -7,6 +7,7 @@ Any failure raises :class:`DataError` naming the field and the offending row.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 __all__ = ["DataError", "Demonstrations", "Preferences", "LabeledDemonstrations"]
 
 
-class DataError(ValueError):
+class DataError(MdpalignError, ValueError):
     """A data container received an inconsistent or out-of-range field."""
 
 

@@ -8,6 +8,7 @@ final gradient norm.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import math
 from typing import Callable, Iterable, NamedTuple
 
@@ -20,11 +21,11 @@ __all__ = ["fit", "FitResult", "HistoryPoint", "NotConvergedError", "NonFiniteLo
 FIT_METHODS = ("lbfgs", "adam")
 
 
-class FitError(ValueError):
+class FitError(MdpalignError, ValueError):
     """Bad arguments to :func:`fit` (no parameters, wrong dtype, a loss that is not a scalar...)."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(MdpalignError, FloatingPointError):
     """The loss or its gradient became nan/inf at an accepted iterate."""
 
 
@@ -51,7 +52,7 @@ class FitResult(NamedTuple):
         return [h.loss for h in self.history]
 
 
-class NotConvergedError(RuntimeError):
+class NotConvergedError(MdpalignError, RuntimeError):
     """Raised by ``fit(..., require_convergence=True)`` when the gradient norm did not reach ``tol``."""
 
     def __init__(self, result: FitResult, tol: float):

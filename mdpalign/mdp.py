@@ -18,6 +18,7 @@ with probability 1 from every state — is guaranteed to exist.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -54,7 +55,7 @@ def reachable_mask(adjacency, sources) -> np.ndarray:
     return reached
 
 
-class InvalidMDPError(ValueError):
+class InvalidMDPError(MdpalignError, ValueError):
     """The arrays given do not describe a valid MDP; the message says what and where."""
 
 

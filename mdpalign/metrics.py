@@ -20,6 +20,7 @@ near-deterministic target the loss keeps pushing logits outward, so the MSE to a
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class MetricError(ValueError):
+class MetricError(MdpalignError, ValueError):
     """A metric was asked for with inputs that do not fit (shapes, missing keys, bad weights)."""
 
 

@@ -12,6 +12,7 @@ Every policy maps integer inputs (states / contexts / prefixes) to logits over a
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import contextlib
 from typing import Callable, Protocol, runtime_checkable
 
@@ -21,7 +22,7 @@ from torch import nn
 __all__ = ["EmbeddingPolicy", "EmbeddingPolicyHooks", "TabularPolicy", "MLPPolicy", "PolicyInputError"]
 
 
-class PolicyInputError(ValueError):
+class PolicyInputError(MdpalignError, ValueError):
     """A policy received ids out of range, a wrong dtype, or a missing class label."""
 
 

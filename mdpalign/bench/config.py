@@ -5,6 +5,7 @@ two runs with equal configs (and library versions) produce the same numbers.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import math
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ __all__ = [
 ]
 
 
-class BenchConfigError(ValueError):
+class BenchConfigError(MdpalignError, ValueError):
     """A benchmark setting is invalid; the message names the option and the accepted values."""
 
 

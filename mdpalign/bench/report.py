@@ -7,6 +7,7 @@ half-written report and never destroys the previous one.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import contextlib
 import json
 import math
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-class ReportError(ValueError):
+class ReportError(MdpalignError, ValueError):
     """The output location cannot hold a report (e.g. it is an existing file)."""
 
 

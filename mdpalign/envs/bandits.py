@@ -18,6 +18,7 @@ Plain numpy; no torch here.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -36,7 +37,7 @@ __all__ = [
 _SUM_TOL = 1e-9
 
 
-class InvalidBanditError(ValueError):
+class InvalidBanditError(MdpalignError, ValueError):
     """Bandit arrays, policies or data requests that do not make sense; the message says which."""
 
 

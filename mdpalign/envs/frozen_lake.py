@@ -26,6 +26,7 @@ trajectory" without giving the map; :func:`two_path_lake` makes that precise.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -51,7 +52,7 @@ _LETTERS = frozenset("SFHG")
 _DENSE_LIMIT = 1024
 
 
-class InvalidMapError(ValueError):
+class InvalidMapError(MdpalignError, ValueError):
     """A Frozen Lake map that is malformed or on which the goal cannot be reached."""
 
 

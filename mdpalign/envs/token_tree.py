@@ -28,6 +28,7 @@ sum_{d=1..L} m^(d−1) (ending in EOS) + m^L (truncated); n_prefixes = 1 + V · 
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
@@ -46,7 +47,7 @@ MAX_PREFIXES = 50_000_000
 _DENSE_LIMIT = 1024
 
 
-class InvalidTokenTreeError(ValueError):
+class InvalidTokenTreeError(MdpalignError, ValueError):
     """Bad token-tree sizes, arrays or token sequences; the message says which."""
 
 

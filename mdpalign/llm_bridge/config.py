@@ -7,6 +7,7 @@ keys are field names; ``--key value`` on the command line overrides the file.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import json
 import math
 import os
@@ -26,7 +27,7 @@ TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 NEEDS_REFERENCE = ("dpo",)
 
 
-class ConfigError(ValueError):
+class ConfigError(MdpalignError, ValueError):
     """A run configuration names an unknown option or a value outside its domain."""
 
 

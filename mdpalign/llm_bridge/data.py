@@ -27,6 +27,7 @@ response) is dropped and reported (count and indices, logged) — never trained 
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 
 
-class DataError(ValueError):
+class DataError(MdpalignError, ValueError):
     """The training data cannot be used as given."""
 
 

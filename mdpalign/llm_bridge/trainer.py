@@ -22,6 +22,7 @@ frozen reference model run live) or ``adapter_disabled`` (the PEFT base model, a
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import hashlib
 import inspect
 import json
@@ -52,7 +53,7 @@ from mdpalign.objectives import (
 logger = logging.getLogger(__name__)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(MdpalignError, ValueError):
     """The model cannot run the chosen objective (e.g. IFT without reachable input embeddings)."""
 
 

@@ -10,6 +10,7 @@ Conventions (see ARCHITECTURE.md):
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import math
 
 import torch
@@ -32,7 +33,7 @@ __all__ = [
 LOG_HALF = -math.log(2.0)
 
 
-class ShapeError(ValueError):
+class ShapeError(MdpalignError, ValueError):
     """An objective received tensors of the wrong shape, dtype, or an empty row."""
 
 

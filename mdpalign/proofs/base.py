@@ -28,6 +28,7 @@ tolerance serves both.
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,11 +54,11 @@ __all__ = [
 ]
 
 
-class ProofInputError(ValueError):
+class ProofInputError(MdpalignError, ValueError):
     """The arrays handed to a closed form do not describe a valid problem; the message says where."""
 
 
-class NoClosedFormError(ValueError):
+class NoClosedFormError(MdpalignError, ValueError):
     """The problem is outside the cases this module has a proven closed form for."""
 
 

@@ -34,6 +34,7 @@ Conventions used by every solver
 """
 from __future__ import annotations
 
+from mdpalign.errors import MdpalignError
 import time
 from dataclasses import dataclass, field
 
@@ -58,7 +59,7 @@ DENSE_KRYLOV_MIN = 400
 SPARSE_DIRECT_LIMIT = 300_000
 
 
-class SolverError(ValueError):
+class SolverError(MdpalignError, ValueError):
     """Bad solver input (tolerance, temperature, policy shape, ...); the message says which."""
 
 
@@ -66,7 +67,7 @@ class UnboundedMDPError(SolverError):
     """At ``gamma = 1`` some policy cycles forever among non-terminal states with positive mean reward."""
 
 
-class ConvergenceError(RuntimeError):
+class ConvergenceError(MdpalignError, RuntimeError):
     """The solver hit ``max_iter`` before its certified bound reached ``tol``."""
 
 
