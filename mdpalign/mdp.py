@@ -59,6 +59,38 @@ class InvalidMDPError(MdpalignError, ValueError):
     """The arrays given do not describe a valid MDP; the message says what and where."""
 
 
+def _ragged_where(value, name: str) -> str | None:
+    """Where a nested sequence stops being rectangular ("P[1] has 1 entries where P[0] has 2"), or None.
+
+    Walks the nesting one depth at a time (breadth first), so the first difference reported is the shallowest."""
+    level = [(name, value)]
+    while level:
+        nested = [(path, v) for path, v in level if isinstance(v, (list, tuple, np.ndarray))]
+        if not nested:
+            return None
+        first_path, first = nested[0]
+        if len(nested) != len(level):
+            scalar_path = next(path for path, v in level if not isinstance(v, (list, tuple, np.ndarray)))
+            return f"{scalar_path} is a number where {first_path} is a sequence"
+        for path, v in nested[1:]:
+            if len(v) != len(first):
+                return f"{path} has {len(v)} entries where {first_path} has {len(first)}"
+        level = [(f"{path}[{i}]", item) for path, v in nested for i, item in enumerate(v)]
+    return None
+
+
+def _float_array(value, name: str) -> np.ndarray:
+    """``value`` as a float64 array; a ragged nested list or a non-number raises :class:`InvalidMDPError` naming
+    ``name`` and the place (numpy's own error names neither)."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        ragged = _ragged_where(value, name)
+        if ragged is not None:
+            raise InvalidMDPError(f"{name} is ragged: {ragged}; it must be a rectangular array") from None
+        raise InvalidMDPError(f"{name} must hold numbers: {exc}") from None
+
+
 def _where(mask: np.ndarray, limit: int = 5) -> str:
     idx = np.argwhere(mask)
     shown = ", ".join(str(tuple(int(i) for i in row)) for row in idx[:limit])
@@ -98,7 +130,7 @@ class TabularMDP:
     _flat: ArrayOrSparse = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        R = np.asarray(self.R, dtype=np.float64)
+        R = _float_array(self.R, "R")
         if R.ndim != 2:
             raise InvalidMDPError(f"R must have shape (S, A); got an array of shape {R.shape}")
         S, A = R.shape
@@ -129,7 +161,7 @@ class TabularMDP:
                 )
             row_sums = np.asarray(flat.sum(axis=1)).ravel().reshape(S, A)
         else:
-            dense = np.asarray(self.P, dtype=np.float64)
+            dense = _float_array(self.P, "P")
             if dense.shape != (S, A, S):
                 raise InvalidMDPError(
                     f"P must have shape (S, A, S) = ({S}, {A}, {S}) to match R of shape {R.shape}; got {dense.shape}"

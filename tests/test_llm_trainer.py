@@ -365,6 +365,48 @@ def test_kill_and_resume_gives_the_uninterrupted_run(dirs, tmp_path):
         assert loss_r[step] == pytest.approx(loss[step], abs=1e-6), step
 
 
+# ----------------------------------------------------------------------------- a non-finite loss stops training
+
+@pytest.mark.parametrize("objective, rows", [("sft", COMPLETIONS), ("dpo", PREFERENCES)])
+def test_a_nan_at_step_two_stops_training_naming_step_objective_and_example_ids(dirs, tmp_path, objective, rows):
+    from mdpalign.errors import MdpalignError
+    from mdpalign.fit import NonFiniteLossError
+
+    cfg = _cfg(tmp_path, objective=objective, max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
+               reference="model")
+    tok = load_tokenizer(dirs["base"])
+    ds = tokenize_records(rows, tok, TokenizeSettings(objective, max_length=cfg.max_length))
+    model = load_model(dirs["policy"], cfg)
+    ref = load_model(dirs["base"], cfg) if objective == "dpo" else None
+    trainer = MdpalignTrainer(model, cfg, ds, processing_class=tok, ref_model=ref)
+    seen: list[list[int]] = []  # the example indices of each batch, in the order the dataloader makes them
+    collate = trainer.data_collator
+
+    def recording(examples):
+        batch = collate(examples)
+        seen.append(batch["index"].tolist())
+        return batch
+
+    trainer.data_collator = recording
+
+    def poison(module, args, output):  # the policy's final hidden states become nan during step 2 only
+        if module.training and trainer.state.global_step == 1:
+            return output * float("nan")
+        return output
+
+    model.model.norm.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.train()
+    msg = str(err.value)
+    assert isinstance(err.value, MdpalignError)
+    assert "non-finite loss (nan) at training step 2" in msg
+    assert f"objective {objective!r}" in msg
+    assert f"example indices (dataset rows) of the batch: {seen[1]}" in msg and len(seen[1]) == 2
+    # it stopped before the optimizer applied step 2: one step done, every weight still finite
+    assert trainer.state.global_step == 1
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 @pytest.mark.parametrize(

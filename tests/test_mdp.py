@@ -78,6 +78,27 @@ def test_shape_mismatches():
         TabularMDP(P, R, gamma, terminal=terminal, initial=[1.0])
 
 
+@pytest.mark.parametrize(
+    "P, R, match",
+    [
+        # a ragged P: state 1 has one action where state 0 has two
+        ([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0]]], [[0.0, 0.0], [0.0, 0.0]],
+         r"P is ragged: P\[1\] has 1 entries where P\[0\] has 2"),
+        # ragged one level deeper: a next-state distribution with 3 entries among 2-entry ones
+        ([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.5, 0.25, 0.25]]], [[0.0, 0.0], [0.0, 0.0]],
+         r"P is ragged: P\[1\]\[1\] has 3 entries where P\[0\]\[0\] has 2"),
+        # a number where a list belongs
+        ([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], 1.0]], [[0.0, 0.0], [0.0, 0.0]],
+         r"P is ragged: P\[1\]\[1\] is a number where P\[0\]\[0\] is a sequence"),
+        (np.eye(2)[:, None, :], [[0.0], [1.0, 2.0]], r"R is ragged: R\[1\] has 2 entries where R\[0\] has 1"),
+        (np.eye(2)[:, None, :], [["a"], [1.0]], r"R must hold numbers: .*'a'"),
+    ],
+)
+def test_ragged_or_non_numeric_nested_lists_name_the_field(P, R, match):
+    with pytest.raises(InvalidMDPError, match=match):
+        TabularMDP(P, R, 0.9)
+
+
 @pytest.mark.parametrize("gamma", [-0.01, 1.0001, np.nan, np.inf])
 def test_gamma_outside_unit_interval(gamma):
     P, R, _, terminal = chain()

@@ -19,6 +19,13 @@ Reductions (each the one TRL uses where TRL has the objective, so the numbers ar
 Reference log-probs for DPO (``reference``): ``precomputed`` (one pass before training, cached on
 disk, keyed by a hash of the reference model, the tokenised data and the settings), ``model`` (a
 frozen reference model run live) or ``adapter_disabled`` (the PEFT base model, adapter switched off).
+
+Non-finite losses: every ``compute_loss`` checks the reduced loss and raises
+:class:`~mdpalign.fit.NonFiniteLossError` naming the step, the objective and the batch's example indices (dataset
+rows) instead of training on. The objectives are called with ``check_logps=False`` here: a nan/inf at a counted token
+reaches the reduced loss anyway, the loss check also sees nan from elsewhere (reference log-probs, weights), and all
+processes decide together (one raising inside the loss path, between two collective forwards, would hang the others).
+The positivity part of the objectives' check adds nothing here: ``z_y − logsumexp(z)`` is never above 0.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer
 
+from mdpalign.fit import NonFiniteLossError
 from mdpalign.llm_bridge.config import TrainConfig
 from mdpalign.llm_bridge.data import Collator, TokenizedDataset
 from mdpalign.llm_bridge.logps import batch_token_logps, install_logps_forward, scoring_mask, unpack
@@ -286,7 +294,7 @@ class MdpalignTrainer(Trainer):
                 tl, m, _ = batch_token_logps(self.model, inputs, chunk)
         else:
             tl, m, _ = batch_token_logps(model_for_ref, inputs, chunk)
-        seq = sequence_logps(tl.double(), m)
+        seq = sequence_logps(tl.double(), m, check_logps=False)  # a nan reaches the DPO loss, checked per step
         b = seq.shape[0] // 2
         return seq[:b], seq[b:]
 
@@ -379,29 +387,59 @@ class MdpalignTrainer(Trainer):
         objective = self.args.objective
         mode = "train" if self.model.training else "eval"
         loss, metrics = getattr(self, f"_loss_{objective}")(model, inputs, num_items_in_batch)
+        self._check_finite_loss(loss, inputs, mode)
         for k, v in metrics.items():
             v = v.detach().reshape(-1).float()
             self._metrics[mode][k].append(self.accelerator.gather_for_metrics(v).mean().item())
         return (loss, {}) if return_outputs else loss
 
+    def _check_finite_loss(self, loss: torch.Tensor, inputs, mode: str) -> None:
+        """Raise :class:`NonFiniteLossError` on every process when the loss of any process is nan or ±inf.
+
+        One host read of a flag per call (compute_loss reads its metrics anyway) and, with several processes, one
+        1-element all-gather beside the metrics' gathers, so all processes stop together and none waits in a
+        collective for one that raised."""
+        flag = (~torch.isfinite(loss.detach())).any().reshape(1).to(torch.float32)
+        mine = flag
+        if self.args.world_size > 1:
+            flag = self.accelerator.gather(flag)
+        flags = flag.tolist()
+        if not any(flags):
+            return
+        ids = inputs["index"].tolist()
+        where = (f"training step {self.state.global_step + 1}" if mode == "train"
+                 else f"evaluation after step {self.state.global_step}")
+        bad_procs = [rank for rank, f in enumerate(flags) if f]
+        procs = f" on process(es) {bad_procs} of {len(flags)}" if len(flags) > 1 else ""
+        if bool(mine):
+            value = float(loss.detach().reshape(-1)[0])
+            what = (f"example indices (dataset rows) of the batch: {ids}. Check these examples, lower the learning "
+                    "rate, or train in fp32 to find where it starts")
+        else:  # another process's loss: that process's error names its examples
+            value = None
+            what = (f"this is process {self.args.process_index}, whose batch {ids} had a finite loss; the error of "
+                    f"process(es) {bad_procs} names their examples")
+        loss_text = f" ({value})" if value is not None else ""
+        raise NonFiniteLossError(f"non-finite loss{loss_text} at {where}{procs}, objective {self.args.objective!r}; {what}")
+
     def _loss_sft(self, model, inputs, num_items):
         tl, m, _ = batch_token_logps(model, inputs, self.args.logps_chunk_size)
         red = self.args.sft_reduction
         if red == "token_mean":
-            pieces = sft_pieces(tl, m)
+            pieces = sft_pieces(tl, m, check_logps=False)
             loss = self._scale_global(pieces.nll_sum.sum(), num_items)
             if loss is None:
                 loss = batch_token_mean(pieces.nll_sum, pieces.token_count)
             nll = pieces.nll_sum.sum() / pieces.token_count.sum()
         else:
-            loss = sft_loss(tl, m, normalize=(red == "sequence_mean")).mean()
-            nll = sft_loss(tl, m, normalize=True).detach().mean()
+            loss = sft_loss(tl, m, normalize=(red == "sequence_mean"), check_logps=False).mean()
+            nll = sft_loss(tl, m, normalize=True, check_logps=False).detach().mean()
         return loss, {"nll": nll, "num_tokens": m.sum().float()}
 
     def _loss_crlft(self, model, inputs, weight_sum):
         tl, m, _ = batch_token_logps(model, inputs, self.args.logps_chunk_size)
         w = self._weights(inputs).to(device=tl.device, dtype=tl.dtype)
-        out = crlft_loss(tl, m, w, reduction=self.args.crlft_reduction)
+        out = crlft_loss(tl, m, w, reduction=self.args.crlft_reduction, check_logps=False)
         loss = self._scale_global(out.losses.sum(), weight_sum)
         if loss is None:
             from mdpalign.objectives import crlft_reduce
@@ -411,7 +449,7 @@ class MdpalignTrainer(Trainer):
 
     def _loss_dpo(self, model, inputs, _):
         tl, m, _s = batch_token_logps(model, inputs, self.args.logps_chunk_size)
-        seq = sequence_logps(tl, m)
+        seq = sequence_logps(tl, m, check_logps=False)
         b = seq.shape[0] // 2
         chosen, rejected = seq[:b], seq[b:]
         mode = self.args.reference
@@ -426,7 +464,7 @@ class MdpalignTrainer(Trainer):
             n = m.sum(-1).to(seq.dtype)
             counts = {"chosen_token_counts": n[:b], "rejected_token_counts": n[b:]}
         out = dpo_loss(chosen, rejected, ref_c, ref_r, beta=self.args.beta, loss_type=self.args.loss_type,
-                       label_smoothing=self.args.label_smoothing, **counts)
+                       label_smoothing=self.args.label_smoothing, check_logps=False, **counts)
         metrics = {
             "rewards/chosen": out.chosen_rewards, "rewards/rejected": out.rejected_rewards,
             "rewards/margins": out.margins, "rewards/accuracies": out.accuracies,
@@ -441,7 +479,7 @@ class MdpalignTrainer(Trainer):
         tl, m, scored = batch_token_logps(model, inputs, self.args.logps_chunk_size, score_mask=score)
         b = tl.shape[0] // 2
         nll = {} if score is None else {"nll_token_logps": tl[:b], "nll_mask": scored[:b]}
-        out = orpo_loss(tl[:b], m[:b], tl[b:], m[b:], lam=self.args.orpo_lambda, **nll)
+        out = orpo_loss(tl[:b], m[:b], tl[b:], m[b:], lam=self.args.orpo_lambda, check_logps=False, **nll)
         # TRL: NLL as a token mean over the whole micro-batch, odds-ratio term as a batch mean
         loss = batch_token_mean(out.nll_token_sum, out.nll_token_count) + self.args.orpo_lambda * out.odds_ratio_loss.mean()
         metrics = {
@@ -467,7 +505,8 @@ class MdpalignTrainer(Trainer):
         tl, tm = two.token_logps, target_mask
         if "seq_lengths" in inputs:
             tl, tm = unpack(tl, inputs["seq_lengths"]), unpack(tm, inputs["seq_lengths"]).bool()
-        out = ift_loss(tl, tm, decay=self.args.ift_decay, detach_weights=self.args.ift_detach_weights)
+        out = ift_loss(tl, tm, decay=self.args.ift_decay, detach_weights=self.args.ift_detach_weights,
+                       check_logps=False)
         w = out.weights.detach()[tm]
         metrics = {"nll": out.nll_mean, "ift/weight_mean": w.mean(), "ift/weight_max": w.max(), "ift/weight_min": w.min()}
         return out.losses.mean(), metrics

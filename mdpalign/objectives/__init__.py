@@ -3,14 +3,20 @@
 Each returns per-example tensors (plus metrics as NamedTuples); the caller reduces.
 """
 from mdpalign.objectives.common import (
+    LOGP_ROUNDING_EPS,
+    InvalidLogProbError,
+    ObjectiveArgumentError,
     ShapeError,
     as_bool_mask,
     batch_token_mean,
     check_beta,
+    check_number,
     check_same_shape,
     check_sequence_inputs,
+    check_sequence_logps,
     check_token_inputs,
     log1mexp,
+    logp_rounding_tolerance,
     masked_token_values,
     sequence_logps,
     token_counts,
@@ -38,13 +44,18 @@ from mdpalign.objectives.ift import (
     successor_from_table,
     successor_predicted_inputs,
 )
-from mdpalign.objectives.kl_rl import kl_rl_objective, kl_rl_optimal_log_policy
+from mdpalign.objectives.kl_rl import (
+    kl_rl_objective,
+    kl_rl_optimal_log_policy,
+    normalisation_tolerance,
+)
 from mdpalign.objectives.orpo import ORPOOutput, orpo_log_odds, orpo_loss
 from mdpalign.objectives.sft import SFTPieces, sft_loss, sft_pieces
 
 __all__ = [
-    "ShapeError", "as_bool_mask", "batch_token_mean", "check_beta", "check_same_shape", "check_sequence_inputs",
-    "check_token_inputs", "log1mexp", "masked_token_values", "sequence_logps", "token_counts",
+    "ShapeError", "InvalidLogProbError", "ObjectiveArgumentError", "LOGP_ROUNDING_EPS", "logp_rounding_tolerance",
+    "as_bool_mask", "batch_token_mean", "check_beta", "check_number", "check_same_shape", "check_sequence_inputs",
+    "check_sequence_logps", "check_token_inputs", "log1mexp", "masked_token_values", "sequence_logps", "token_counts",
     "token_logps_from_logits",
     "SFTPieces", "sft_loss", "sft_pieces",
     "DPO_LOSS_TYPES", "DPOOutput", "dpo_loss",
@@ -53,5 +64,5 @@ __all__ = [
     "ift_two_pass", "propagation_weights", "shift_mask_to_inputs", "successor_from_table",
     "successor_predicted_inputs",
     "CRLFT_REDUCTIONS", "OPENCHAT_CLASS_REWARDS", "CRLFTOutput", "crlft_class_weights", "crlft_loss", "crlft_reduce",
-    "kl_rl_objective", "kl_rl_optimal_log_policy",
+    "kl_rl_objective", "kl_rl_optimal_log_policy", "normalisation_tolerance",
 ]

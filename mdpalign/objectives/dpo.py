@@ -1,12 +1,19 @@
 """Direct Preference Optimization and its pairwise relatives (cDPO, IPO, hinge/SLiC, robust DPO)."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from mdpalign.objectives.common import check_beta, check_sequence_inputs
+from mdpalign.objectives.common import (
+    ObjectiveArgumentError,
+    check_beta,
+    check_number,
+    check_sequence_inputs,
+    check_sequence_logps,
+)
 
 __all__ = ["dpo_loss", "DPOOutput", "DPO_LOSS_TYPES"]
 
@@ -42,15 +49,19 @@ def dpo_loss(
     label_smoothing: float = 0.0,
     chosen_token_counts: torch.Tensor | None = None,
     rejected_token_counts: torch.Tensor | None = None,
+    check_logps: bool = True,
 ) -> DPOOutput:
     """Pairwise preference losses on sequence log-probabilities (all inputs ``(B,)``, summed over completion tokens).
 
     With the log-ratio margin ``h = (log pi(y_w) − log pi_ref(y_w)) − (log pi(y_l) − log pi_ref(y_l))`` and ``ε`` =
     ``label_smoothing``, per pair:
 
-    * ``sigmoid`` (DPO, arXiv 2305.18290, Eq. 7): ``−logσ(βh)``; with ``ε > 0`` conservative DPO (cDPO, Mitchell
-      2023, as earlier TRL releases smoothed ``sigmoid``): ``−(1−ε)·logσ(βh) − ε·logσ(−βh)``. TRL 1.x no longer smooths ``sigmoid`` (its
-      ``label_smoothing`` feeds only robust/EXO/AOT), so TRL parity means ``ε = 0`` here.
+    * ``sigmoid`` (DPO, arXiv 2305.18290, Eq. 7): ``−logσ(βh)``; with ``0 <= ε < 1/2`` conservative DPO (cDPO,
+      Mitchell 2023, as earlier TRL releases smoothed ``sigmoid``): ``−(1−ε)·logσ(βh) − ε·logσ(−βh)``. Its slope in
+      ``βh`` at ``h = 0`` is ``ε − 1/2``: at ``ε = 1/2`` the loss is even in ``h`` and minimal at ``h = 0`` (it ignores
+      the labels), above it the loss prefers the rejected response, hence the range (TRL documents 0–0.5 too).
+      TRL 1.x no longer smooths ``sigmoid`` (its ``label_smoothing`` feeds only robust/EXO/AOT), so TRL parity means
+      ``ε = 0`` here.
     * ``ipo`` (IPO, arXiv 2310.12036, Eq. 17; the paper's ``τ`` is ``beta``): ``(h − 1/(2β))²``, minimal at
       ``h = 1/(2β)``. **TRL length-normalises** IPO: each log-ratio is divided by its number of completion tokens
       before the difference. Pass ``chosen_token_counts`` / ``rejected_token_counts`` (B,) to get exactly that
@@ -63,9 +74,13 @@ def dpo_loss(
     Reduction: none (per pair); TRL takes the batch mean. Gradient w.r.t. tabular logits (THEORY.md):
     sigmoid ``−β·σ(−βh)·(e_w − e_l)``; ipo ``2(h − 1/(2β))·(e_w − e_l)``.
 
-    Errors: ``beta`` not finite or ``<= 0``; unknown ``loss_type``; ``label_smoothing`` outside ``[0, 1]`` for
-    sigmoid, outside ``[0, 1/2)`` for robust, or non-zero for ipo/hinge (where it would be silently ignored);
-    token counts given for a loss other than ``ipo``.
+    Errors (:class:`~mdpalign.objectives.common.ObjectiveArgumentError`): ``beta`` not finite or ``<= 0``; unknown
+    ``loss_type``; ``label_smoothing`` outside ``[0, 1/2)`` for sigmoid and robust, or non-zero for ipo/hinge (where
+    it would be silently ignored); token counts given for a loss other than ``ipo``, or not finite and ``>= 0``.
+    :class:`~mdpalign.objectives.common.InvalidLogProbError` when one of the four log-probs is nan or ±inf (named,
+    with the first bad index); ``check_logps=False`` skips that check (one device sync). A positive *sequence*
+    log-prob is not refused: the losses read only the log-ratios, and the sum's rounding tolerance would need the
+    token count (the token-level objectives, e.g. :func:`~mdpalign.objectives.common.sequence_logps`, check it).
     """
     check_sequence_inputs(
         policy_chosen_logps=policy_chosen_logps,
@@ -75,18 +90,23 @@ def dpo_loss(
     )
     beta = check_beta(beta)
     if loss_type not in DPO_LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
-    eps = float(label_smoothing)
-    if loss_type == "sigmoid" and not 0.0 <= eps <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1] for loss_type='sigmoid', got {eps}")
-    if loss_type == "robust" and not 0.0 <= eps < 0.5:
-        raise ValueError(f"label_smoothing must lie in [0, 0.5) for loss_type='robust', got {eps}")
+        raise ObjectiveArgumentError(f"unknown loss_type {loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
+    eps = check_number(label_smoothing, "label_smoothing")
+    if loss_type in ("sigmoid", "robust") and not 0.0 <= eps < 0.5:
+        raise ObjectiveArgumentError(
+            f"label_smoothing must lie in [0, 0.5) for loss_type={loss_type!r}, got {eps} (at 0.5 the loss ignores "
+            "which response was preferred, above it prefers the rejected one)")
     if loss_type in ("ipo", "hinge") and eps != 0.0:
-        raise ValueError(f"label_smoothing has no meaning for loss_type={loss_type!r}; got {eps}, expected 0")
+        raise ObjectiveArgumentError(f"label_smoothing has no meaning for loss_type={loss_type!r}; got {eps}, expected 0")
     if (chosen_token_counts is None) != (rejected_token_counts is None):
-        raise ValueError("pass both chosen_token_counts and rejected_token_counts, or neither")
+        raise ObjectiveArgumentError("pass both chosen_token_counts and rejected_token_counts, or neither")
     if chosen_token_counts is not None and loss_type != "ipo":
-        raise ValueError(f"token counts length-normalise only loss_type='ipo' (as TRL); got loss_type={loss_type!r}")
+        raise ObjectiveArgumentError(
+            f"token counts length-normalise only loss_type='ipo' (as TRL); got loss_type={loss_type!r}")
+    if check_logps:
+        check_sequence_logps(upper=False, policy_chosen_logps=policy_chosen_logps,
+                             policy_rejected_logps=policy_rejected_logps, ref_chosen_logps=ref_chosen_logps,
+                             ref_rejected_logps=ref_rejected_logps)
 
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
@@ -96,6 +116,11 @@ def dpo_loss(
             check_sequence_inputs(chosen_token_counts=chosen_token_counts.to(chosen_logratios.dtype),
                                   rejected_token_counts=rejected_token_counts.to(chosen_logratios.dtype),
                                   policy_chosen_logps=policy_chosen_logps)
+            for name, counts in (("chosen_token_counts", chosen_token_counts),
+                                 ("rejected_token_counts", rejected_token_counts)):
+                c = counts.detach().double()
+                if not bool(((c >= 0) & (c < math.inf)).all()):  # nan fails both
+                    raise ObjectiveArgumentError(f"{name} must be finite numbers >= 0, got {c.tolist()[:10]}")
             h = (chosen_logratios / chosen_token_counts.to(chosen_logratios.dtype).clamp(min=1.0)
                  - rejected_logratios / rejected_token_counts.to(chosen_logratios.dtype).clamp(min=1.0))
         else:

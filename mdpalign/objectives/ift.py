@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import torch
 
 from mdpalign.objectives.common import (
+    ObjectiveArgumentError,
     ShapeError,
     as_bool_mask,
+    check_number,
     check_token_inputs,
     masked_token_values,
     token_logps_from_logits,
@@ -54,9 +56,9 @@ IFT_FORMS = ("reference", "paper")
 _PROPAGATION_BLOCK = 128
 
 def _check_unit_interval(value: float, name: str) -> float:
-    v = float(value)
+    v = check_number(value, name)
     if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {v}")
+        raise ObjectiveArgumentError(f"{name} must lie in [0, 1], got {v}")
     return v
 
 
@@ -129,6 +131,7 @@ def ift_loss(
     decay: float = 0.95,
     detach_weights: bool = False,
     form: str = "reference",
+    check_logps: bool = True,
 ) -> IFTOutput:
     """IFT loss per sequence from the pass-2 token log-probs (``l_t = −log p_t`` on the fused prefix).
 
@@ -141,12 +144,16 @@ def ift_loss(
 
     Reduction: none across the batch (the reference takes the mean). Paper: arXiv 2405.11870. Departure of the
     reference from the paper: the ratio form with discount 0.95 and non-detached weights, vs the linear double sum.
+
+    Errors: :class:`~mdpalign.objectives.common.InvalidLogProbError` for a counted log-prob that is nan, ±inf or
+    above 0 by more than the rounding tolerance (a negative l_t would make Σ v meaningless); ``check_logps=False``
+    skips it. ``decay`` outside [0, 1]; unknown ``form``.
     """
     if form not in IFT_FORMS:
-        raise ValueError(f"unknown form {form!r}; valid: {', '.join(IFT_FORMS)}")
+        raise ObjectiveArgumentError(f"unknown form {form!r}; valid: {', '.join(IFT_FORMS)}")
     decay = _check_unit_interval(decay, "decay")
-    m = check_token_inputs(token_logps, mask)
-    nll_sum, count = sft_pieces(token_logps, m)
+    m = check_token_inputs(token_logps, mask, check_logps=check_logps)
+    nll_sum, count = sft_pieces(token_logps, m, check_logps=False)  # checked above
     nll_mean = nll_sum / count
     if decay == 0.0:
         return IFTOutput(nll_mean, m.to(token_logps.dtype), nll_mean)
@@ -155,9 +162,10 @@ def ift_loss(
     if form == "paper":
         return IFTOutput(v.sum(-1) / count, v, nll_mean)
     den = v.sum(-1)
-    positive = den > 0
-    safe_den = torch.where(positive, den, torch.ones_like(den))
-    losses = torch.where(positive, (l * v).sum(-1) / safe_den, torch.zeros_like(den))
+    # only an exact 0 is special-cased: a nan (check_logps=False on bad input) must reach the loss, not become 0
+    zero = den == 0
+    safe_den = torch.where(zero, torch.ones_like(den), den)
+    losses = torch.where(zero, torch.zeros_like(den), (l * v).sum(-1) / safe_den)
     weights = v * (count / safe_den).unsqueeze(-1)
     return IFTOutput(losses, weights, nll_mean)
 

@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from mdpalign.objectives.common import (
+    ObjectiveArgumentError,
+    ShapeError,
+    check_number,
+    check_sequence_logps,
     check_token_inputs,
     log1mexp,
     masked_token_values,
@@ -40,13 +44,19 @@ class ORPOOutput(NamedTuple):
     rejected_rewards: torch.Tensor
 
 
-def orpo_log_odds(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor) -> torch.Tensor:
+def orpo_log_odds(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor,
+                  check_logps: bool = True) -> torch.Tensor:
     """``log odds(a_c) − log odds(a_r)`` with ``log odds(a) = a − log(1 − e^a)``, computed stably via
     :func:`log1mexp`.
 
-    An average log-prob of exactly 0 (probability 1: infinite odds) is clamped to the largest negative float below 0
-    (``−tiny``) so the value stays finite; there the gradient through the clamp is 0.
+    An average log-prob of exactly 0 (probability 1: infinite odds) — or above 0 within
+    :func:`~mdpalign.objectives.common.logp_rounding_tolerance` — is clamped to the largest negative float below 0
+    (``−tiny``) so the value stays finite; there the gradient through the clamp is 0. ``check_logps`` (default):
+    :class:`~mdpalign.objectives.common.InvalidLogProbError` for nan, ±inf or a value above that tolerance (which
+    the clamp would otherwise silently turn into probability 1).
     """
+    if check_logps:
+        check_sequence_logps(chosen_avg_logps=chosen_avg_logps, rejected_avg_logps=rejected_avg_logps)
     tiny = torch.finfo(chosen_avg_logps.dtype).tiny
     a_c = chosen_avg_logps.clamp(max=-tiny)
     a_r = rejected_avg_logps.clamp(max=-tiny)
@@ -61,6 +71,7 @@ def orpo_loss(
     lam: float = 0.1,
     nll_token_logps: torch.Tensor | None = None,
     nll_mask: torch.Tensor | None = None,
+    check_logps: bool = True,
 ) -> ORPOOutput:
     """ORPO per example (arXiv 2403.07691, Eqs. 4–7).
 
@@ -77,32 +88,36 @@ def orpo_loss(
 
     Tabular facts (THEORY.md): one chosen and one rejected arm has no stationary point (pi → δ_c); disjoint supports
     give the infimum H(D_w) approached as pi → D_w.
+
+    Errors: :class:`~mdpalign.objectives.common.InvalidLogProbError` when a counted log-prob of any of the three
+    inputs is nan, ±inf or above 0 by more than the rounding tolerance (so are the length-averaged ``a_c``, ``a_r``:
+    an average of values ``<= tol`` is ``<= tol``); ``check_logps=False`` skips it. ``lam`` not finite ``>= 0``.
     """
-    mc = check_token_inputs(chosen_token_logps, chosen_mask, "chosen_token_logps")
-    mr = check_token_inputs(rejected_token_logps, rejected_mask, "rejected_token_logps")
+    mc = check_token_inputs(chosen_token_logps, chosen_mask, "chosen_token_logps", check_logps=check_logps)
+    mr = check_token_inputs(rejected_token_logps, rejected_mask, "rejected_token_logps", check_logps=check_logps)
     if chosen_token_logps.shape[0] != rejected_token_logps.shape[0]:
-        raise ValueError(f"chosen and rejected batch sizes differ: {chosen_token_logps.shape[0]} vs {rejected_token_logps.shape[0]}")
-    lam = float(lam)
+        raise ShapeError(f"chosen and rejected batch sizes differ: {chosen_token_logps.shape[0]} vs {rejected_token_logps.shape[0]}")
+    lam = check_number(lam, "lam")
     if not lam >= 0.0 or lam == float("inf"):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+        raise ObjectiveArgumentError(f"lam must be a finite number >= 0, got {lam}")
     dtype = chosen_token_logps.dtype
     a_c = masked_token_values(chosen_token_logps, mc).sum(-1) / token_counts(mc, dtype)
     a_r = masked_token_values(rejected_token_logps, mr).sum(-1) / token_counts(mr, rejected_token_logps.dtype)
 
     if (nll_token_logps is None) != (nll_mask is None):
-        raise ValueError("pass both nll_token_logps and nll_mask, or neither")
+        raise ObjectiveArgumentError("pass both nll_token_logps and nll_mask, or neither")
     if nll_token_logps is None:
         nll_sum = -masked_token_values(chosen_token_logps, mc).sum(-1)
         nll_count = token_counts(mc, dtype)
     else:
-        mn = check_token_inputs(nll_token_logps, nll_mask, "nll_token_logps")
+        mn = check_token_inputs(nll_token_logps, nll_mask, "nll_token_logps", check_logps=check_logps)
         if nll_token_logps.shape[0] != chosen_token_logps.shape[0]:
-            raise ValueError(f"nll_token_logps batch size {nll_token_logps.shape[0]} differs from chosen {chosen_token_logps.shape[0]}")
+            raise ShapeError(f"nll_token_logps batch size {nll_token_logps.shape[0]} differs from chosen {chosen_token_logps.shape[0]}")
         nll_sum = -masked_token_values(nll_token_logps, mn).sum(-1)
         nll_count = token_counts(mn, nll_token_logps.dtype)
     nll = nll_sum / nll_count
 
-    log_odds = orpo_log_odds(a_c, a_r)
+    log_odds = orpo_log_odds(a_c, a_r, check_logps=False)  # the token check covers the averages
     or_loss = -F.logsigmoid(log_odds)
     return ORPOOutput(
         losses=nll + lam * or_loss,
