@@ -17,6 +17,8 @@ Metrics in the outputs (ratios, margins, accuracies, clip flags) are detached.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mdpalign.objectives.common import ShapeError, as_bool_mask
@@ -73,7 +75,7 @@ def check_nonnegative(value, name: str, *, strict: bool = False) -> float:
         v = float(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a finite number, got {value!r}") from exc
-    if not (v == v and abs(v) != float("inf")) or v < 0 or (strict and v == 0):
+    if not math.isfinite(v) or v < 0 or (strict and v == 0):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v}")
     return v
 
