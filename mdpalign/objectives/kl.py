@@ -33,8 +33,10 @@ on the Gibbs policy ``pi_ref·e^{r/β}/Z``; k3 as a loss (GRPO's original choice
 
 Where the libraries differ: verl's ``core_algos.kl_penalty`` clamps the ``k3`` log-ratio to ±20 and ``k3`` to ±10,
 OpenRLHF's ``compute_approx_kl`` clamps every estimator to ±10; a clamp zeroes the gradient exactly where the
-estimator is largest — mdpalign does not clamp. TRL's ``GRPOTrainer._compute_loss`` computes ``k3`` as
-``exp(ref − logp) − (ref − logp) − 1`` (loses relative precision for small ``|h|``) and, since TRL 1.x, multiplies it
+estimator is largest — mdpalign does not clamp. verl's ``k3+`` / ``low_var_kl+`` is a straight-through estimator
+(value of ``k3``, gradient of ``k2``: ``k2 − sg(k2) + sg(k3)``), not ``k3·ρ``: on-policy both give ``∇KL``, off-policy
+(later PPO epochs) only ``k3·ρ`` stays exact. TRL's ``GRPOTrainer._compute_loss`` computes ``k3`` as
+``exp(ref − logp) − (ref − logp) − 1`` (loses relative precision for small ``|h|``) and, in TRL 1.16, multiplies it
 by ``ρ`` by default (``use_bias_correction_kl=True``); TRL's ``RLOOTrainer`` puts ``k1`` of the *old* log-probs in the
 reward, summed over the sequence (:func:`kl_penalised_rewards`).
 """
@@ -49,8 +51,8 @@ __all__ = ["KL_ESTIMATORS", "KL_PLACEMENTS", "kl_estimate", "kl_penalised_reward
 
 #: Schulman's estimators of KL(pi‖ref) from one sample.
 KL_ESTIMATORS = ("k1", "k2", "k3")
-#: Where the estimate enters training: subtracted from the reward (detached), added to the loss, or added to the loss
-#: multiplied by the importance ratio ``pi/pi_old`` (TRL's ``use_bias_correction_kl``, verl ``k3+``-style).
+#: Where the estimate enters training: subtracted from the reward (a constant), added to the loss, or added to the
+#: loss multiplied by the importance ratio ``pi/pi_old`` (TRL's ``use_bias_correction_kl``).
 KL_PLACEMENTS = ("reward", "loss", "loss_is")
 
 

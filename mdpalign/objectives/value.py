@@ -3,7 +3,8 @@ r"""PPO with a critic, as InstructGPT-style RLHF runs it: token rewards, GAE(γ,
 Token rewards (Ziegler et al., arXiv 1909.08593; Ouyang et al., InstructGPT, arXiv 2203.02155): every counted token
 pays the KL penalty ``−β·k1_t`` (of the sampling policy, a constant) and the sequence reward ``r(x, y)`` lands on the
 **last counted token** of ``y`` — the EOS when EOS is a counted token (:func:`place_sequence_rewards`). Placing it
-one position later, on the first PAD after EOS, is trl#3750 (TRL's ``PPOTrainer`` wrote it at
+one position later, on the first PAD after EOS, is trl#3750 (TRL's ``PPOTrainer``, now
+``trl/experimental/ppo/ppo_trainer.py`` and not shipped in the trl 1.16 wheel, adds the score at
 ``sequence_lengths + 1``): the reward then sits outside the response and is paired with a value of a padding state.
 """
 from __future__ import annotations
