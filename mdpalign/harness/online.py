@@ -639,7 +639,9 @@ def certify_fixed_point(problem: OnlineProblem, spec: MethodSpec, params: torch.
 
 
 class FixedPointResult(NamedTuple):
-    """params (flat); log_probs / probs ``(S, A)`` (rows of unused states meaningless); values ``(S,)`` or None;
+    """params (flat); log_probs / probs ``(S, A)`` — rows of unused states keep their starting logits (the reference
+    by default: uniform at a tree's complete prefixes, the convention of :mod:`mdpalign.proofs.token_tree`, so the
+    whole table can go to an ``Optimum.check(log_probs=..., tol=certificate.log_prob_bound)``); values ``(S,)`` or None;
     certificate (:class:`Certificate`); iterations (Newton steps); flow_steps (plain field steps taken first)."""
 
     params: torch.Tensor
