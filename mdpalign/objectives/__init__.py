@@ -66,3 +66,30 @@ __all__ = [
     "CRLFT_REDUCTIONS", "OPENCHAT_CLASS_REWARDS", "CRLFTOutput", "crlft_class_weights", "crlft_loss", "crlft_reduce",
     "kl_rl_objective", "kl_rl_optimal_log_policy", "normalisation_tolerance",
 ]
+
+# Online RL and reward models (issue 11).
+from mdpalign.objectives.advantages import (
+    SCALE_REWARDS,
+    AdvantageOutput,
+    grpo_advantages,
+    remax_advantages,
+    rloo_advantages,
+)
+from mdpalign.objectives.kl import KL_ESTIMATORS, KL_PLACEMENTS, kl_estimate, kl_loss_term, kl_penalised_rewards
+from mdpalign.objectives.policy_gradient import TOKEN_LOSS_TYPES, PPOClipOutput, aggregate_token_loss, ppo_clip_loss
+from mdpalign.objectives.reward import BradleyTerryOutput, bradley_terry_loss, center_rewards_penalty
+from mdpalign.objectives.value import (
+    GAEOutput,
+    ValueLossOutput,
+    clipped_value_loss,
+    gae_advantages,
+    place_sequence_rewards,
+)
+
+__all__ += [
+    "SCALE_REWARDS", "AdvantageOutput", "grpo_advantages", "remax_advantages", "rloo_advantages",
+    "KL_ESTIMATORS", "KL_PLACEMENTS", "kl_estimate", "kl_loss_term", "kl_penalised_rewards",
+    "TOKEN_LOSS_TYPES", "PPOClipOutput", "aggregate_token_loss", "ppo_clip_loss",
+    "BradleyTerryOutput", "bradley_terry_loss", "center_rewards_penalty",
+    "GAEOutput", "ValueLossOutput", "clipped_value_loss", "gae_advantages", "place_sequence_rewards",
+]
