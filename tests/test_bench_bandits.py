@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mdpalign.bench import bandits as bb
+from mdpalign.bench import report as rp
 from mdpalign.bench.cli import main as bench_main
 from mdpalign.bench.config import BANDIT_OBJECTIVES, BANDIT_REGIMES, BanditsConfig, BenchConfigError
 
@@ -133,3 +134,45 @@ def test_progress_bar_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch, ca
     assert "bandits: 100%" in capsys.readouterr().err
     bb.run_bandits(BanditsConfig(**small, out=str(tmp_path / "b"), quiet=True))
     assert "bandits" not in capsys.readouterr().err
+
+
+def test_out_holding_other_files_is_refused_before_any_work_and_force_moves_them_aside(tmp_path, monkeypatch,
+                                                                                       capsys, caplog):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    small = ["--seeds", "1", "--steps", "2", "--eval-every", "1", "--regimes", "deterministic", "--objectives", "sft",
+             "--quiet", "--out", str(out)]
+    seed_data = bb.seed_data
+
+    def started(*args, **kwargs):
+        raise AssertionError("the experiment started")
+
+    monkeypatch.setattr(bb, "seed_data", started)
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["bandits", *small])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "notes.md" in err and "--force" in err
+    with pytest.raises(rp.ReportError, match="force=True"):
+        bb.run_bandits(BanditsConfig(out=str(out)))
+    assert [p.name for p in out.iterdir()] == ["notes.md"]
+
+    monkeypatch.setattr(bb, "seed_data", seed_data)
+    with caplog.at_level("WARNING", logger="mdpalign.bench.report"):
+        assert bench_main(["bandits", *small, "--force"]) == 0
+    assert (tmp_path / "mine.replaced-1" / "notes.md").read_text() == "mine"
+    assert (out / "report.md").is_file() and "mine.replaced-1" in caplog.text
+    assert bench_main(["bandits", *small]) == 0  # the report there now is ours: replaced without --force
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "mine.replaced-1"]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_seeds_numpy_or_torch_cannot_take_are_refused(seed, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["bandits", "--quiet", "--seeds", "1", "--steps", "1", "--eval-every", "1", "--seed", seed,
+                    "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    with pytest.raises(BenchConfigError, match="seed"):
+        BanditsConfig(seed=int(seed))

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from mdpalign.bench import frozen_lake as fl
+from mdpalign.bench import report as rp
 from mdpalign.bench.cli import main as bench_main
 from mdpalign.bench.config import FROZEN_LAKE_METHODS, BenchConfigError, FrozenLakeConfig
 
@@ -29,7 +31,8 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_run_writes_report_json_and_figures(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
-    assert {"report.md", "results.json", "overview.png"} <= names
+    assert {"report.md", "results.json", "overview.png", rp.MANIFEST} <= names
+    assert set(json.loads((tiny_run / rp.MANIFEST).read_text())["files"]) == names  # it lists every file
     for k in fl.METRICS:
         assert f"{k}.png" in names
         assert (tiny_run / f"{k}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -105,7 +108,11 @@ def test_rankings_and_paper_comparison_follow_the_numbers(tiny_run):
 
 def test_same_seed_gives_the_same_results(tiny_run, tmp_path):
     out = tmp_path / "again"
+    shutil.copytree(tiny_run, out)  # a previous report: the new run replaces it
+    (out / "results.json").write_text("{}")
     assert bench_main(["frozen-lake", *TINY, "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
+    assert (out / rp.MANIFEST).read_bytes() == (tiny_run / rp.MANIFEST).read_bytes()
     assert _load(out) == _load(tiny_run)
     a = (out / "results.json").read_text().splitlines()
     b = (tiny_run / "results.json").read_text().splitlines()
@@ -115,8 +122,8 @@ def test_same_seed_gives_the_same_results(tiny_run, tmp_path):
 
 def test_an_interrupted_run_leaves_no_report_and_keeps_the_previous_one(tmp_path, monkeypatch):
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "results.json").write_text("previous")
+    with rp.atomic_output_dir(out, kind="frozen-lake") as tmp:  # a previous report
+        (tmp / "results.json").write_text("previous")
     calls = []
 
     def boom(*args, **kwargs):
@@ -140,8 +147,8 @@ def test_an_interrupted_run_leaves_no_report_and_keeps_the_previous_one(tmp_path
 
 def test_a_failure_while_writing_keeps_the_previous_report(tmp_path, monkeypatch):
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "report.md").write_text("previous")
+    with rp.atomic_output_dir(out, kind="frozen-lake") as tmp:  # a previous report
+        (tmp / "report.md").write_text("previous")
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -151,8 +158,68 @@ def test_a_failure_while_writing_keeps_the_previous_report(tmp_path, monkeypatch
                               distill_max_iter=5)
     with pytest.raises(RuntimeError, match="disk full"):
         fl.run_frozen_lake(config)
-    assert [p.name for p in out.iterdir()] == ["report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [rp.MANIFEST, "report.md"]
     assert (out / "report.md").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def _work_must_not_start(monkeypatch):
+    def started(*args, **kwargs):
+        raise AssertionError("the experiment started although its output path is unusable")
+
+    monkeypatch.setattr(fl, "build_problem", started)
+
+
+def _one_line_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["frozen-lake", *TINY, *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mdpalign bench: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_out_holding_other_files_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("three years of work")
+    _work_must_not_start(monkeypatch)
+    err = _one_line_error(capsys, "--out", str(out))
+    assert "thesis.tex" in err and "--force" in err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    assert (out / "thesis.tex").read_text() == "three years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    # the Python API applies the same check, naming fields rather than flags
+    with pytest.raises(rp.ReportError, match="force=True") as exc:
+        fl.run_frozen_lake(FrozenLakeConfig(out=str(out), quiet=True))
+    assert "--" not in str(exc.value)
+
+
+@pytest.mark.parametrize("out", [".", "", "{cwd}", "{cwd}/.."])
+def test_out_naming_the_working_directory_is_refused_before_any_work(out, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "code.py").write_text("print('mine')")
+    monkeypatch.chdir(work)
+    _work_must_not_start(monkeypatch)
+    _one_line_error(capsys, "--out", out.format(cwd=work), "--force")
+    assert [p.name for p in work.iterdir()] == ["code.py"] and [p.name for p in tmp_path.iterdir()] == ["work"]
+
+
+@pytest.mark.parametrize("out, named", [("{file}/report", "{file} is a file"), ("/proc/report", "/proc")])
+def test_out_that_cannot_be_created_is_named_before_any_work(out, named, tmp_path, monkeypatch, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    _work_must_not_start(monkeypatch)
+    err = _one_line_error(capsys, "--out", out.format(file=f))
+    assert named.format(file=f) in err
+
+
+def test_a_seed_torch_cannot_take_is_a_config_error(tmp_path, capsys):
+    err = _one_line_error(capsys, "--seed", str(2**63), "--out", str(tmp_path / "r"))
+    assert "--seed" in err
+    with pytest.raises(BenchConfigError, match="seed"):
+        FrozenLakeConfig(seed=-1)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -11,38 +11,232 @@ import pytest
 from mdpalign.bench import report as rp
 
 
+KIND = "frozen-lake"
+
+
+def _write_report(out, files=None, kind=KIND):
+    """A previous report, written by the writer itself."""
+    with rp.atomic_output_dir(out, kind=kind) as tmp:
+        for name, text in (files or {"report.md": "old report", "results.json": "{}"}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
+
+
+def _tree(root) -> dict[str, bytes]:
+    """Every file under root with its bytes (what must survive a refused or failed write)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _foreign(path):
+    path.mkdir(parents=True)
+    (path / "thesis.tex").write_text("three years of work")
+    (path / "data").mkdir()
+    (path / "data" / "raw.csv").write_text("1,2,3")
+    return _tree(path)
+
+
 def test_atomic_output_dir_creates_and_replaces_only_on_success(tmp_path):
     out = tmp_path / "rep"
-    with rp.atomic_output_dir(out) as tmp:
+    with rp.atomic_output_dir(out, kind=KIND) as tmp:
         assert tmp.parent == tmp_path and not out.exists()
         (tmp / "a.txt").write_text("one")
     assert (out / "a.txt").read_text() == "one"
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
-    with rp.atomic_output_dir(out) as tmp:
+    with rp.atomic_output_dir(out, kind=KIND) as tmp:
         (tmp / "b.txt").write_text("two")
         assert (out / "a.txt").exists()  # the old report stays until the new one is complete
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt", rp.MANIFEST]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
 
 
-def test_atomic_output_dir_keeps_the_old_report_on_failure(tmp_path):
+def test_the_manifest_marks_the_report_and_has_no_timestamp(tmp_path):
+    files = {"report.md": "r", "results.json": "{}", "fig/a.png": "png"}
+    _write_report(tmp_path / "one", files)
+    _write_report(tmp_path / "two", files)
+    manifest = json.loads((tmp_path / "one" / rp.MANIFEST).read_text())
+    # exactly the marker and the file list: nothing that changes from run to run
+    assert manifest == {"mdpalign_report": {"kind": KIND, "version": 1},
+                        "files": sorted([*files, rp.MANIFEST])}
+    assert (tmp_path / "one" / rp.MANIFEST).read_bytes() == (tmp_path / "two" / rp.MANIFEST).read_bytes()
+
+
+@pytest.mark.parametrize("error", [ZeroDivisionError, KeyboardInterrupt])
+def test_atomic_output_dir_keeps_the_old_report_on_failure(tmp_path, error):
     out = tmp_path / "rep"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
-    with pytest.raises(ZeroDivisionError):
-        with rp.atomic_output_dir(out) as tmp:
+    _write_report(out)
+    before = _tree(out)
+    with pytest.raises(error):
+        with rp.atomic_output_dir(out, kind=KIND) as tmp:
             (tmp / "half.txt").write_text("half")
-            1 / 0
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+            raise error()
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # no temporary directory left
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failure_while_moving_the_report_into_place_restores_the_old_one(tmp_path, monkeypatch, error):
+    out = tmp_path / "rep"
+    _write_report(out)
+    before = _tree(out)
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if ".tmp-" in os.fspath(src):  # the finished report moving into place
+            raise error
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(type(error)):
+        with rp.atomic_output_dir(out, kind=KIND) as tmp:
+            (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert _tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
 
 
-def test_atomic_output_dir_refuses_a_file(tmp_path):
+def test_a_failed_write_removes_the_parents_it_created(tmp_path):
+    with pytest.raises(RuntimeError):
+        with rp.atomic_output_dir(tmp_path / "a" / "b" / "rep", kind=KIND):
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_of_other_files_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "thesis"
+    before = _foreign(out)
+    with pytest.raises(rp.ReportError, match="is not an mdpalign report") as exc:
+        rp.check_output_dir(out, kind=KIND)
+    message = str(exc.value)
+    assert "\n" not in message and str(out) in message and "thesis.tex" in message
+    assert "force=True" in message and "--" not in message  # Python names, not flags
+    cli = str(pytest.raises(rp.ReportError, rp.check_output_dir, out, kind=KIND, cli=True).value)
+    assert "--out" in cli and "--force" in cli
+    ran = []
+    with pytest.raises(rp.ReportError):
+        with rp.atomic_output_dir(out, kind=KIND):
+            ran.append(1)
+    assert ran == [] and _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+
+
+def test_a_report_with_added_files_or_of_another_kind_is_refused(tmp_path):
+    out = tmp_path / "rep"
+    _write_report(out)
+    (out / "notes.txt").write_text("my notes on this run")
+    before = _tree(out)
+    with pytest.raises(rp.ReportError, match="files it did not write: notes.txt"):
+        rp.check_output_dir(out, kind=KIND)
+    with pytest.raises(rp.ReportError, match="files it did not write: notes.txt"):
+        with rp.atomic_output_dir(out, kind=KIND):
+            pass
+    assert _tree(out) == before
+    other = tmp_path / "bandits"
+    _write_report(other, kind="bandits")
+    with pytest.raises(rp.ReportError, match="holds a bandits report, not a frozen-lake report"):
+        rp.check_output_dir(other, kind=KIND)
+
+
+def test_a_file_a_link_and_a_forged_manifest_are_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(rp.ReportError, match="not a directory"):
-        with rp.atomic_output_dir(f):
+    with pytest.raises(rp.ReportError, match="exists and is not a directory"):
+        with rp.atomic_output_dir(f, kind=KIND):
             pass
+    assert f.read_text() == "x"
+    report = tmp_path / "rep"
+    _write_report(report)
+    link = tmp_path / "latest"
+    link.symlink_to(report)
+    with pytest.raises(rp.ReportError, match="symbolic link"):
+        rp.check_output_dir(link, kind=KIND)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / rp.MANIFEST).write_text('{"files": "everything"}')
+    with pytest.raises(rp.ReportError, match="no valid"):
+        rp.check_output_dir(bad, kind=KIND)
+
+
+def test_force_moves_anything_else_aside_and_deletes_nothing(tmp_path, caplog):
+    out = tmp_path / "thesis"
+    first = _foreign(out)
+    with caplog.at_level("WARNING", logger="mdpalign.bench.report"):
+        with rp.atomic_output_dir(out, kind=KIND, force=True) as tmp:
+            (tmp / "report.md").write_text("new")
+    assert (out / "report.md").read_text() == "new"
+    assert _tree(tmp_path / "thesis.replaced-1") == first
+    assert "thesis.replaced-1" in caplog.text and "nothing was deleted" in caplog.text
+    # once more: the report now there is ours (replaced), the next foreign thing goes to replaced-2
+    with rp.atomic_output_dir(out, kind=KIND, force=True) as tmp:
+        (tmp / "report.md").write_text("newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis", "thesis.replaced-1"]
+    (out / "mine.txt").write_text("added by hand")
+    with rp.atomic_output_dir(out, kind=KIND, force=True) as tmp:
+        (tmp / "report.md").write_text("newest")
+    assert (tmp_path / "thesis.replaced-2" / "mine.txt").read_text() == "added by hand"
+    f = tmp_path / "file"
+    f.write_text("x")
+    with rp.atomic_output_dir(f, kind=KIND, force=True) as tmp:
+        (tmp / "report.md").write_text("r")
+    assert (tmp_path / "file.replaced-1").read_text() == "x" and (f / "report.md").is_file()
+
+
+def test_a_change_while_the_experiment_ran_is_caught_before_the_move(tmp_path):
+    out = tmp_path / "rep"
+    with pytest.raises(rp.ReportError, match="not an mdpalign report"):
+        with rp.atomic_output_dir(out, kind=KIND) as tmp:
+            (tmp / "report.md").write_text("r")
+            out.mkdir()  # someone else writes there meanwhile
+            (out / "theirs.txt").write_text("theirs")
+    assert _tree(out) == {"theirs.txt": b"theirs"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+@pytest.mark.parametrize("target, why", [
+    ("", "is empty"), (" ", "is empty"), (".", "is the current directory"), ("{cwd}", "is the current directory"),
+    ("..", "contains the current directory"), ("sub/..", "is the current directory"),
+    ("{home}", "is the home directory"), ("/", "is the root directory"),
+])
+def test_paths_that_must_never_be_replaced_are_refused_even_with_force(tmp_path, monkeypatch, target, why):
+    cwd, home = tmp_path / "work", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    (cwd / "sub").mkdir()
+    (cwd / "code.py").write_text("print(1)")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    before = _tree(tmp_path)
+    target = target.format(cwd=cwd, home=home)
+    for force in (False, True):
+        with pytest.raises(rp.ReportError, match=why):
+            rp.check_output_dir(target, kind=KIND, force=force)
+        with pytest.raises(rp.ReportError, match=why):
+            with rp.atomic_output_dir(target, kind=KIND, force=force):
+                pass
+    assert _tree(tmp_path) == before and sorted(p.name for p in cwd.iterdir()) == ["code.py", "sub"]
+
+
+def test_an_unusable_parent_is_named_before_any_work(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    with pytest.raises(rp.ReportError, match=f"{f} is a file, not a directory"):
+        rp.check_output_dir(f / "deeper" / "report", kind=KIND)
+    with pytest.raises(rp.ReportError, match=r"cannot write into /proc"):
+        rp.check_output_dir("/proc/report", kind=KIND)
+    # a missing parent is fine (created when the report is written); the check itself leaves nothing
+    assert rp.check_output_dir(tmp_path / "a" / "b", kind=KIND) == tmp_path / "a" / "b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
+def test_a_read_only_parent_is_named(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(rp.ReportError, match=f"cannot write into {ro}"):
+            rp.check_output_dir(ro / "report", kind=KIND)
+    finally:
+        ro.chmod(0o700)
 
 
 def _umask() -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -69,3 +70,42 @@ def test_bad_options_are_argparse_errors(capsys, argv):
         main(["solve", "frozen-lake", *argv])
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def _exit_2(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(["solve", "frozen-lake", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+    return err
+
+
+def test_a_horizon_too_long_for_memory_is_refused_before_allocating(capsys):
+    H = 10**9
+    err = _exit_2(capsys, "--map", "8x8", "--horizon", str(H))
+    m = re.search(r"--horizon 1000000000 needs about ([\d.]+) (GiB|TiB|PiB)", err)
+    assert m, err
+    need = float(m[1]) * 1024 ** {"GiB": 3, "TiB": 4, "PiB": 5}[m[2]]
+    # at least the two float64 tables backward induction holds at once, values (H+1) x 64 and Q-values
+    # H x 64 x 4; the message rounds to 3 significant digits (relative error < 5e-3)
+    assert need >= 8 * ((H + 1) * 64 + H * 64 * 4) * (1 - 5e-3)
+
+
+def test_the_horizon_memory_check_suggests_a_horizon_that_fits(capsys, monkeypatch):
+    import mdpalign.solve.cli as solve_cli
+
+    monkeypatch.setattr(solve_cli, "_available_memory", lambda: 100_000)
+    # 4x4 has 16 states x 4 actions: 200 steps hold at least 8 * 200 * 16 * (1 + 4) = 128 000 bytes
+    err = _exit_2(capsys, "--horizon", "200")
+    fits = int(re.search(r"use --horizon (\d+) or less", err)[1])
+    assert 0 < fits < 200
+    assert main(["solve", "frozen-lake", "--horizon", str(fits), "--json"]) == 0  # the suggestion is honest
+    assert json.loads(capsys.readouterr().out)["horizon"] == fits
+
+
+def test_a_one_column_map_is_solved(capsys):
+    # S above F above G, deterministic: DOWN twice, reward 1 on entering G at the second step -> value gamma
+    data = run_json(capsys, "--map", "S,F,G", "--no-slippery", "--gamma", "0.9")
+    assert data["start_value"] == pytest.approx(0.9, abs=1e-12)
+    assert data["policy"][:2] == [1, 1]  # DOWN, DOWN

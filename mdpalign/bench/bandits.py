@@ -244,9 +244,12 @@ class BanditsResult:
 def run_bandits(config: BanditsConfig):
     """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically.
 
+    ``config.out`` must be new, empty or a previous bandits report, else ``ReportError`` before any work
+    (``config.force`` moves anything else aside; :func:`mdpalign.bench.report.check_output_dir`).
     Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
     caller's thread count afterwards.
     """
+    rp.check_output_dir(config.out, kind=config.REPORT_KIND, force=config.force)  # before any work
     with rp.single_torch_thread():
         return _run_bandits(config)
 
@@ -305,7 +308,7 @@ def _run_bandits(config: BanditsConfig) -> BanditsResult:
         "final": final,
     }
     table = final_table(results)
-    with rp.atomic_output_dir(config.out) as tmp:
+    with rp.atomic_output_dir(config.out, kind=config.REPORT_KIND, force=config.force) as tmp:
         figures = _write_figures(tmp, results)
         timing = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0}
         results["timing"] = timing

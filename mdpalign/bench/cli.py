@@ -1,20 +1,32 @@
 """``mdpalign bench frozen-lake`` and ``mdpalign bench bandits``.
 
 Only argparse lives here; the experiments are imported when a sub-command runs, so building
-the parser stays cheap.
+the parser stays cheap. Errors in the settings or the output path (``BenchConfigError``,
+``ReportError``) reach ``mdpalign.cli``, which prints them as one line with exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from mdpalign._argtypes import positive_float, positive_int
+from mdpalign._argtypes import non_negative_int, positive_float, positive_int
 
 __all__ = ["register", "main"]
 
 
 def _method_list(text: str) -> tuple[str, ...]:
     return tuple(m.strip().lower() for m in text.split(",") if m.strip())
+
+
+def _out_help(kind: str) -> str:
+    return (f"output directory: created, or replaced if it holds a previous {kind} report (its "
+            "mdpalign-report.json lists every file in it); anything else there is refused before the run (see "
+            "--force). The new report is written aside and moved into place only when complete")
+
+
+FORCE_HELP = ("write the report even if --out holds something else: what is there (a file, a link, other files, "
+              "another kind of report) is moved aside to OUT.replaced-N, never deleted, and the move is announced. "
+              "Refused even so: '', '.', the current or home directory, any directory containing them, and /")
 
 
 def register(subparsers) -> None:
@@ -60,8 +72,9 @@ def register(subparsers) -> None:
     fl.add_argument("--crlft-beta", type=positive_float, default=d.crlft_beta,
                     help="C-RLFT weights exp(r_c/beta) for class rewards (1, 0.1); default: OpenChat's constant "
                          "weights 1 and 0.1")
-    fl.add_argument("--seed", type=int, default=d.seed, help="first seed; seeds are seed, seed+1, ...")
-    fl.add_argument("--out", default=d.out, help="output directory (replaced atomically)")
+    fl.add_argument("--seed", type=non_negative_int, default=d.seed, help="first seed; seeds are seed, seed+1, ...")
+    fl.add_argument("--out", default=d.out, help=_out_help(FrozenLakeConfig.REPORT_KIND))
+    fl.add_argument("--force", action="store_true", help=FORCE_HELP)
     fl.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     fl.set_defaults(func=_run_frozen_lake)
 
@@ -82,71 +95,58 @@ def register(subparsers) -> None:
     bd.add_argument("--regimes", type=_method_list, default=b.regimes,
                     help=f"comma-separated subset of {','.join(BANDIT_REGIMES)}")
     bd.add_argument("--lr", type=positive_float, default=b.lr)
-    bd.add_argument("--seed", type=int, default=b.seed)
-    bd.add_argument("--out", default=b.out)
-    bd.add_argument("--quiet", action="store_true")
+    bd.add_argument("--seed", type=non_negative_int, default=b.seed, help="first seed; seeds are seed, seed+1, ...")
+    bd.add_argument("--out", default=b.out, help=_out_help(BanditsConfig.REPORT_KIND))
+    bd.add_argument("--force", action="store_true", help=FORCE_HELP)
+    bd.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     bd.set_defaults(func=_run_bandits)
 
 
-def _fail(exc: Exception):
-    # Same shape as argparse's own errors: a message on stderr, exit status 2.
-    print(f"mdpalign bench: error: {exc}", file=sys.stderr)
-    raise SystemExit(2) from None
+def _config(cls, args, fields):
+    """The validated config, and its output path checked before any work (messages name the flags)."""
+    from mdpalign.bench.report import check_output_dir
 
-
-def _config_or_exit(cls, args, fields):
-    from mdpalign.bench.config import BenchConfigError
-
-    try:
-        return cls(**{f: getattr(args, f) for f in fields})
-    except BenchConfigError as exc:
-        _fail(exc)
+    config = cls(**{f: getattr(args, f) for f in fields})
+    check_output_dir(config.out, kind=config.REPORT_KIND, force=config.force, cli=True)
+    return config
 
 
 def _run_frozen_lake(args) -> int:
     from mdpalign.bench.config import FrozenLakeConfig
-    from mdpalign.bench.frozen_lake import run_frozen_lake
 
-    config = _config_or_exit(FrozenLakeConfig, args, (
+    config = _config(FrozenLakeConfig, args, (
         "seeds", "steps", "eval_every", "map", "slippery", "suboptimal", "methods", "gamma", "beta_star",
-        "hidden", "lr", "seed", "out", "quiet", "crlft_beta",
+        "hidden", "lr", "seed", "out", "quiet", "force", "crlft_beta",
     ))
-    from mdpalign.bench.config import BenchConfigError
+    from mdpalign.bench.frozen_lake import run_frozen_lake  # torch: only once the settings are known to be good
 
-    try:
-        result = run_frozen_lake(config)
-    except BenchConfigError as exc:  # e.g. a map without a second trajectory: found before anything is written
-        _fail(exc)
+    result = run_frozen_lake(config)
     if not config.quiet:
         print(result.summary)
     return 0
 
 
 def _run_bandits(args) -> int:
-    from mdpalign.bench.bandits import run_bandits
     from mdpalign.bench.config import BanditsConfig
 
-    config = _config_or_exit(BanditsConfig, args, (
+    config = _config(BanditsConfig, args, (
         "seeds", "steps", "eval_every", "arms", "contexts", "beta", "objectives", "regimes", "lr", "seed",
-        "out", "quiet",
+        "out", "quiet", "force",
     ))
-    from mdpalign.bench.config import BenchConfigError
+    from mdpalign.bench.bandits import run_bandits
 
-    try:
-        result = run_bandits(config)
-    except BenchConfigError as exc:
-        _fail(exc)
+    result = run_bandits(config)
     if not config.quiet:
         print(result.summary)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mdpalign.bench.cli frozen-lake ...`` (same as ``mdpalign bench ...``)."""
-    parser = argparse.ArgumentParser(prog="mdpalign")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench"] + (sys.argv[1:] if argv is None else list(argv)))
-    return int(args.func(args) or 0)
+    """``python -m mdpalign.bench.cli frozen-lake ...``: exactly ``mdpalign bench frozen-lake ...`` (same
+    parser, same one-line errors)."""
+    from mdpalign.cli import main as mdpalign_main
+
+    return mdpalign_main(["bench"] + (sys.argv[1:] if argv is None else list(argv)))
 
 
 if __name__ == "__main__":  # pragma: no cover

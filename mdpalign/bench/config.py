@@ -8,6 +8,7 @@ from __future__ import annotations
 from mdpalign.errors import MdpalignError
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = [
     "BenchConfigError",
@@ -35,6 +36,20 @@ def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or value <= 0:
         raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
     return int(value)
+
+
+#: Where and how a report is written, not what it contains: left out of results.json.
+_NOT_RECORDED = ("out", "quiet", "force")
+
+# torch seeds are 64-bit, numpy's non-negative: the seeds seed, ..., seed + seeds - 1 must suit both
+_MAX_SEED = 2**63 - 1
+
+
+def _check_seeds(seed, seeds: int) -> int:
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0 or seed + seeds - 1 > _MAX_SEED:
+        raise BenchConfigError(f"--seed must be an integer with 0 <= seed and seed + seeds - 1 <= 2**63 - 1 "
+                               f"(the seeds are seed, seed+1, ...); got {seed!r} with {seeds} seeds")
+    return int(seed)
 
 
 def _check_positive(name: str, value) -> float:
@@ -80,6 +95,9 @@ class FrozenLakeConfig:
       exp(r_c / crlft_beta) (``mdpalign.objectives.crlft_class_weights``, OpenChat's Eq. 6).
     """
 
+    #: the ``kind`` in the report's manifest (mdpalign.bench.report): only a frozen-lake report is replaced
+    REPORT_KIND: ClassVar[str] = "frozen-lake"
+
     seeds: int = 5
     steps: int = 200
     eval_every: int = 10
@@ -104,6 +122,7 @@ class FrozenLakeConfig:
     crlft_beta: float | None = None
     out: str = "reports/frozen-lake"
     quiet: bool = False
+    force: bool = False
 
     def __post_init__(self) -> None:
         for name in ("seeds", "steps", "eval_every", "hidden", "distill_max_iter"):
@@ -139,7 +158,8 @@ class FrozenLakeConfig:
             raise BenchConfigError(f"crlft_weights must be two positive numbers (expert, sub-optimal); got {self.crlft_weights!r}")
         object.__setattr__(self, "crlft_weights", w)
         object.__setattr__(self, "slippery", bool(self.slippery))
-        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
+        object.__setattr__(self, "force", bool(self.force))
 
     @property
     def map_rows(self) -> tuple[str, ...] | None:
@@ -149,19 +169,21 @@ class FrozenLakeConfig:
         return tuple(r.strip() for r in self.map.split(",") if r.strip())
 
     def record(self) -> dict:
-        """The full configuration as plain data, for results.json (``out``/``quiet`` excluded:
+        """The full configuration as plain data, for results.json (``out``/``quiet``/``force`` excluded:
         they do not change a number)."""
         from dataclasses import asdict
 
         d = asdict(self)
-        d.pop("out")
-        d.pop("quiet")
+        for name in _NOT_RECORDED:
+            d.pop(name)
         return d
 
 
 @dataclass(frozen=True)
 class BanditsConfig:
     """Settings of the bandit benchmark (each objective vs its own optimum and vs the RLHF optimum)."""
+
+    REPORT_KIND: ClassVar[str] = "bandits"
 
     seeds: int = 5
     steps: int = 500
@@ -180,6 +202,7 @@ class BanditsConfig:
     crlft_weights: tuple[float, float] = (1.0, 0.1)
     out: str = "reports/bandits"
     quiet: bool = False
+    force: bool = False
 
     def __post_init__(self) -> None:
         for name in ("seeds", "steps", "eval_every", "contexts"):
@@ -200,11 +223,13 @@ class BanditsConfig:
         if len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
             raise BenchConfigError(f"crlft_weights must be two positive numbers; got {self.crlft_weights!r}")
         object.__setattr__(self, "crlft_weights", w)
+        object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
+        object.__setattr__(self, "force", bool(self.force))
 
     def record(self) -> dict:
         from dataclasses import asdict
 
         d = asdict(self)
-        d.pop("out")
-        d.pop("quiet")
+        for name in _NOT_RECORDED:
+            d.pop(name)
         return d

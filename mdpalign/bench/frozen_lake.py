@@ -502,9 +502,12 @@ def _gauge_demo(problem: Problem, config: FrozenLakeConfig) -> dict:
 def run_frozen_lake(config: FrozenLakeConfig):
     """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically.
 
+    ``config.out`` must be new, empty or a previous frozen-lake report, else ``ReportError`` before any work
+    (``config.force`` moves anything else aside; :func:`mdpalign.bench.report.check_output_dir`).
     Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
     caller's thread count afterwards.
     """
+    rp.check_output_dir(config.out, kind=config.REPORT_KIND, force=config.force)  # before any work
     with rp.single_torch_thread():
         return _run_frozen_lake(config)
 
@@ -551,7 +554,7 @@ def _run_frozen_lake(config: FrozenLakeConfig) -> FrozenLakeResult:
         "crlft_class_weights": crlft_weights(config).tolist(),
     }
     table = final_table(results)
-    with rp.atomic_output_dir(config.out) as tmp:
+    with rp.atomic_output_dir(config.out, kind=config.REPORT_KIND, force=config.force) as tmp:
         figures = _write_figures(tmp, results)
         elapsed = time.perf_counter() - t0
         timing = {"wall_s": elapsed, "cpu_s": time.process_time() - cpu0}

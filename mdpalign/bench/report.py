@@ -1,15 +1,19 @@
-"""Shared writing of benchmark reports: an atomic output directory, JSON, Markdown tables and
+"""Shared writing of benchmark reports: a safe, atomic output directory, JSON, Markdown tables and
 matplotlib figures with a mean and a 95% confidence band over seeds.
 
 Every benchmark writes into a temporary sibling of its output directory and moves it into place
 only when everything is written (:func:`atomic_output_dir`), so an interrupted run leaves no
-half-written report and never destroys the previous one.
+half-written report and never destroys the previous one. The directory it replaces must be a
+previous report of the same kind (it carries a manifest, ``mdpalign-report.json``, listing every
+file the report wrote, and holds nothing else); anything else is refused before the run starts
+(:func:`check_output_dir`), or with ``force`` moved aside and announced, never deleted.
 """
 from __future__ import annotations
 
 from mdpalign.errors import MdpalignError
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -22,6 +26,9 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "ReportError",
+    "MANIFEST",
+    "check_output_dir",
     "atomic_output_dir",
     "environment_versions",
     "to_jsonable",
@@ -33,9 +40,18 @@ __all__ = [
     "rank",
 ]
 
+logger = logging.getLogger(__name__)
+
+#: The file that marks a directory as an mdpalign report: ``{"mdpalign_report": {"kind": ..., "version": 1},
+#: "files": [every file the report wrote, relative POSIX paths, sorted]}``. Written last, so a directory that
+#: has it holds a complete report; it has no timestamp, so identical reports have identical manifests.
+MANIFEST = "mdpalign-report.json"
+MANIFEST_VERSION = 1
+
 
 class ReportError(MdpalignError, ValueError):
-    """The output location cannot hold a report (e.g. it is an existing file)."""
+    """The output location cannot hold a report: a path that must never be replaced, a directory that is not a
+    previous report of the same kind, a parent that is a file or cannot be written."""
 
 
 @contextlib.contextmanager
@@ -52,45 +68,243 @@ def single_torch_thread():
         torch.set_num_threads(threads)
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory that becomes ``out`` only if the block succeeds.
+# ----------------------------------------------------------------------------- the output directory
 
-    The temporary directory is a sibling of ``out`` (same file system, so the final move is a
-    ``rename``). On success an existing ``out`` is first renamed aside, the new one renamed into
-    place and only then is the old one deleted; on failure the temporary directory is removed
-    and ``out`` is left exactly as it was.
+def _names(cli: bool) -> tuple[str, str]:
+    # the same checks serve the command line and Python: name what the caller typed
+    return ("--out", "--force") if cli else ("out", "force=True")
+
+
+def _walk_files(root: Path) -> tuple[list[str], list[str]]:
+    """(regular files, other entries: links, sockets, unreadable folders) under ``root``, as relative POSIX paths."""
+    files, other = [], []
+
+    def onerror(err: OSError) -> None:
+        other.append(Path(os.path.relpath(err.filename, root)).as_posix() + " (unreadable)")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = Path(os.path.relpath(full, root)).as_posix()
+            if os.path.islink(full):
+                other.append(rel)
+            elif name in filenames:
+                (files if os.path.isfile(full) else other).append(rel)
+    return sorted(files), sorted(other)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    mark, files = data.get("mdpalign_report"), data.get("files")
+    if not (isinstance(mark, dict) and isinstance(mark.get("kind"), str) and isinstance(files, list)
+            and all(isinstance(f, str) for f in files)):
+        return None
+    return {"kind": mark["kind"], "files": set(files)}
+
+
+def _listing(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _classify(out: Path, kind: str) -> tuple[str, str]:
+    """What is at ``out``: ("missing" | "empty" | "report" | "foreign", why it is foreign)."""
+    if not os.path.lexists(out):
+        return "missing", ""
+    if out.is_symlink():
+        return "foreign", f"is a symbolic link (to {os.readlink(out)})"
+    if not out.is_dir():
+        return "foreign", "exists and is not a directory"
+    try:
+        with os.scandir(out) as entries:
+            top = sorted(e.name + ("/" if e.is_dir(follow_symlinks=False) else "") for e in entries)
+    except OSError as exc:
+        return "foreign", f"cannot be listed ({exc.strerror})"
+    if not top:
+        return "empty", ""
+    manifest = _read_manifest(out)
+    if manifest is None:  # the common refusal: say what is there without walking a possibly huge tree
+        return "foreign", f"is not an mdpalign report (no valid {MANIFEST}); it holds {_listing(top)}"
+    if manifest["kind"] != kind:
+        return "foreign", f"holds a {manifest['kind']} report, not a {kind} report"
+    files, other = _walk_files(out)
+    extra = [f for f in files if f != MANIFEST and f not in manifest["files"]] + other
+    if extra:
+        return "foreign", f"holds a {kind} report and files it did not write: {_listing(extra)}"
+    return "report", ""
+
+
+def _forbidden(resolved: Path) -> str | None:
+    """Why ``resolved`` must never be the report directory (it would swallow the working or home directory)."""
+    cwd = Path.cwd().resolve()
+    home = Path(os.path.expanduser("~")).resolve()
+    if resolved == Path(resolved.anchor):
+        return "is the root directory"
+    if resolved == cwd:
+        return "is the current directory"
+    if resolved in cwd.parents:
+        return "contains the current directory"
+    if resolved == home:
+        return "is the home directory"
+    if resolved in home.parents:
+        return "contains the home directory"
+    return None
+
+
+def _aside_name(out: Path) -> Path:
+    """The first free ``<name>.replaced-N`` beside ``out``: where ``force`` moves what was there."""
+    n = 1
+    while os.path.lexists(out.with_name(f"{out.name}.replaced-{n}")):
+        n += 1
+    return out.with_name(f"{out.name}.replaced-{n}")
+
+
+def check_output_dir(out: str | os.PathLike, *, kind: str, force: bool = False, cli: bool = False) -> Path:
+    """Check, before any work, that a ``kind`` report can be written to ``out``; return it as a ``Path``.
+
+    Accepted: a path that does not exist yet (its missing parents are created when the report is written), an
+    empty directory, or a previous ``kind`` report (its manifest lists every file in it). Anything else at
+    ``out`` — a file, a symbolic link, a directory of other files, a report of another kind or one beside which
+    other files were put — raises :class:`ReportError`, unless ``force`` is set: then it is moved aside to
+    ``<out>.replaced-N`` when the report is written (never deleted). Refused even with ``force``: the empty
+    path, ``/``, the current directory or any directory containing it, the home directory or any directory
+    containing it; a parent that is a file; a parent that cannot be written (checked by creating and removing a
+    directory in it). ``cli`` only changes the names in the messages (``--out``/``--force`` instead of
+    ``out``/``force=True``).
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"output path {out} exists and is not a directory")
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    # mkdtemp makes the directory private (0700); a report is an ordinary directory.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    opt = _names(cli)[0]
+    text = os.fspath(out)
+    if not text.strip():
+        raise ReportError(f"{opt} is empty: name a directory for the report, e.g. {opt} reports/{kind}")
+    path = Path(text)
     try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # e.g. a symbolic link loop
+        raise ReportError(f"{opt} {text!r}: cannot resolve it ({exc})") from None
+    why = _forbidden(resolved)
+    if why:
+        raise ReportError(f"{opt} {text!r} {why}; a report needs a directory of its own, "
+                          f"e.g. {opt} reports/{kind}")
+    ancestor = path.absolute().parent
+    while not os.path.lexists(ancestor):
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ReportError(f"{opt} {text!r}: cannot create it: {ancestor} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mdpalign-write-check-", dir=ancestor))
+    except OSError as exc:
+        raise ReportError(f"{opt} {text!r}: cannot write into {ancestor} ({exc.strerror})") from None
+    state, why = _classify(path, kind)
+    if state == "foreign" and not force:
+        raise _refusal(path, why, cli)
+    return path
+
+
+def _refusal(path: Path, why: str, cli: bool) -> ReportError:
+    opt, force_opt = _names(cli)
+    return ReportError(f"{opt} {os.fspath(path)!r} {why}; refusing to replace it. Choose another {opt}, or use "
+                       f"{force_opt} to move it aside to {_aside_name(path).name} and write the report there")
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    """``mkdir -p parent``; the directories it created, deepest first (removed again if the write fails)."""
+    missing = []
+    p = parent
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+    return missing
+
+
+def _write_manifest(tmp: Path, kind: str) -> None:
+    files, other = _walk_files(tmp)
+    if other:
+        raise ReportError(f"the {kind} report wrote entries that are not regular files: {_listing(other)}")
+    manifest = {"mdpalign_report": {"kind": kind, "version": MANIFEST_VERSION}, "files": sorted(files + [MANIFEST])}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | os.PathLike, *, kind: str, force: bool = False, cli: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes the ``kind`` report ``out`` only if the block succeeds.
+
+    ``out`` is checked first (:func:`check_output_dir`, same rules, checked again because the directory may
+    have changed while the experiment ran). The temporary directory is a sibling of ``out`` (same file system,
+    so the final move is a ``rename``). On success the manifest is written, an existing ``out`` is renamed
+    aside, the new report renamed into place, and only then is the old one removed — if it was a previous
+    report of this kind (or an empty directory); anything else (accepted with ``force`` only) is kept as
+    ``<out>.replaced-N`` and announced on the ``mdpalign.bench.report`` logger. On any failure, including
+    ``KeyboardInterrupt`` in the block or during the moves, the temporary directory and any parent directory
+    this call created are removed and ``out`` is left exactly as it was.
+    """
+    out = check_output_dir(out, kind=kind, force=force, cli=cli)
+    parent = out.absolute().parent
+    created = _make_parents(parent)
+    tmp = None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        # mkdtemp makes the directory private (0700); a report is an ordinary directory.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         yield tmp
+        _write_manifest(tmp, kind)
+        _commit(tmp, out, kind, force, cli)
+        tmp = None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # deepest first; rmdir removes only what is still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
-    # rename(2) cannot replace a non-empty directory: move the old report aside first.
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-        os.replace(out, old / out.name)
+
+
+def _commit(tmp: Path, out: Path, kind: str, force: bool, cli: bool) -> None:
+    """Move the finished report ``tmp`` to ``out`` (see :func:`atomic_output_dir`)."""
+    state, why = _classify(out, kind)
+    if state == "foreign" and not force:  # appeared while the experiment ran
+        raise _refusal(out, why, cli)
+    if state == "missing":
+        os.rename(tmp, out)
+        return
+    # rename(2) cannot replace a non-empty directory: move the old one aside into a fresh hidden folder first.
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
+    old = holder / out.name
     try:
-        os.replace(tmp, out)
+        os.rename(out, old)
     except BaseException:
-        if old is not None:
-            os.replace(old / out.name, out)
-            shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        holder.rmdir()
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        holder.rmdir()
+        raise
+    # The new report is in place; the old one is ours to delete only if it still is a report (or empty).
+    if _classify(old, kind)[0] in ("report", "empty"):
+        try:
+            shutil.rmtree(holder)
+            return
+        except OSError:  # e.g. a read-only old report: keep what is left of it in sight
+            pass
+        except BaseException:  # interrupted while deleting our own old report: finish, then stop
+            shutil.rmtree(holder, ignore_errors=True)
+            raise
+    aside = _aside_name(out)
+    os.rename(old, aside)
+    holder.rmdir()
+    logger.warning("%s %s: moved it aside to %s (nothing was deleted)", out,
+                   why or "held a previous report that could not be deleted", aside)
 
 
 def environment_versions() -> dict[str, str]:

@@ -132,7 +132,8 @@ def _gymnasium_env(desc: Sequence[str], slippery: bool, success_rate: float | No
     from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
 
     kw = {} if success_rate is None else {"success_rate": success_rate}
-    return FrozenLakeEnv(desc=list(desc), is_slippery=slippery, **kw)
+    # rows as lists of letters: gymnasium's np.asarray(desc, "c") turns one-letter row strings into a 1-D array
+    return FrozenLakeEnv(desc=[list(r) for r in desc], is_slippery=slippery, **kw)
 
 
 def _mdp_from_gymnasium_table(env, desc: tuple[str, ...], gamma: float, sparse: bool | None) -> TabularMDP:

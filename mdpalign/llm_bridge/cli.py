@@ -20,6 +20,6 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from mdpalign.llm_bridge.train import main
+    from mdpalign.llm_bridge.train import run_command
 
-    return main(list(args.rest))
+    return run_command(list(args.rest))

@@ -8,9 +8,13 @@ keys are field names; ``--key value`` on the command line overrides the file.
 from __future__ import annotations
 
 from mdpalign.errors import MdpalignError
+import enum
 import json
 import math
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,10 +128,24 @@ class TrainConfig(TrainingArguments):
             self.output_dir = "mdpalign-run"
         # our collators build the model inputs; Trainer must not drop their columns
         self.remove_unused_columns = False
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ConfigError:
+            raise
+        except ValueError as err:  # TrainingArguments' own checks: a setting to change, not a bug
+            raise ConfigError(_training_arguments_problem(err)) from err
         self.crlft_class_weights = _as_dict("crlft_class_weights", self.crlft_class_weights)
         self.crlft_class_prefixes = _as_dict("crlft_class_prefixes", self.crlft_class_prefixes)
         validate(self)
+
+
+def _training_arguments_problem(err: ValueError) -> str:
+    message = " ".join(str(err).split())
+    if re.search(r"\b(bf16|fp16|half)\b|gpu", message, re.IGNORECASE):
+        message = message.rstrip(".") + ("; without a GPU that supports it, set bf16: false and fp16: false "
+                                          "(--bf16 false --fp16 false) to train in float32, or use_cpu: true "
+                                          "(--use_cpu true) to train on the CPU")
+    return f"TrainingArguments: {message}"
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:
@@ -203,11 +221,48 @@ def check_launch(cfg: TrainConfig, env: dict[str, str] | None = None) -> None:
         raise ConfigError(problem)
 
 
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _accepts(hint, value) -> bool | None:
+    """Whether a non-string YAML ``value`` fits the field type ``hint`` (None: this check cannot tell)."""
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
+        return False  # strings are converted and checked by the parser itself
+    origin = typing.get_origin(hint) or hint
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    return None
+
+
+def _yaml_type_problem(name: str, value: Any, hint) -> str | None:
+    if isinstance(value, str):
+        return None  # parsed by argparse like a command-line value, with its own error message
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    verdicts = [_accepts(t, value) for t in options]
+    if any(v is None or v for v in verdicts):
+        return None
+    return f"{name} must be {' or '.join(_type_name(t) for t in options)}, got {type(value).__name__} {value!r}"
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """``--config run.yaml`` then ``--key value`` overrides -> ``TrainConfig``.
 
     YAML values become the parser's defaults, so the command line wins; YAML keys that are not
-    fields are an error (a typo must not be silently ignored).
+    fields are an error (a typo must not be silently ignored), and so are values of the wrong type,
+    options the parser does not know and settings ``TrainingArguments`` rejects: all as
+    :class:`ConfigError` naming the file or the option.
     """
     import argparse
 
@@ -222,17 +277,57 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         import yaml
 
         with open(known.config, encoding="utf-8") as fh:
-            values = yaml.safe_load(fh) or {}
+            try:
+                values = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{known.config}: not valid YAML: {' '.join(str(err).split())}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{known.config}: expected a mapping of field: value at top level")
         names = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - names)
+        unknown = sorted(set(values) - names, key=str)
         if unknown:
             raise ConfigError(f"{known.config}: unknown keys {unknown}")
+        hints = typing.get_type_hints(TrainConfig)
+        for key, value in values.items():
+            problem = _yaml_type_problem(key, value, hints[key]) if key in hints else None
+            if problem:
+                raise ConfigError(f"{known.config}: {problem}")
         parser.set_defaults(**values)
+    _, unused = parser.parse_known_args(rest)
+    if unused:
+        raise ConfigError(f"unknown options {unused}; every TrainConfig field is an option "
+                          "(python -m mdpalign.llm_bridge.train --help)")
     outputs = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
     cfg = outputs[0]
     return cfg
+
+
+# a Hugging Face hub id: "name" or "namespace/name" (letters, digits, '-', '_', '.')
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_RESUME_FLAGS = (True, False, "true", "True", "false", "False", "last", "")
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """Raise ``ConfigError`` for a path in ``cfg`` that cannot be what it names, before anything is loaded.
+
+    A model path must be a local directory or a hub id (``org/name``; a hub id is only resolved when loaded); the
+    dataset must exist; ``resume_from_checkpoint`` must be a checkpoint directory (or true / last).
+    """
+    for name in ("model_name_or_path", "ref_model_name_or_path"):
+        value = getattr(cfg, name)
+        if value is None or os.path.isdir(value):
+            continue
+        if os.path.exists(value):
+            raise ConfigError(f"{name} {value!r} is a file; expected a model directory (config.json and weights) "
+                              "or a hub id such as org/name")
+        if not _HUB_ID.fullmatch(value) or ".." in value:
+            raise ConfigError(f"{name} {value!r}: no such directory (and not a hub id such as org/name)")
+    if cfg.dataset_path is not None and not os.path.exists(cfg.dataset_path):
+        raise ConfigError(f"dataset_path {cfg.dataset_path!r}: no such file or directory")
+    resume = cfg.resume_from_checkpoint
+    if resume is not None and resume not in _RESUME_FLAGS and not os.path.isdir(resume):
+        raise ConfigError(f"resume_from_checkpoint {resume!r}: no such checkpoint directory "
+                          "(or set it to true / last for the latest checkpoint in output_dir)")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

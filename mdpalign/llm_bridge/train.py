@@ -232,12 +232,21 @@ def exit_without_finalization(code: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI. In a multi-process launch it ends the process itself after a successful run
-    (``exit_without_finalization``); with one process it returns 0."""
-    from mdpalign.llm_bridge.config import parse_config
+    """``python -m mdpalign.llm_bridge.train ...``: exactly ``mdpalign train ...`` (a mistake in the config, its
+    paths or the data is one line and exit status 2; see ``mdpalign.cli``)."""
+    from mdpalign.cli import main as mdpalign_main
+
+    return mdpalign_main(["train"] + (sys.argv[1:] if argv is None else list(argv)))
+
+
+def run_command(argv: list[str]) -> int:
+    """The body of ``mdpalign train``: parse, check the paths, train. In a multi-process launch it ends the
+    process itself after a successful run (``exit_without_finalization``); with one process it returns 0."""
+    from mdpalign.llm_bridge.config import check_paths, parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(argv)
+    check_paths(cfg)  # before the tokenizer, the data or the model is loaded
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not one per process
         print(json.dumps({"output_dir": result.output_dir, "global_step": result.global_step, **result.metrics}))

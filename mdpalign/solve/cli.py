@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -22,6 +23,49 @@ def _map(text: str):
         return [text]
     raise argparse.ArgumentTypeError(
         f"--map must be '4x4', '8x8' or comma-separated rows over S,F,H,G (e.g. SFFF,FHFH,FFFH,HFFG); got {text!r}")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory this machine can still hand out (Linux: MemAvailable), else its physical memory, else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _horizon_bytes(horizon: int, n_states: int, n_actions: int) -> int:
+    """Peak memory of ``finite_horizon``: values (H+1, S) and Q-values (H, S, A) in float64, and the policy
+    (H, S) int64 twice (argmax, then its ``astype`` copy)."""
+    H, S, A = horizon, n_states, n_actions
+    return 8 * ((H + 1) * S + H * S * A + 2 * H * S)
+
+
+def _check_horizon_memory(parser, horizon: int, n_states: int, n_actions: int) -> None:
+    # finite_horizon keeps every time step: checked here, before numpy tries to allocate it all
+    need = _horizon_bytes(horizon, n_states, n_actions)
+    available = _available_memory()
+    if available is None or need <= available:
+        return
+    per_step = _horizon_bytes(1, n_states, n_actions) - _horizon_bytes(0, n_states, n_actions)
+    fits = max(0, (available - _horizon_bytes(0, n_states, n_actions)) // per_step)
+    parser.error(f"--horizon {horizon} needs about {_bytes(need)} (values, Q-values and policy at every step for "
+                 f"{n_states} states x {n_actions} actions) and this machine has {_bytes(available)} available; "
+                 f"use --horizon {fits} or less, or drop --horizon for the stationary (discounted) solution")
 
 
 def register(subparsers) -> None:
@@ -64,6 +108,7 @@ def run_frozen_lake(args) -> int:
     mdp = lake.mdp
     try:
         if args.horizon is not None:
+            _check_horizon_memory(parser, args.horizon, mdp.n_states, mdp.n_actions)
             sol = finite_horizon(mdp, args.horizon)
             values = sol.values[0]
             policy = sol.policy[0] if args.horizon > 0 else np.zeros(mdp.n_states, dtype=np.int64)
