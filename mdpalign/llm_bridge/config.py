@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from mdpalign.objectives.ift import IFT_DEFAULT_DECAY, IFT_DEFAULT_LAMBDA
+
 OBJECTIVES = ("sft", "dpo", "orpo", "ift", "crlft")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 REFERENCE_MODES = ("precomputed", "model", "adapter_disabled")
@@ -80,8 +82,15 @@ class TrainConfig(TrainingArguments):
         default="prompt_and_completion",
         metadata={"help": f"Tokens of ORPO's NLL term, one of {ORPO_NLL_SCOPES} (TRL: prompt_and_completion)."},
     )
-    ift_lambda: float = field(default=0.1, metadata={"help": "IFT embedding-fusion weight in [0, 1)."})
-    ift_decay: float = field(default=0.0, metadata={"help": "IFT discount gamma of the propagation weights in [0, 1]."})
+    ift_lambda: float = field(
+        default=IFT_DEFAULT_LAMBDA,
+        metadata={"help": f"IFT embedding-fusion weight in [0, 1); default the paper's {IFT_DEFAULT_LAMBDA}."},
+    )
+    ift_decay: float = field(
+        default=IFT_DEFAULT_DECAY,
+        metadata={"help": f"IFT discount gamma of the propagation weights in [0, 1]; default the paper's "
+                          f"{IFT_DEFAULT_DECAY}."},
+    )
     ift_detach_weights: bool = field(
         default=False, metadata={"help": "Detach IFT propagation weights (the reference code does not)."}
     )

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only, keeps objectives free of a 
     from mdpalign.policies import EmbeddingPolicy
 
 __all__ = [
+    "IFT_DEFAULT_DECAY",
+    "IFT_DEFAULT_LAMBDA",
     "IFT_FORMS",
     "IFTOutput",
     "IFTTwoPass",
@@ -50,6 +52,11 @@ __all__ = [
 ]
 
 IFT_FORMS = ("reference", "paper")
+
+#: The paper's λ (embedding-fusion weight) and γ (propagation discount), appendix B.1 and the reference code's
+#: ``config/loss/ift.yaml``: the one default of every layer (bench, llm_bridge).
+IFT_DEFAULT_LAMBDA = 0.2
+IFT_DEFAULT_DECAY = 0.95
 
 
 #: Positions per block of the propagation-weight recursion (see :func:`propagation_weights`).
@@ -79,7 +86,8 @@ def fuse_embeddings(true_embeds: torch.Tensor, pred_embeds: torch.Tensor, mask: 
     return torch.where(m.unsqueeze(-1), fused, true_embeds)
 
 
-def propagation_weights(token_nll: torch.Tensor, mask: torch.Tensor, decay: float = 0.95, detach: bool = False) -> torch.Tensor:
+def propagation_weights(token_nll: torch.Tensor, mask: torch.Tensor, decay: float = IFT_DEFAULT_DECAY,
+                        detach: bool = False) -> torch.Tensor:
     """Relation propagation: ``v_t = Σ_{k≥t, m_k} decay^{k−t} l_k`` at counted positions, 0 elsewhere -> ``(B, T)``.
 
     Exponents count positions (not counted tokens), as the reference's discounted cumsum does after zeroing
@@ -128,7 +136,7 @@ class IFTOutput(NamedTuple):
 def ift_loss(
     token_logps: torch.Tensor,
     mask: torch.Tensor,
-    decay: float = 0.95,
+    decay: float = IFT_DEFAULT_DECAY,
     detach_weights: bool = False,
     form: str = "reference",
     check_logps: bool = True,
