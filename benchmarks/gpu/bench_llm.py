@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 METHODS = ["mdpalign:sft", "trl:sft", "mdpalign:dpo", "trl:dpo", "mdpalign:orpo", "trl:orpo",
            "mdpalign:ift", "mdpalign:crlft"]
@@ -45,17 +49,12 @@ SIZES = {
 
 
 def model_config(size: str):
-    from transformers import Qwen2Config
-
     vocab, _, shape = SIZES[size]
     return Qwen2Config(vocab_size=vocab, max_position_embeddings=32768, tie_word_embeddings=True,
                        rope_theta=1_000_000.0, **shape)
 
 
 def build_tokenizer(vocab: int, directory: str):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     words = {"<pad>": 0, "<eos>": 1, **{f"t{i}": i for i in range(2, vocab)}}
     tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -109,8 +108,6 @@ class StepTimer:
 
 
 def run_one(method: str, a, model_dir: str, prefs, sft, tokens_per_step: dict) -> dict:
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
     lib, objective = method.split(":")
     dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
     common = dict(output_dir=os.path.join(a.workdir, method.replace(":", "_")), max_steps=a.warmup + a.steps,
@@ -125,6 +122,8 @@ def run_one(method: str, a, model_dir: str, prefs, sft, tokens_per_step: dict) -
 
     timer = StepTimer(a.warmup)
     rows = prefs if objective in ("dpo", "orpo") else sft
+    # each library is imported only by the method that uses it: every method runs in its own process, whose peak
+    # RSS (the CPU memory figure) must not include the other library
     if lib == "mdpalign":
         from mdpalign.llm_bridge.config import TrainConfig
         from mdpalign.llm_bridge.data import TokenizeSettings, tokenize_records
@@ -162,8 +161,6 @@ def run_one(method: str, a, model_dir: str, prefs, sft, tokens_per_step: dict) -
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:  # the whole process's peak resident set (KiB on Linux); meaningful with one method per process
-        import resource
-
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out = {"method": method, "step_s": step, "tokens_per_s": tokens / step, "peak_mem_gib": peak,
            "steps_timed": len(timer.times)}
@@ -175,8 +172,6 @@ def run_one(method: str, a, model_dir: str, prefs, sft, tokens_per_step: dict) -
 
 def _run_isolated(method: str, argv: list[str], work: str) -> dict:
     """This script with ``--methods method`` in a fresh process; its one result."""
-    import subprocess
-
     out = os.path.join(work, f"{method.replace(':', '_')}.json")
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--methods", method, "--no-isolate", "--out", out]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -235,8 +230,6 @@ def main(argv=None) -> int:
         else:
             model_dir = os.path.join(work, "model")
             tok = build_tokenizer(vocab, os.path.join(work, "tokenizer"))
-            from transformers import AutoModelForCausalLM
-
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(model_config(size))
             n_params = sum(q.numel() for q in model.parameters())
@@ -245,17 +238,20 @@ def main(argv=None) -> int:
             n = a.batch_size * (a.warmup + a.steps)
             prefs, sft = synthetic_rows(n, scale, vocab)
             # tokens per optimizer step (mean over the data; the data cycle through once)
-            per_pref = np.mean([len(tok(x["prompt"] + x["chosen"])["input_ids"]) + len(tok(x["prompt"] + x["rejected"])["input_ids"]) for x in prefs])
+            per_pref = np.mean([len(tok(x["prompt"] + x["chosen"])["input_ids"])
+                                + len(tok(x["prompt"] + x["rejected"])["input_ids"]) for x in prefs])
             per_sft = np.mean([len(tok(x["prompt"] + x["completion"])["input_ids"]) for x in sft])
             tokens_per_step = {"pref": float(per_pref) * a.batch_size, "sft": float(per_sft) * a.batch_size}
             results = [dict(run_one(m, a, model_dir, prefs, sft, tokens_per_step), params=n_params) for m in methods]
     n_params = results[0].get("params") or n_params
     device = torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"
     mem = "peak memory (GiB)" if a.device == "cuda" else "peak RSS (GiB)"
-    lines = [f"Model: Qwen2-style ({size}), {n_params / 1e6:.0f}M parameters, {'bf16' if a.device == 'cuda' else 'fp32'}; "
+    precision = "bf16" if a.device == "cuda" else "fp32"
+    lines = [f"Model: Qwen2-style ({size}), {n_params / 1e6:.0f}M parameters, {precision}; "
              f"device: {device}; batch {a.batch_size}; median of {a.steps} timed steps after {a.warmup} warmup",
              "", f"| method | step time (s) | tokens/s | {mem} |", "|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_mem_gib']:.2f} |" for r in results]
+    lines += [f"| {r['method']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_mem_gib']:.2f} |"
+              for r in results]
     lines += ["", *ratio_lines(results)]
     print("\n".join(lines))
     if a.out:

@@ -4,25 +4,28 @@
     result = train(TrainConfig(model_name_or_path=..., dataset_path=..., objective="dpo", output_dir=...))
 
 Importing this package is cheap: transformers is imported by the names below only when first used.
+Modules: ``config`` (TrainConfig and its option lists), ``data`` (records -> tokens -> batches), ``logps``
+(chunked per-token log-probs), ``models`` (loading), ``reference`` (DPO's reference: choice, DeepSpeed engine,
+precomputed cache), ``embedding_policy`` (IFT's adapter), ``trainer`` (the loss table), ``training`` (``train``),
+``cli`` (``mdpalign train``; ``python -m mdpalign.llm_bridge``).
 """
 from __future__ import annotations
 
 import importlib
 
 _LAZY = {
-    # `mdpalign.llm_bridge.train` is also the module of that name; the module is callable and trains too
-    "train": "mdpalign.llm_bridge.train",
-    "TrainResult": "mdpalign.llm_bridge.train",
+    "train": "mdpalign.llm_bridge.training",
+    "TrainResult": "mdpalign.llm_bridge.training",
     "TrainConfig": "mdpalign.llm_bridge.config",
     "ConfigError": "mdpalign.llm_bridge.config",
     "parse_config": "mdpalign.llm_bridge.config",
     "MdpalignTrainer": "mdpalign.llm_bridge.trainer",
-    "UnsupportedModelError": "mdpalign.llm_bridge.trainer",
+    "UnsupportedModelError": "mdpalign.llm_bridge.embedding_policy",
     "load_records": "mdpalign.llm_bridge.data",
     "tokenize_records": "mdpalign.llm_bridge.data",
     "TokenizeSettings": "mdpalign.llm_bridge.data",
     "counted_token_mask": "mdpalign.llm_bridge.data",
-    "DataError": "mdpalign.llm_bridge.data",
+    "DatasetError": "mdpalign.llm_bridge.data",
     "EmptyDatasetError": "mdpalign.llm_bridge.data",
     "MissingColumnsError": "mdpalign.llm_bridge.data",
     "TokenizationBoundaryError": "mdpalign.llm_bridge.data",

@@ -7,7 +7,7 @@ keys are field names; ``--key value`` on the command line overrides the file.
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
+import argparse
 import enum
 import json
 import math
@@ -18,18 +18,19 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from mdpalign.errors import MdpalignError
+from mdpalign.objectives import CRLFT_REDUCTIONS, DPO_LOSS_TYPES
 from mdpalign.objectives.ift import IFT_DEFAULT_DECAY, IFT_DEFAULT_LAMBDA
 
 OBJECTIVES = ("sft", "dpo", "orpo", "ift", "crlft")
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 REFERENCE_MODES = ("precomputed", "model", "adapter_disabled")
 ORPO_NLL_SCOPES = ("prompt_and_completion", "completion")
 SFT_REDUCTIONS = ("token_mean", "sequence_mean", "sequence_sum")
-CRLFT_REDUCTIONS = ("token", "sequence")  # == mdpalign.objectives.crlft.CRLFT_REDUCTIONS (checked in tests)
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
-# objectives whose loss compares a policy with a reference model
+#: objectives whose loss compares the policy with a reference model: the one list every layer asks
 NEEDS_REFERENCE = ("dpo",)
 
 
@@ -104,13 +105,14 @@ class TrainConfig(TrainingArguments):
     crlft_reduction: str = field(
         default="token",
         metadata={"help": f"C-RLFT reduction, one of {CRLFT_REDUCTIONS}: token = the paper's sum of token NLL of each "
-                          "sequence weighted by its class weight w, normalised by the sum of w over the optimizer step; "
-                          "sequence = OpenChat's code, each token weighted by w_i/n_i (n_i = counted tokens of "
+                          "sequence weighted by its class weight w, normalised by the sum of w over the optimizer "
+                          "step; sequence = OpenChat's code, each token weighted by w_i/n_i (n_i = counted tokens of "
                           "sequence i), same normalisation."},
     )
     crlft_class_prefixes: dict | str | None = field(
         default=None,
-        metadata={"help": 'Class -> prompt prefix, e.g. {"expert": "GPT4 Correct User: ", "suboptimal": "GPT3 User: "}.'},
+        metadata={"help": 'Class -> prompt prefix, e.g. {"expert": "GPT4 Correct User: ", '
+                          '"suboptimal": "GPT3 User: "}.'},
     )
     # --- reference ---
     reference: str = field(default="precomputed", metadata={"help": f"One of {REFERENCE_MODES}."})
@@ -118,10 +120,13 @@ class TrainConfig(TrainingArguments):
         default=None, metadata={"help": "Reference checkpoint; default: model_name_or_path."}
     )
     ref_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where precomputed reference log-probs are cached; default output_dir/ref_cache."}
+        default=None,
+        metadata={"help": "Where precomputed reference log-probs are cached; default output_dir/ref_cache."},
     )
     # --- data ---
-    dataset_path: str | None = field(default=None, metadata={"help": "JSONL / JSON / parquet file or save_to_disk dir."})
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "JSONL / JSON / parquet file or save_to_disk dir."}
+    )
     dataset_split: str = field(default="train", metadata={"help": "Split of a saved DatasetDict."})
     max_length: int | None = field(default=1024, metadata={"help": "Max prompt+completion tokens (keep start)."})
     max_prompt_length: int | None = field(default=None, metadata={"help": "Keep only the last N prompt tokens."})
@@ -273,8 +278,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     options the parser does not know and settings ``TrainingArguments`` rejects: all as
     :class:`ConfigError` naming the file or the option.
     """
-    import argparse
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
@@ -283,8 +286,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if known.config is not None:
         if not os.path.isfile(known.config):
             raise ConfigError(f"config file not found: {known.config}")
-        import yaml
-
         with open(known.config, encoding="utf-8") as fh:
             try:
                 values = yaml.safe_load(fh) or {}
@@ -305,7 +306,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     _, unused = parser.parse_known_args(rest)
     if unused:
         raise ConfigError(f"unknown options {unused}; every TrainConfig field is an option "
-                          "(python -m mdpalign.llm_bridge.train --help)")
+                          "(mdpalign train --help)")
     outputs = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
     cfg = outputs[0]
     return cfg

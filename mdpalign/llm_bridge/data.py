@@ -27,33 +27,36 @@ response) is dropped and reported (count and indices, logged) — never trained 
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+
+from mdpalign.errors import MdpalignError
 
 logger = logging.getLogger(__name__)
 
 PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 
 
-class DataError(MdpalignError, ValueError):
+class DatasetError(MdpalignError, ValueError):
     """The training data cannot be used as given."""
 
 
-class EmptyDatasetError(DataError):
+class EmptyDatasetError(DatasetError):
     """No example to train on (empty file, or every example dropped)."""
 
 
-class MissingColumnsError(DataError):
+class MissingColumnsError(DatasetError):
     """The data lacks the columns the chosen objective needs."""
 
 
-class TokenizationBoundaryError(DataError):
+class TokenizationBoundaryError(DatasetError):
     """The tokenised prompt is not a prefix of the tokenised prompt+completion."""
 
 
@@ -63,16 +66,14 @@ class TokenizationBoundaryError(DataError):
 def load_records(path: str, split: str = "train") -> list[dict[str, Any]]:
     """Read a local JSONL / JSON / parquet file or a ``save_to_disk`` directory into a list of rows."""
     if path is None:
-        raise DataError("dataset_path is not set")
+        raise DatasetError("dataset_path is not set")
     if not os.path.exists(path):
-        raise DataError(f"dataset_path does not exist: {path}")
+        raise DatasetError(f"dataset_path does not exist: {path}")
     if os.path.isdir(path):
-        from datasets import DatasetDict, load_from_disk
-
         ds = load_from_disk(path)
         if isinstance(ds, DatasetDict):
             if split not in ds:
-                raise DataError(f"{path}: no split {split!r}; available: {sorted(ds)}")
+                raise DatasetError(f"{path}: no split {split!r}; available: {sorted(ds)}")
             ds = ds[split]
         rows = ds.to_list()
     elif path.endswith(".jsonl"):
@@ -84,26 +85,24 @@ def load_records(path: str, split: str = "train") -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{lineno}: not valid JSON: {err}") from None
+                    raise DatasetError(f"{path}:{lineno}: not valid JSON: {err}") from None
     elif path.endswith(".json"):
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         if isinstance(data, dict) and split in data:
             data = data[split]
         if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of rows (or {{{split!r}: [...]}})")
+            raise DatasetError(f"{path}: expected a JSON list of rows (or {{{split!r}: [...]}})")
         rows = data
     elif path.endswith(".parquet"):
-        from datasets import Dataset
-
         rows = Dataset.from_parquet(path).to_list()
     else:
-        raise DataError(f"{path}: unsupported file type (use .jsonl, .json, .parquet or a save_to_disk directory)")
+        raise DatasetError(f"{path}: unsupported file type (use .jsonl, .json, .parquet or a save_to_disk directory)")
     if not rows:
         raise EmptyDatasetError(f"{path}: the dataset is empty")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
+            raise DatasetError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
     return rows
 
 
@@ -171,14 +170,15 @@ def _check_columns(rows: list[dict], settings: TokenizeSettings) -> str:
     if "text" in cols:
         return "text"
     raise MissingColumnsError(
-        f"objective {settings.objective!r} needs 'prompt'+'completion', 'messages' or 'text' columns; found {sorted(cols)}"
+        f"objective {settings.objective!r} needs 'prompt'+'completion', 'messages' or 'text' columns; "
+        f"found {sorted(cols)}"
     )
 
 
 def _render_ids(tokenizer, value, *, generation_prompt: bool) -> list[int]:
     if isinstance(value, list):
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DataError("conversational data needs a tokenizer with a chat_template")
+            raise DatasetError("conversational data needs a tokenizer with a chat_template")
         out = tokenizer.apply_chat_template(
             value, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
         )
@@ -189,7 +189,7 @@ def _render_ids(tokenizer, value, *, generation_prompt: bool) -> list[int]:
 def _split_ids(tokenizer, prompt, completion, index: int, what: str = "completion") -> tuple[list[int], list[int]]:
     """(prompt_ids, completion_ids) with the prefix check that makes them a faithful split."""
     if isinstance(prompt, list) != isinstance(completion, list):
-        raise DataError(f"example {index}: prompt and {what} must both be strings or both be message lists")
+        raise DatasetError(f"example {index}: prompt and {what} must both be strings or both be message lists")
     if isinstance(prompt, list):
         prompt_ids = _render_ids(tokenizer, prompt, generation_prompt=True)
         full_ids = _render_ids(tokenizer, prompt + completion, generation_prompt=False)
@@ -201,7 +201,9 @@ def _split_ids(tokenizer, prompt, completion, index: int, what: str = "completio
         full_ids = _render_ids(tokenizer, prompt + completion, generation_prompt=False)
     n = len(prompt_ids)
     if full_ids[:n] != prompt_ids:
-        k = next((j for j, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(n, len(full_ids)))
+        # the first difference within the shorter of the two (they differ in length when one is cut short)
+        k = next((j for j, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b),
+                 min(n, len(full_ids)))
         raise TokenizationBoundaryError(
             f"example {index}: the tokenised prompt is not a prefix of the tokenised prompt+{what} "
             f"(they differ from token {k}: prompt alone ends {tokenizer.decode(prompt_ids[k:])!r}, "
@@ -217,7 +219,7 @@ def _with_prefix(prompt, prefix: str):
         return prompt
     if isinstance(prompt, list):
         if not prompt:
-            raise DataError("cannot apply a class prefix to an empty conversation")
+            raise DatasetError("cannot apply a class prefix to an empty conversation")
         first = dict(prompt[0])
         first["content"] = prefix + first["content"]
         return [first] + list(prompt[1:])
@@ -238,12 +240,13 @@ def _example_weight(row: dict, index: int, settings: TokenizeSettings) -> float:
     if settings.weight_column is not None:
         w = row[settings.weight_column]
         if not isinstance(w, (int, float)) or not (w >= 0) or w != w or w == float("inf"):
-            raise DataError(f"example {index}: weight {w!r} in column {settings.weight_column!r} is not a finite number >= 0")
+            raise DatasetError(f"example {index}: weight {w!r} in column {settings.weight_column!r} is not a finite "
+                               "number >= 0")
         return float(w)
     cls = row[settings.class_column]
     weights = settings.class_weights or {}
     if cls not in weights:
-        raise DataError(f"example {index}: class {cls!r} has no weight in crlft_class_weights {sorted(weights)}")
+        raise DatasetError(f"example {index}: class {cls!r} has no weight in crlft_class_weights {sorted(weights)}")
     return float(weights[cls])
 
 
@@ -286,9 +289,10 @@ def tokenize_records(rows: Sequence[dict], tokenizer, settings: TokenizeSettings
         elif fmt == "messages":
             msgs = row["messages"]
             if not _is_conversation(msgs) or not msgs:
-                raise DataError(f"example {i}: 'messages' must be a non-empty list of {{role, content}} dicts")
+                raise DatasetError(f"example {i}: 'messages' must be a non-empty list of {{role, content}} dicts")
             if msgs[-1]["role"] != "assistant":
-                raise DataError(f"example {i}: the last message must be the assistant's (it is the completion), got role {msgs[-1]['role']!r}")
+                raise DatasetError(f"example {i}: the last message must be the assistant's (it is the completion), "
+                                   f"got role {msgs[-1]['role']!r}")
             prompt, completion = msgs[:-1], msgs[-1:]
         else:  # text: the whole text is the completion
             prompt, completion = "", row["text"]
@@ -297,7 +301,8 @@ def tokenize_records(rows: Sequence[dict], tokenizer, settings: TokenizeSettings
             cls = row.get(settings.class_column)
             prefix = (settings.class_prefixes or {}).get(cls, "") if cls is not None else ""
             if settings.class_prefixes and cls is not None and cls not in settings.class_prefixes:
-                raise DataError(f"example {i}: class {cls!r} has no prefix in crlft_class_prefixes {sorted(settings.class_prefixes)}")
+                raise DatasetError(f"example {i}: class {cls!r} has no prefix in crlft_class_prefixes "
+                                   f"{sorted(settings.class_prefixes)}")
             prompt = _with_prefix(prompt, prefix)
             out["weight"] = _example_weight(row, i, settings)
         p_ids, c_ids = _split_ids(tokenizer, prompt, completion, i)

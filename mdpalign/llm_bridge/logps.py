@@ -53,7 +53,7 @@ def selective_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torc
         lp = shifted.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(shifted, dim=-1)
     else:
         rows = []
-        for row_logits, row_targets in zip(shifted, targets):
+        for row_logits, row_targets in zip(shifted, targets, strict=True):
             z = row_logits.float()
             rows.append(z.gather(-1, row_targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
         lp = torch.stack(rows)
@@ -61,7 +61,8 @@ def selective_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torc
 
 
 def chunk_bounds(rows: int, chunk_size: int, num_chunks: int | None = None) -> list[tuple[int, int]]:
-    """[start, stop) of ``chunk_size``-row chunks covering ``rows``, then empty (rows, rows) ones up to ``num_chunks``."""
+    """[start, stop) of ``chunk_size``-row chunks covering ``rows``, then empty (rows, rows) ones up to
+    ``num_chunks``."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     bounds = [(start, min(start + chunk_size, rows)) for start in range(0, rows, chunk_size)]
@@ -241,40 +242,53 @@ def install_logps_forward(model) -> None:
         input_ids = args[0] if args else kwargs.get("input_ids")
         hidden = getattr(self, prefix)(*args, **kwargs).last_hidden_state
         head = self.get_output_embeddings()
+        transform = (logps_chunk_size, softcap, scale)
         token_logps = greedy = None
         if score_mask is not None:
-            if score_layout == "target":
-                if score_targets is None:
-                    raise ValueError("score_layout='target' needs score_targets (the token that follows each position)")
-                mask = score_mask.bool()
-                rows = mask  # the hidden state at t predicts the target at t
-            else:
-                if score_targets is None and input_ids is None:
-                    raise ValueError("score_targets is required when the model is called with inputs_embeds")
-                mask = score_mask.bool().clone()
-                mask[:, 0] = False
-                # the hidden state at t-1 predicts the token at t
-                rows = torch.zeros_like(mask)
-                rows[:, :-1] = mask[:, 1:]
-            targets = score_targets if score_targets is not None else input_ids
-            h = hidden[rows]
-            n = synced_num_chunks(h.shape[0], logps_chunk_size, head, hidden.device)
-            lp = chunked_token_logps(h, head, targets[mask].to(hidden.device), logps_chunk_size, softcap, scale, n)
-            token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
+            token_logps = _scored_token_logps(hidden, head, score_mask, score_targets, score_layout, input_ids,
+                                              *transform)
         if greedy_mask is not None:
-            every = isinstance(greedy_mask, bool)
-            if every and not greedy_mask:
-                raise ValueError("greedy_mask=False: pass None for no greedy tokens")
-            gm = (torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if every
-                  else greedy_mask.bool().to(hidden.device))
-            h = hidden[gm]
-            n = synced_num_chunks(h.shape[0], logps_chunk_size, head, hidden.device)
-            ids = chunked_greedy(h, head, logps_chunk_size, softcap, scale, n)
-            greedy = torch.zeros(gm.shape, dtype=torch.long, device=hidden.device).masked_scatter(gm, ids)
+            greedy = _greedy_tokens(hidden, head, greedy_mask, *transform)
         return LogpsOutput(token_logps=token_logps, greedy=greedy)
 
     base.forward = types.MethodType(forward, base)
     setattr(base, _INSTALLED, True)
+
+
+def _scored_token_logps(hidden, head, score_mask, score_targets, score_layout: str, input_ids, chunk_size: int,
+                        softcap: float | None, scale: float) -> torch.Tensor:
+    """``token_logps`` of :func:`install_logps_forward`'s forward: (B, T) fp32, 0 where not scored."""
+    if score_layout == "target":
+        if score_targets is None:
+            raise ValueError("score_layout='target' needs score_targets (the token that follows each position)")
+        mask = score_mask.bool()
+        rows = mask  # the hidden state at t predicts the target at t
+    else:
+        if score_targets is None and input_ids is None:
+            raise ValueError("score_targets is required when the model is called with inputs_embeds")
+        mask = score_mask.bool().clone()
+        mask[:, 0] = False
+        # the hidden state at t-1 predicts the token at t
+        rows = torch.zeros_like(mask)
+        rows[:, :-1] = mask[:, 1:]
+    targets = score_targets if score_targets is not None else input_ids
+    h = hidden[rows]
+    n = synced_num_chunks(h.shape[0], chunk_size, head, hidden.device)
+    lp = chunked_token_logps(h, head, targets[mask].to(hidden.device), chunk_size, softcap, scale, n)
+    return torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, lp)
+
+
+def _greedy_tokens(hidden, head, greedy_mask, chunk_size: int, softcap: float | None, scale: float) -> torch.Tensor:
+    """``greedy`` of :func:`install_logps_forward`'s forward: (B, T) argmax ids where ``greedy_mask``, 0 elsewhere."""
+    every = isinstance(greedy_mask, bool)
+    if every and not greedy_mask:
+        raise ValueError("greedy_mask=False: pass None for no greedy tokens")
+    gm = (torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if every
+          else greedy_mask.bool().to(hidden.device))
+    h = hidden[gm]
+    n = synced_num_chunks(h.shape[0], chunk_size, head, hidden.device)
+    ids = chunked_greedy(h, head, chunk_size, softcap, scale, n)
+    return torch.zeros(gm.shape, dtype=torch.long, device=hidden.device).masked_scatter(gm, ids)
 
 
 # ----------------------------------------------------------------------------- packing

@@ -1,4 +1,4 @@
-"""Test-only entry point: ``mdpalign.llm_bridge.train`` under FSDP2 on CPU processes (gloo).
+"""Test-only entry point: ``python -m mdpalign.llm_bridge`` under FSDP2 on CPU processes (gloo).
 
 accelerate turns ``distributed_type: FSDP`` into FSDP only on accelerator backends; on CPU it silently falls back
 to DDP. This shim re-labels the CPU process group as FSDP once accelerate has built its state, so the real FSDP2
@@ -6,7 +6,7 @@ path runs: ``fully_shard`` of every decoder layer and the root, parameters held 
 in forward, reduce-scatters in backward, ``cpu_ram_efficient_loading`` and full-state-dict saving. Nothing in
 mdpalign is patched.
 """
-import sys
+import runpy
 
 import accelerate.state as accelerate_state
 
@@ -25,6 +25,5 @@ def _init_as_fsdp(self, *args, fsdp_plugin=None, **kwargs):
 accelerate_state.AcceleratorState.__init__ = _init_as_fsdp
 
 if __name__ == "__main__":
-    from mdpalign.llm_bridge.train import main
-
-    sys.exit(main())
+    # exactly `python -m mdpalign.llm_bridge ...` (the arguments stay in sys.argv), in this patched process
+    runpy.run_module("mdpalign.llm_bridge", run_name="__main__", alter_sys=True)

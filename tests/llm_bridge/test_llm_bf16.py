@@ -8,10 +8,22 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from llm_fixtures import PREFERENCES, build_model, build_tokenizer  # noqa: E402
+from llm_fixtures import (  # noqa: E402
+    COMPLETIONS,
+    PREFERENCES,
+    build_model,
+    build_tokenizer,
+    save_tiny,
+    write_jsonl,
+)
 
 from mdpalign.llm_bridge.data import Collator, TokenizeSettings, tokenize_records  # noqa: E402
-from mdpalign.llm_bridge.logps import batch_token_logps, install_logps_forward, naive_token_logps  # noqa: E402
+from mdpalign.llm_bridge.logps import (  # noqa: E402
+    batch_token_logps,
+    install_logps_forward,
+    naive_token_logps,
+)
+from mdpalign.llm_bridge.training import train  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device")])]
@@ -31,7 +43,8 @@ def test_bf16_chunked_logps_are_as_accurate_as_upcast_full_logits(device, seed):
         truth = naive_token_logps(model32(input_ids=ids, attention_mask=mask).logits.double(), ids)
         logits16 = model16(input_ids=ids, attention_mask=mask).logits
         upcast = naive_token_logps(logits16, ids)  # bf16 logits, fp32 log-softmax
-        bf16_softmax = F.pad(torch.log_softmax(logits16[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0].float(), (1, 0))
+        bf16_lp = torch.log_softmax(logits16[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+        bf16_softmax = F.pad(bf16_lp.float(), (1, 0))
         ours, counted, _ = batch_token_logps(model16, batch, chunk_size=7)
     assert ours.dtype == torch.float32
 
@@ -52,15 +65,12 @@ def test_bf16_chunked_logps_are_as_accurate_as_upcast_full_logits(device, seed):
 def test_bf16_mixed_precision_training_moves_each_objective_the_right_way(tmp_path, device, objective):
     """A few bf16-autocast steps (``bf16: true``, as the GPU configs run) stay finite and improve each objective's
     own measure: the chosen-vs-rejected margin for the preference losses, the NLL for the others."""
-    from llm_fixtures import COMPLETIONS, save_tiny, write_jsonl
-
-    from mdpalign.llm_bridge.train import train
-
     rows = PREFERENCES if objective in ("dpo", "orpo") else COMPLETIONS
     if objective == "crlft":
         rows = [dict(r, **{"class": "expert"}) for r in rows]
     result = train(dict(
-        model_name_or_path=save_tiny(str(tmp_path / "model")), dataset_path=write_jsonl(str(tmp_path / "d.jsonl"), rows),
+        model_name_or_path=save_tiny(str(tmp_path / "model")),
+        dataset_path=write_jsonl(str(tmp_path / "d.jsonl"), rows),
         objective=objective, output_dir=str(tmp_path / "out"), max_steps=6, learning_rate=3e-3, logging_steps=1,
         per_device_train_batch_size=4, bf16=True, use_cpu=device == "cpu", save_strategy="no", report_to="none",
         disable_tqdm=True, seed=0, beta=0.1, crlft_class_weights={"expert": 1.0}, ift_lambda=0.2, ift_decay=0.9))

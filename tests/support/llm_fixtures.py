@@ -3,6 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+
+import torch
+import yaml
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -22,9 +30,6 @@ CORPUS = [
 
 def build_tokenizer():
     """Byte-level BPE trained on a few sentences, with a chat template; eos = <|end|>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -43,9 +48,6 @@ def build_tokenizer():
 
 
 def build_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, attn: str = "eager"):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
@@ -104,14 +106,8 @@ def launch_two_processes(cfg: dict, tmp_path, accelerate_config: str, entry: lis
     """``accelerate launch --config_file accelerate_config <entry> --config run.yaml`` with ``cfg`` as run.yaml, on a
     free port, from ``tmp_path``; asserts it succeeded and returns the run's train_result.json.
 
-    ``entry``: ``["-m", "mdpalign.llm_bridge.train"]`` or a script path; ``env`` adds variables (the tests folder is
-    on PYTHONPATH, so a script there can import these fixtures)."""
-    import socket
-    import subprocess
-    import sys
-
-    import yaml
-
+    ``entry``: ``["-m", "mdpalign.llm_bridge"]`` or a script path; ``env`` adds variables (tests/support is on
+    PYTHONPATH, so a script there can import these fixtures)."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     with socket.socket() as sock:  # a free port: a fixed one collides with other runs on a shared machine
@@ -119,10 +115,11 @@ def launch_two_processes(cfg: dict, tmp_path, accelerate_config: str, entry: lis
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
            "--main_process_port", str(port), *entry, "--config", str(path)]
-    tests = os.path.dirname(os.path.abspath(__file__))
+    support = os.path.dirname(os.path.abspath(__file__))
     # PYTHONFAULTHANDLER: a process that aborts (SIGABRT, SIGSEGV) prints every thread's Python stack into stderr
+    python_path = os.pathsep.join(filter(None, [support, os.environ.get("PYTHONPATH")]))
     full_env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-                    PYTHONFAULTHANDLER="1", PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])), **env)
+                    PYTHONFAULTHANDLER="1", PYTHONPATH=python_path, **env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-8000:]
     with open(os.path.join(cfg["output_dir"], "train_result.json"), encoding="utf-8") as fh:

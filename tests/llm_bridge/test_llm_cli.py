@@ -1,4 +1,4 @@
-"""`mdpalign train` / `python -m mdpalign.llm_bridge.train`: a mistake in the config, its paths or its values is one
+"""`mdpalign train` / `python -m mdpalign.llm_bridge`: a mistake in the config, its paths or its values is one
 line and exit status 2, found before any model, tokenizer or data is loaded (no model is needed for that: none is
 built here, and nothing touches the network)."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from mdpalign.cli import main  # noqa: E402
 from mdpalign.llm_bridge.config import ConfigError, TrainConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 is supported where a GPU is")
 
 
@@ -94,9 +94,9 @@ def test_training_arguments_checks_become_config_errors(tmp_path, capsys):
     assert line.startswith("mdpalign train: error: TrainingArguments: ") and "load_best_model_at_end" in line
 
 
-def test_python_m_train_answers_like_mdpalign_train(tmp_path):
+def test_python_m_llm_bridge_answers_like_mdpalign_train(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "mdpalign.llm_bridge.train", "--config", "missing.yaml"],
+    proc = subprocess.run([sys.executable, "-m", "mdpalign.llm_bridge", "--config", "missing.yaml"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "mdpalign train: error: config file not found: missing.yaml"

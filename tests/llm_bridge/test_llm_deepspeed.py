@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 on two CPU processes (gloo) give the one-process run with the same global batch.
 
 Needs deepspeed, which is not a dependency of mdpalign (``pip install deepspeed==0.19.8 --no-build-isolation``):
-skipped without it. Each case launches ``tests/deepspeed_probe.py`` (``mdpalign.llm_bridge.train`` plus a record of
+skipped without it. Each case launches ``tests/support/deepspeed_probe.py`` (``mdpalign train`` plus a record of
 what DeepSpeed did in each process) with ``configs/accelerate/cpu_deepspeed_zero{2,3}.yaml``.
 """
 from __future__ import annotations
@@ -25,11 +25,12 @@ from llm_fixtures import (  # noqa: E402
     step_losses,
     write_jsonl,
 )
+from safetensors.torch import load_file  # noqa: E402
 
-from mdpalign.llm_bridge.train import train  # noqa: E402
+from mdpalign.llm_bridge.training import train  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROBE = os.path.join(ROOT, "tests", "deepspeed_probe.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROBE = os.path.join(ROOT, "tests", "support", "deepspeed_probe.py")
 STEPS = 3
 # 3 rows per LM-head chunk: the two processes then need different numbers of chunks, the case where ZeRO-3 (which
 # all-gathers the head's weight on every call) hangs unless every process calls the head equally often
@@ -62,8 +63,6 @@ def _tolerance(losses: dict[int, float]) -> float:
 
 
 def _weights(directory: str) -> dict:
-    from safetensors.torch import load_file
-
     return load_file(os.path.join(directory, "model.safetensors"))
 
 

@@ -138,7 +138,8 @@ def test_packing_without_sequence_isolation_would_differ(setup):
     _, model, padded, packed, _, naive = setup
     with torch.no_grad():
         out = model(input_ids=packed["input_ids"], attention_mask=torch.ones_like(packed["input_ids"]),
-                    position_ids=packed["position_ids"], score_mask=packed["completion_mask"] & (packed["position_ids"] > 0))
+                    position_ids=packed["position_ids"],
+                    score_mask=packed["completion_mask"] & (packed["position_ids"] > 0))
     leaked = unpack(out.token_logps, packed["seq_lengths"])
     expected = (naive * padded["completion_mask"])[:, : leaked.shape[1]]
     assert torch.allclose(leaked[0], expected[0], atol=1e-5)  # the first sequence sees nothing before it
@@ -157,7 +158,7 @@ def test_chunked_gradients_equal_naive_gradients():
     (naive_token_logps(logits, batch["input_ids"]) * m).sum().backward()
     tl, _, _ = batch_token_logps(b, batch, chunk_size=3)
     tl.sum().backward()
-    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         torch.testing.assert_close(pb.grad, pa.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 

@@ -1,9 +1,11 @@
 """Two CPU processes through ``accelerate launch`` give the one-process run with the same global batch:
 DDP on gloo with the shipped ``cpu_ddp.yaml``, and FSDP2 with the shipped ``fsdp.yaml`` (two processes, fp32; run
-through ``fsdp_cpu_launch.py``, since accelerate enables FSDP only on accelerators)."""
+through ``tests/support/fsdp_cpu_launch.py``, since accelerate enables FSDP only on accelerators)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,19 +22,21 @@ from llm_fixtures import (  # noqa: E402
     step_losses,
     write_jsonl,
 )
+from safetensors.torch import load_file  # noqa: E402
 
-from mdpalign.llm_bridge.train import train  # noqa: E402
+from mdpalign.llm_bridge.training import train  # noqa: E402
 
 STEPS = 3
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(os.path.dirname(TESTS), "configs", "accelerate")
 CPU_DDP = os.path.join(CONFIGS, "cpu_ddp.yaml")
+FSDP_CPU_LAUNCH = os.path.join(TESTS, "support", "fsdp_cpu_launch.py")
 
 
 def _run_two_processes(cfg: dict, tmp_path, accelerate_config: str = CPU_DDP, entry: list[str] | None = None) -> dict:
     # the shipped config: accelerate's multi-process launcher (torchrun) + the run's use_cpu=true = DDP over gloo
     # (`accelerate launch --cpu` alone starts ONE process; several need mpirun)
-    return launch_two_processes(cfg, tmp_path, accelerate_config, entry or ["-m", "mdpalign.llm_bridge.train"])
+    return launch_two_processes(cfg, tmp_path, accelerate_config, entry or ["-m", "mdpalign.llm_bridge"])
 
 
 @pytest.mark.slow
@@ -69,9 +73,8 @@ def _cpu_fsdp_config(tmp_path, state_dict_type: str | None = None) -> str:
 
 
 def _weights(directory: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    names = [f for f in ("adapter_model.safetensors", "model.safetensors") if os.path.isfile(os.path.join(directory, f))]
+    names = [f for f in ("adapter_model.safetensors", "model.safetensors")
+             if os.path.isfile(os.path.join(directory, f))]
     assert names, f"no weights saved in {directory}: {sorted(os.listdir(directory))}"
     return load_file(os.path.join(directory, names[0]))
 
@@ -79,7 +82,8 @@ def _weights(directory: str) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize("objective, extra", [
     ("sft", {}), ("dpo", {"reference": "model"}), ("dpo", {"reference": "precomputed"}), ("orpo", {}), ("ift", {}),
-    ("dpo", {"reference": "adapter_disabled", "use_peft": True, "lora_r": 4, "lora_dropout": 0.0}),  # dropout: per-process RNG
+    # no LoRA dropout: its RNG is per process
+    ("dpo", {"reference": "adapter_disabled", "use_peft": True, "lora_r": 4, "lora_dropout": 0.0}),
 ], ids=["sft", "dpo-model", "dpo-precomputed", "orpo", "ift", "dpo-peft"])
 def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
     """FSDP2 shards every parameter; the losses, and the full weights it saves, are the one-process run's.
@@ -100,7 +104,7 @@ def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
     one = train(dict(base, output_dir=str(tmp_path / "one"), **single))
     two = _run_two_processes(dict(base, output_dir=str(tmp_path / "two"), per_device_train_batch_size=2), tmp_path,
                              _cpu_fsdp_config(tmp_path, "SHARDED_STATE_DICT" if objective == "ift" else None),
-                             [os.path.join(TESTS, "fsdp_cpu_launch.py")])
+                             [FSDP_CPU_LAUNCH])
     assert two["world_size"] == 2
     l1, l2 = step_losses(one.log_history), step_losses(two["log_history"])
     assert sorted(l2) == list(range(1, STEPS + 1))
@@ -128,7 +132,7 @@ def test_fsdp2_checkpoint_resumes_the_same_run(tmp_path):
     base = dict(model_name_or_path=model_dir, dataset_path=data, objective="sft", max_steps=4, learning_rate=3e-3,
                 logging_steps=1, save_strategy="steps", save_steps=2, report_to="none", use_cpu=True,
                 disable_tqdm=True, seed=0, per_device_train_batch_size=2)
-    launch = dict(accelerate_config=_cpu_fsdp_config(tmp_path), entry=[os.path.join(TESTS, "fsdp_cpu_launch.py")])
+    launch = dict(accelerate_config=_cpu_fsdp_config(tmp_path), entry=[FSDP_CPU_LAUNCH])
     full = _run_two_processes(dict(base, output_dir=str(tmp_path / "full")), tmp_path, **launch)
     checkpoint = tmp_path / "full" / "checkpoint-2"
     assert (checkpoint / "optimizer.bin").is_file()
@@ -146,17 +150,16 @@ def test_exit_without_finalization_keeps_what_a_normal_exit_keeps(tmp_path):
     """The multi-process CLI ends with ``exit_without_finalization``: the ``atexit`` handlers still run (trackers
     finish there), buffered output still arrives, the exit code is the one given, and finalization, where gloo's
     threads can abort a finished run, is skipped (an object's ``__del__`` that a normal exit runs does not run)."""
-    import subprocess
-    import sys
-
     marker = tmp_path / "atexit_ran"
     script = f"""
 import atexit, sys
-from mdpalign.llm_bridge.train import exit_without_finalization
+from mdpalign.llm_bridge.training import exit_without_finalization
 
 class Finalised:
-    def __del__(self):
-        sys.stderr.write("finalised")
+    # the stream bound now: module teardown (which transformers' imports make run before this object goes) may
+    # already have set this module's global `sys` to None
+    def __del__(self, write=sys.stderr.write):
+        write("finalised")
 
 kept = Finalised()
 atexit.register(lambda: open({str(marker)!r}, "w").write("yes"))

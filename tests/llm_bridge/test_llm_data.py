@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("transformers")
 
+from datasets import Dataset, DatasetDict  # noqa: E402
 from llm_fixtures import COMPLETIONS, PREFERENCES, build_tokenizer, write_jsonl  # noqa: E402
 
+from mdpalign.llm_bridge.config import parse_config  # noqa: E402
 from mdpalign.llm_bridge.data import (  # noqa: E402
     Collator,
-    DataError,
+    DatasetError,
     EmptyDatasetError,
     MissingColumnsError,
     TokenizationBoundaryError,
@@ -36,7 +40,7 @@ def test_counted_token_mask_is_completion_after_position_zero():
 
 def test_prompt_completion_split_matches_separate_tokenisation(tok):
     ds = tokenize_records(COMPLETIONS, tok, TokenizeSettings("sft"))
-    for row, ex in zip(COMPLETIONS, ds.examples):
+    for row, ex in zip(COMPLETIONS, ds.examples, strict=True):
         assert ex["prompt_ids"] == tok(row["prompt"])["input_ids"]
         full = tok(row["prompt"] + row["completion"] + tok.eos_token)["input_ids"]
         assert ex["prompt_ids"] + ex["completion_ids"] == full
@@ -51,7 +55,8 @@ def test_conversational_formats_use_the_chat_template(tok):
     assert tok.decode(ex["prompt_ids"]).endswith("<|assistant|>")
     # same data as prompt/completion message lists gives the same ids
     ds2 = tokenize_records([{"prompt": msgs[:1], "completion": msgs[1:]}], tok, TokenizeSettings("sft"))
-    assert ds2.examples[0]["prompt_ids"] == ex["prompt_ids"] and ds2.examples[0]["completion_ids"] == ex["completion_ids"]
+    assert ds2.examples[0]["prompt_ids"] == ex["prompt_ids"]
+    assert ds2.examples[0]["completion_ids"] == ex["completion_ids"]
 
 
 def test_implicit_prompt_preferences_split_at_common_messages(tok):
@@ -64,7 +69,8 @@ def test_implicit_prompt_preferences_split_at_common_messages(tok):
 
 
 def test_boundary_mismatch_is_an_error_naming_the_example(tok):
-    rows = list(COMPLETIONS) + [{"prompt": "what colour is the sky? ans", "completion": "wer blue"}]  # " ans"+"wer" merge into " answer"
+    # " ans" + "wer" merge into " answer"
+    rows = list(COMPLETIONS) + [{"prompt": "what colour is the sky? ans", "completion": "wer blue"}]
     with pytest.raises(TokenizationBoundaryError, match=r"example 4\b"):
         tokenize_records(rows, tok, TokenizeSettings("sft"))
     bad_pref = [dict(PREFERENCES[0]), {"prompt": "one tw", "chosen": "o three", "rejected": " ten"}]
@@ -84,7 +90,8 @@ def test_fully_truncated_completions_are_dropped_and_reported(tok, caplog):
     for e in ds.examples:
         assert len(e["prompt_ids"]) + len(e["completion_ids"]) <= limit and e["completion_ids"]
     # preference: dropped when either response is empty after truncation
-    pref = tokenize_records(PREFERENCES, tok, TokenizeSettings("dpo", max_length=len(tok(PREFERENCES[0]["prompt"])["input_ids"])))
+    prompt_length = len(tok(PREFERENCES[0]["prompt"])["input_ids"])
+    pref = tokenize_records(PREFERENCES, tok, TokenizeSettings("dpo", max_length=prompt_length))
     assert 0 in pref.dropped
 
 
@@ -127,23 +134,21 @@ def test_crlft_weights_and_class_prefixes(tok):
     assert [e["weight"] for e in ds.examples] == [1.0, 0.1]
     assert ds.examples[0]["prompt_ids"] == tok("user: " + rows[0]["prompt"])["input_ids"]
     assert ds.examples[1]["prompt_ids"] == tok("hello: " + rows[1]["prompt"])["input_ids"]
-    with pytest.raises(DataError, match="example 1: class 'other' has no weight"):
+    with pytest.raises(DatasetError, match="example 1: class 'other' has no weight"):
         tokenize_records([rows[0], dict(rows[1], **{"class": "other"})], tok,
                          TokenizeSettings("crlft", class_weights={"expert": 1.0, "suboptimal": 0.1}))
 
 
 def test_loaders_agree_across_file_formats(tmp_path):
-    from datasets import Dataset, DatasetDict
-
     jsonl = write_jsonl(str(tmp_path / "d.jsonl"), COMPLETIONS)
     (tmp_path / "d.json").write_text(json.dumps(COMPLETIONS))
     Dataset.from_list(COMPLETIONS).to_parquet(str(tmp_path / "d.parquet"))
     DatasetDict({"train": Dataset.from_list(COMPLETIONS)}).save_to_disk(str(tmp_path / "saved"))
     for path in (jsonl, tmp_path / "d.json", tmp_path / "d.parquet", tmp_path / "saved"):
         assert load_records(str(path)) == COMPLETIONS
-    with pytest.raises(DataError, match="no split 'test'"):
+    with pytest.raises(DatasetError, match="no split 'test'"):
         load_records(str(tmp_path / "saved"), split="test")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DatasetError, match="does not exist"):
         load_records(str(tmp_path / "nope.jsonl"))
 
 
@@ -165,18 +170,14 @@ def test_collator_padded_and_packed_hold_the_same_tokens(tok):
 
 
 def test_shipped_examples_parse_and_tokenise(tok):
-    import os
-
-    import yaml
-
-    from mdpalign.llm_bridge.config import parse_config
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for name, objective in (("run.yaml", "dpo"), ("crlft.yaml", "crlft")):
-        cfg = parse_config(["--config", os.path.join(root, "examples", "llm", name), "--use_cpu", "true", "--bf16", "false"])
+        cfg = parse_config(["--config", os.path.join(root, "examples", "llm", name), "--use_cpu", "true",
+                            "--bf16", "false"])
         assert cfg.objective == objective
         rows = load_records(os.path.join(root, cfg.dataset_path))
-        settings = TokenizeSettings(objective, class_weights=cfg.crlft_class_weights, class_prefixes=cfg.crlft_class_prefixes)
+        settings = TokenizeSettings(objective, class_weights=cfg.crlft_class_weights,
+                                    class_prefixes=cfg.crlft_class_prefixes)
         assert len(tokenize_records(rows, tok, settings)) == len(rows)
     chat = load_records(os.path.join(root, "examples", "llm", "chat_preferences.jsonl"))
     assert len(tokenize_records(chat, tok, TokenizeSettings("dpo"))) == 2

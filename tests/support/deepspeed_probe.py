@@ -1,6 +1,7 @@
-"""``accelerate launch ... tests/deepspeed_probe.py --config run.yaml``: ``mdpalign.llm_bridge.train`` plus a record, per
-process, of what DeepSpeed did (for tests/test_llm_deepspeed.py): which ZeRO optimizer wraps the step, whether the LM
-head's weight is a ZeRO-3 shard, and the number of rows of every LM-head call (forward and backward recompute)."""
+"""``accelerate launch ... tests/support/deepspeed_probe.py --config run.yaml``: ``mdpalign train`` plus a record, per
+process, of what DeepSpeed did (for tests/llm_bridge/test_llm_deepspeed.py): which ZeRO optimizer wraps the step,
+whether the LM head's weight is a ZeRO-3 shard, and the number of rows of every LM-head call (forward and backward
+recompute)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,11 @@ import sys
 from transformers import TrainerCallback
 
 from mdpalign.llm_bridge.config import parse_config
-from mdpalign.llm_bridge.train import close_distributed, exit_without_finalization, train
+from mdpalign.llm_bridge.training import (
+    close_distributed,
+    exit_without_finalization,
+    train,
+)
 
 
 class Probe(TrainerCallback):
@@ -22,7 +27,8 @@ class Probe(TrainerCallback):
         weight = head.weight
         # a ZeRO-3 shard between calls: no local elements, the full size in ds_numel
         self.record = {"optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__,
-                       "head_local_numel": weight.numel(), "head_numel": int(getattr(weight, "ds_numel", weight.numel())),
+                       "head_local_numel": weight.numel(),
+                       "head_numel": int(getattr(weight, "ds_numel", weight.numel())),
                        "head_zero3": hasattr(weight, "ds_id")}
         head.register_forward_pre_hook(lambda module, inputs: self.rows.append(int(inputs[0].shape[0])))
 
@@ -35,7 +41,7 @@ def main() -> int:
     cfg = parse_config(sys.argv[1:])
     os.makedirs(cfg.output_dir, exist_ok=True)
     train(cfg, callbacks=[Probe(os.path.join(cfg.output_dir, f"probe_rank{cfg.process_index}.json"))])
-    if close_distributed():  # as train.main does
+    if close_distributed():  # as mdpalign train does (mdpalign.llm_bridge.cli.run_command)
         exit_without_finalization(0)
     return 0
 

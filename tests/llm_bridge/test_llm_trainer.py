@@ -2,22 +2,50 @@
 the right way, reference modes agree, checkpoint resume is exact, bad inputs raise."""
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import os
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("transformers")
 pytest.importorskip("trl")
 
+from datasets import Dataset  # noqa: E402
 from llm_fixtures import COMPLETIONS, PREFERENCES, save_tiny, write_jsonl  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, TrainerCallback  # noqa: E402
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # noqa: E402
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
-from mdpalign.llm_bridge.config import ConfigError, TrainConfig, launch_problem, parse_config  # noqa: E402
+from mdpalign import objectives  # noqa: E402
+from mdpalign.cli import main  # noqa: E402
+from mdpalign.errors import MdpalignError  # noqa: E402
+from mdpalign.fit import NonFiniteLossError  # noqa: E402
+from mdpalign.llm_bridge import config as config_module  # noqa: E402
+from mdpalign.llm_bridge import trainer as trainer_module  # noqa: E402
+from mdpalign.llm_bridge.config import (  # noqa: E402
+    OBJECTIVES,
+    ConfigError,
+    TrainConfig,
+    launch_problem,
+    parse_config,
+)
 from mdpalign.llm_bridge.data import TokenizeSettings, tokenize_records  # noqa: E402
-from mdpalign.llm_bridge.train import load_model, load_tokenizer, train  # noqa: E402
-from mdpalign.llm_bridge.trainer import MdpalignTrainer, UnsupportedModelError, deepspeed_reference_config  # noqa: E402
+from mdpalign.llm_bridge.embedding_policy import UnsupportedModelError  # noqa: E402
+from mdpalign.llm_bridge.logps import naive_token_logps  # noqa: E402
+from mdpalign.llm_bridge.models import load_model, load_tokenizer  # noqa: E402
+from mdpalign.llm_bridge.reference import deepspeed_reference_config  # noqa: E402
+from mdpalign.llm_bridge.trainer import MdpalignTrainer  # noqa: E402
+from mdpalign.llm_bridge.training import train  # noqa: E402
+from mdpalign.objectives import crlft_loss, crlft_reduce  # noqa: E402
+from mdpalign.objectives.crlft import CRLFT_REDUCTIONS  # noqa: E402
 
+CLASSES = ["expert", "suboptimal", "expert", "suboptimal"]  # one per row of COMPLETIONS
 COMMON = dict(use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=1,
               per_device_train_batch_size=4, per_device_eval_batch_size=4, seed=0, data_seed=0)
 
@@ -27,8 +55,6 @@ def dirs(tmp_path_factory):
     """base/: tokenizer + random tiny Llama (the reference); policy/: base with perturbed weights."""
     root = tmp_path_factory.mktemp("llm")
     base = save_tiny(str(root / "base"), seed=0)
-    from transformers import AutoModelForCausalLM
-
     policy = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     g = torch.Generator().manual_seed(123)
     with torch.no_grad():
@@ -64,9 +90,6 @@ def _trl_metrics(trainer) -> dict[str, float]:
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_dpo_matches_trl(dirs, tmp_path, loss_type):
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
     beta = 0.3
     tok = load_tokenizer(dirs["base"])
     cfg_probe = _cfg(tmp_path)
@@ -83,24 +106,23 @@ def test_dpo_matches_trl(dirs, tmp_path, loss_type):
 
     ours, _, batch = _ours(dirs, tmp_path, PREFERENCES, ref=load_model(dirs["base"], cfg_probe), objective="dpo",
                            loss_type=loss_type, beta=beta, reference="model")
-    assert torch.equal(batch["input_ids"][batch["attention_mask"].bool()], trl_batch["input_ids"][trl_batch["attention_mask"].bool()])
+    assert torch.equal(batch["input_ids"][batch["attention_mask"].bool()],
+                       trl_batch["input_ids"][trl_batch["attention_mask"].bool()])
     with torch.no_grad():
         loss = ours.compute_loss(ours.model, batch).item()
     got = {k: v[0] for k, v in ours._metrics["train"].items()}
     assert loss == pytest.approx(trl_loss, abs=1e-5)
     assert abs(trl_loss - math.log(2)) > 1e-2  # the policy differs from the reference: a non-trivial value
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected"):
         assert got[key] == pytest.approx(expected[key], abs=1e-5, rel=1e-6), key
 
 
 def test_orpo_matches_trl(dirs, tmp_path):
-    from datasets import Dataset
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
     lam = 0.25
     tok = load_tokenizer(dirs["base"])
-    args = ORPOConfig(output_dir=str(tmp_path / "trl"), beta=lam, max_length=512, use_cpu=True, report_to="none", bf16=False,
-                      per_device_train_batch_size=4)
+    args = ORPOConfig(output_dir=str(tmp_path / "trl"), beta=lam, max_length=512, use_cpu=True, report_to="none",
+                      bf16=False, per_device_train_batch_size=4)
     trl = ORPOTrainer(model=load_model(dirs["policy"], _cfg(tmp_path)), args=args,
                       train_dataset=Dataset.from_list(PREFERENCES), processing_class=tok)
     trl_batch = trl.data_collator([trl.train_dataset[i] for i in range(len(PREFERENCES))])
@@ -123,9 +145,6 @@ def test_orpo_matches_trl(dirs, tmp_path):
 
 
 def test_sft_matches_trl(dirs, tmp_path):
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     tok = load_tokenizer(dirs["base"])
     args = SFTConfig(output_dir=str(tmp_path / "trl"), max_length=512, use_cpu=True, report_to="none", bf16=False,
                      per_device_train_batch_size=4)
@@ -152,7 +171,7 @@ def test_ift_with_lambda_and_decay_zero_is_sft_per_sequence_mean(dirs, tmp_path)
     assert l_ift.item() == pytest.approx(l_sft.item(), abs=1e-6)
     l_ift.backward()
     l_sft.backward()
-    for (name, a), (_, b) in zip(ift.model.named_parameters(), sft.model.named_parameters()):
+    for (name, a), (_, b) in zip(ift.model.named_parameters(), sft.model.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
     # lambda > 0 changes the inputs of pass 2, hence the loss
     ift2, _, _ = _ours(dirs, tmp_path, COMPLETIONS, objective="ift", ift_lambda=0.5, ift_decay=0.0)
@@ -164,9 +183,7 @@ def test_ift_with_lambda_and_decay_zero_is_sft_per_sequence_mean(dirs, tmp_path)
 def test_ift_chunked_head_hooks_equal_the_full_logits_path(dirs, tmp_path, monkeypatch, lam):
     """The adapter's hooks (chunked argmax + chunked target log-probs) give the loss and gradients of the plain
     EmbeddingPolicy path (full fp32 logits, argmax, token_logps_from_logits) on the same model and batch."""
-    from mdpalign.llm_bridge import trainer as trainer_module
-
-    hooked_cls = trainer_module._EmbeddingPolicy
+    hooked_cls = trainer_module.CausalLMEmbeddingPolicy
 
     class Plain:  # the protocol without the optional hooks
         def __init__(self, model, embeddings, chunk_size):
@@ -189,7 +206,7 @@ def test_ift_chunked_head_hooks_equal_the_full_logits_path(dirs, tmp_path, monke
         mp.setattr(hooked_cls, "forward_embeds", no_full_logits)
         l_hook, g_hook = loss_and_grads()
     with monkeypatch.context() as mp:
-        mp.setattr(trainer_module, "_EmbeddingPolicy", Plain)
+        mp.setattr(trainer_module, "CausalLMEmbeddingPolicy", Plain)
         l_plain, g_plain = loss_and_grads()
     assert l_hook == pytest.approx(l_plain, abs=1e-6)
     for name, g in g_plain.items():
@@ -225,13 +242,12 @@ def test_reference_modes_agree(dirs, tmp_path):
     path = pre.precompute_reference([ds2], load_model(dirs["base"], pre.args), cache_key="k1")
     assert os.path.isfile(path)
     with torch.no_grad():
-        assert pre.compute_loss(pre.model, batch).item() == pytest.approx(live.compute_loss(live.model, batch).item(), abs=1e-6)
+        live_loss = live.compute_loss(live.model, batch).item()
+        assert pre.compute_loss(pre.model, batch).item() == pytest.approx(live_loss, abs=1e-6)
     # a second precompute with the same key reads the cache (no model needed)
     again, ds3, _ = _ours(dirs, tmp_path, PREFERENCES, objective="dpo", reference="precomputed")
     again.precompute_reference([ds3], None, cache_key="k1")
     assert [e["ref_chosen_logps"] for e in ds3.examples] == [e["ref_chosen_logps"] for e in ds2.examples]
-
-    from peft import LoraConfig, get_peft_model
 
     cfg = _cfg(tmp_path, objective="dpo", reference="adapter_disabled", use_peft=True)
     peft_model = get_peft_model(load_model(dirs["base"], cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -251,8 +267,6 @@ def test_reference_modes_agree(dirs, tmp_path):
 
 def test_seed_fixes_the_lora_initialisation(dirs, tmp_path):
     """Two runs with the same seed start from the same random LoRA A matrices, whatever the RNG did before."""
-    from safetensors.torch import load_file
-
     adapters = []
     for i in range(2):
         torch.manual_seed(1000 + i)  # whatever state a caller left behind
@@ -285,7 +299,7 @@ def test_dpo_steps_raise_the_margin_and_sft_steps_lower_the_loss(dirs, tmp_path)
 
 
 def test_crlft_weights_scale_each_class(dirs, tmp_path):
-    rows = [dict(r, **{"class": c}) for r, c in zip(COMPLETIONS, ["expert", "suboptimal", "expert", "suboptimal"])]
+    rows = [dict(r, **{"class": c}) for r, c in zip(COMPLETIONS, CLASSES, strict=True)]
     weights = {"expert": 1.0, "suboptimal": 0.1}
     cfg = _cfg(tmp_path, objective="crlft", crlft_class_weights=weights)
     tok = load_tokenizer(dirs["base"])
@@ -297,20 +311,15 @@ def test_crlft_weights_scale_each_class(dirs, tmp_path):
         loss = tr.compute_loss(tr.model, batch).item()
         nll = [sft.compute_loss(sft.model, sft.data_collator([e])).item() for e in ds.examples]
     w = [weights[r["class"]] for r in rows]
-    assert loss == pytest.approx(sum(wi * li for wi, li in zip(w, nll)) / sum(w), rel=1e-5)
+    assert loss == pytest.approx(sum(wi * li for wi, li in zip(w, nll, strict=True)) / sum(w), rel=1e-5)
 
 
 def test_crlft_reduction_token_vs_sequence(dirs, tmp_path):
     """crlft_reduction="sequence" (OpenChat's code: token weights w_i/n_i) against a hand computation from the
     model's full-logits token log-probs; "token" (the paper) differs on sequences of unequal length."""
-    from mdpalign.llm_bridge import config as config_module
-    from mdpalign.llm_bridge.logps import naive_token_logps
-    from mdpalign.objectives import crlft_loss, crlft_reduce
-    from mdpalign.objectives.crlft import CRLFT_REDUCTIONS
-
     assert config_module.CRLFT_REDUCTIONS == CRLFT_REDUCTIONS
     assert _cfg(tmp_path).crlft_reduction == "token"
-    rows = [dict(r, **{"class": c}) for r, c in zip(COMPLETIONS, ["expert", "suboptimal", "expert", "suboptimal"])]
+    rows = [dict(r, **{"class": c}) for r, c in zip(COMPLETIONS, CLASSES, strict=True)]
     weights = {"expert": 1.0, "suboptimal": 0.1}
     tok = load_tokenizer(dirs["base"])
     ds = tokenize_records(rows, tok, TokenizeSettings("crlft", class_weights=weights))
@@ -323,7 +332,8 @@ def test_crlft_reduction_token_vs_sequence(dirs, tmp_path):
             losses[red] = tr.compute_loss(tr.model, batch).item()
             # the training path (normaliser = Σ w over the optimizer step) gives the same number on one batch
             step_w = tr._get_num_items_in_batch([batch], tr.args.device)
-            assert tr.compute_loss(tr.model, batch, num_items_in_batch=step_w).item() == pytest.approx(losses[red], rel=1e-6)
+            step_loss = tr.compute_loss(tr.model, batch, num_items_in_batch=step_w).item()
+            assert step_loss == pytest.approx(losses[red], rel=1e-6)
             logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     m = batch["completion_mask"].bool()
     n = m.sum(-1)
@@ -340,8 +350,6 @@ def test_crlft_reduction_token_vs_sequence(dirs, tmp_path):
 
 
 def test_kill_and_resume_gives_the_uninterrupted_run(dirs, tmp_path):
-    from transformers import TrainerCallback
-
     class Killed(RuntimeError):
         pass
 
@@ -369,9 +377,6 @@ def test_kill_and_resume_gives_the_uninterrupted_run(dirs, tmp_path):
 
 @pytest.mark.parametrize("objective, rows", [("sft", COMPLETIONS), ("dpo", PREFERENCES)])
 def test_a_nan_at_step_two_stops_training_naming_step_objective_and_example_ids(dirs, tmp_path, objective, rows):
-    from mdpalign.errors import MdpalignError
-    from mdpalign.fit import NonFiniteLossError
-
     cfg = _cfg(tmp_path, objective=objective, max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
                reference="model")
     tok = load_tokenizer(dirs["base"])
@@ -429,6 +434,17 @@ def test_bad_config_raises(tmp_path, kw, match):
         _cfg(tmp_path, **kw)
 
 
+def test_one_source_for_defaults_and_option_lists(tmp_path):
+    """The llm layer's IFT defaults are the paper's (appendix B.1: lambda 0.2, gamma 0.95) and the objectives' own;
+    its option lists are the objectives' tuples; every objective it accepts has a loss in the trainer's table."""
+    cfg = _cfg(tmp_path, objective="ift")
+    assert (cfg.ift_lambda, cfg.ift_decay) == (0.2, 0.95)
+    assert inspect.signature(objectives.ift_loss).parameters["decay"].default == cfg.ift_decay
+    assert config_module.DPO_LOSS_TYPES is objectives.DPO_LOSS_TYPES
+    assert config_module.CRLFT_REDUCTIONS is objectives.CRLFT_REDUCTIONS
+    assert set(MdpalignTrainer.LOSSES) == set(OBJECTIVES)
+
+
 def test_config_from_yaml_with_cli_overrides(tmp_path):
     y = tmp_path / "run.yaml"
     y.write_text("objective: dpo\nbeta: 0.2\nloss_type: ipo\ncrlft_class_weights: {expert: 1.0}\nuse_cpu: true\n"
@@ -441,8 +457,6 @@ def test_config_from_yaml_with_cli_overrides(tmp_path):
 
 
 def test_ift_needs_reachable_input_embeddings(dirs, tmp_path):
-    from transformers import LlamaForCausalLM
-
     class NoEmbeddings(LlamaForCausalLM):
         def get_input_embeddings(self):
             raise NotImplementedError("embeddings are fused into a custom kernel")
@@ -464,12 +478,6 @@ def test_data_kind_must_match_objective(dirs, tmp_path):
 
 
 def test_mdpalign_train_command_runs_the_yaml_with_overrides(dirs, tmp_path, capsys):
-    import json
-
-    import yaml
-
-    from mdpalign.cli import main
-
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump(dict(model_name_or_path=dirs["base"], dataset_path=dirs["sft"], objective="sft",
                                        max_steps=5, output_dir=str(tmp_path / "cli"), **COMMON)))
@@ -483,7 +491,8 @@ def test_mdpalign_train_command_runs_the_yaml_with_overrides(dirs, tmp_path, cap
 def test_deepspeed_reference_config_keeps_zero3_and_precision_drops_training_blocks():
     train_cfg = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"},
                  "bf16": {"enabled": True},
-                 "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"},
+                 "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"},
+                                       "offload_param": {"device": "cpu"},
                                        "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
                                        "stage3_param_persistence_threshold": "auto"}}
     ref = deepspeed_reference_config(train_cfg, hidden_size=64)
@@ -491,8 +500,9 @@ def test_deepspeed_reference_config_keeps_zero3_and_precision_drops_training_blo
     assert ref["zero_optimization"]["stage"] == 3 and ref["zero_optimization"]["offload_param"] == {"device": "cpu"}
     assert ref["bf16"] == {"enabled": True}  # the reference runs in the policy's dtype
     zero = ref["zero_optimization"]
-    assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"], zero["stage3_param_persistence_threshold"]) \
-        == (4096, 3686, 640)
+    sizes = tuple(zero[k] for k in ("reduce_bucket_size", "stage3_prefetch_bucket_size",
+                                     "stage3_param_persistence_threshold"))
+    assert sizes == (4096, 3686, 640)
     assert train_cfg["zero_optimization"]["stage"] == 3 and "optimizer" in train_cfg  # the policy's config untouched
     # ZeRO-1/2 shard only optimizer state and gradients: a frozen reference is a plain replica (stage 0)
     assert deepspeed_reference_config({"zero_optimization": {"stage": 2}}, 64)["zero_optimization"]["stage"] == 0
