@@ -1,10 +1,9 @@
 """PPO-clip per-token loss and TRL's token aggregations: hand values, gradients, accumulation, TRL parity, errors."""
 import math
-from collections import defaultdict
-from types import SimpleNamespace
 
 import pytest
 import torch
+from trl_stubs import trl_grpo_loss, trl_rloo_loss
 
 from mdpalign.objectives import (
     TOKEN_LOSS_TYPES,
@@ -111,40 +110,6 @@ def test_gradient_accumulation_exact_only_with_the_global_token_count():
 # ---------------------------------------------------------------------------------------------- TRL parity
 
 
-def _trl_grpo_loss(token_logps, old, ref, adv, mask, loss_type, beta, bias_correction, epsilon=0.2,
-                   epsilon_high=0.2, max_completion_length=None, num_items=None):
-    """TRL 1.16 ``GRPOTrainer._compute_loss`` on given per-token log-probs (a stub ``self``; eval mode, so no
-    gradient-accumulation rescaling)."""
-    from trl.trainer.grpo_trainer import GRPOTrainer
-
-    class Accelerator:
-        num_processes = 1
-
-        def reduce(self, x, reduction="sum"):
-            return x
-
-        def gather(self, x):
-            return x
-
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (token_logps, torch.zeros_like(token_logps), None),
-        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-        importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=epsilon,
-        epsilon_high=epsilon_high, use_vllm=False, model=SimpleNamespace(training=False),
-        args=SimpleNamespace(use_bias_correction_kl=bias_correction, delta=None, steps_per_generation=1),
-        current_gradient_accumulation_steps=1, accelerator=Accelerator(), max_completion_length=max_completion_length,
-        _entropy_bonus_enabled=False, _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
-    B, T = mask.shape
-    inputs = {"prompt_ids": torch.zeros(B, 1, dtype=torch.long), "prompt_mask": torch.ones(B, 1, dtype=torch.long),
-              "completion_ids": torch.zeros(B, T, dtype=torch.long), "completion_mask": mask.long(),
-              "advantages": adv, "ref_per_token_logps": ref}
-    if old is not None:
-        inputs["old_per_token_logps"] = old
-    if num_items is not None:
-        inputs["num_items_in_batch"] = torch.tensor(float(num_items), dtype=f64)
-    return GRPOTrainer._compute_loss(stub, None, inputs)
-
-
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 @pytest.mark.parametrize("bias_correction", [False, True])
 @pytest.mark.parametrize("off_policy", [False, True])
@@ -158,7 +123,7 @@ def test_grpo_loss_and_gradient_match_trl(loss_type, bias_correction, off_policy
     beta = 0.3
     kw = dict(max_completion_length=6) if loss_type == "dr_grpo" else {}
     num = mask.sum() if loss_type == "dapo" else None
-    expect = _trl_grpo_loss(theta, old, ref, adv, mask, loss_type, beta, bias_correction, num_items=num, **kw)
+    expect = trl_grpo_loss(theta, old, ref, adv, mask, loss_type, beta, bias_correction, num_items=num, **kw)
     per_token = ppo_clip_loss(theta, old, adv, mask).losses + beta * kl_loss_term(
         theta, ref, mask, "k3", old_token_logps=old if bias_correction else None,
         use_bias_correction_kl=bias_correction)
@@ -172,22 +137,12 @@ def test_grpo_loss_and_gradient_match_trl(loss_type, bias_correction, off_policy
 def test_rloo_sequence_loss_matches_trl():
     """TRL 1.16 ``RLOOTrainer._compute_loss``: sequence-level ratio on summed log-probs, mean over sequences —
     ``ppo_clip_loss`` on ``(B, 1)`` summed log-probs aggregated by ``seq_sum``."""
-    from trl.trainer.rloo_trainer import RLOOTrainer
-
     g = torch.Generator().manual_seed(3)
     tok = torch.randn(4, 3, generator=g, dtype=f64).requires_grad_(True)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]])
     old_seq = (tok.detach() * mask).sum(1) + 0.3 * torch.randn(4, generator=g, dtype=f64)
     adv = torch.randn(4, generator=g, dtype=f64)
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (tok, torch.zeros_like(tok), None),
-        aux_loss_enabled=False, epsilon_low=0.2, epsilon_high=0.2, model=SimpleNamespace(training=False),
-        accelerator=SimpleNamespace(reduce=lambda x, reduction="sum": x, gather=lambda x: x),
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
-    inputs = {"prompt_ids": torch.zeros(4, 1, dtype=torch.long), "prompt_mask": torch.ones(4, 1, dtype=torch.long),
-              "completion_ids": torch.zeros(4, 3, dtype=torch.long), "completion_mask": mask.long(),
-              "old_logps": old_seq, "advantages": adv}
-    expect = RLOOTrainer._compute_loss(stub, None, inputs)
+    expect = trl_rloo_loss(tok, mask, old_seq, adv)
     seq = (tok * mask).sum(1, keepdim=True)
     ones = torch.ones(4, 1, dtype=torch.bool)
     ours = aggregate_token_loss(ppo_clip_loss(seq, old_seq[:, None], adv, ones).losses, ones, "seq_sum")
