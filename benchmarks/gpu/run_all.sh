@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the llm_bridge still needs a GPU for, in one command (one device call):
-#   the gpu-marked tests, then the mdpalign-vs-TRL benchmark on the ~0.5B model.
+#   the gpu-marked tests, then the mdpalign-vs-TRL benchmarks (offline objectives, GRPO) on the ~0.5B model.
 # Results (logs, JSON, versions, GPU name) go to $OUT (the device tool's folder) or benchmarks/results/gpu_run/.
 #
 # On a machine with no package registry, carry the missing wheels in .whl/ (git-ignored) first; from a machine
@@ -33,4 +33,5 @@ cat "$out/gpu.txt" "$out/versions.txt"
 status=0
 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest_gpu.log" || status=1
 python3 benchmarks/gpu/bench_llm.py --device cuda --out "$out/gpu.json" 2>&1 | tee "$out/bench.log" || status=1
+python3 benchmarks/gpu/bench_grpo.py --device cuda --out "$out/gpu_grpo.json" 2>&1 | tee "$out/bench_grpo.log" || status=1
 exit $status

@@ -7,7 +7,8 @@ Importing this package is cheap: transformers is imported by the names below onl
 Modules: ``config`` (TrainConfig and its option lists), ``data`` (records -> tokens -> batches), ``logps``
 (chunked per-token log-probs), ``models`` (loading), ``reference`` (DPO's reference: choice, DeepSpeed engine,
 precomputed cache), ``embedding_policy`` (IFT's adapter), ``trainer`` (the loss table), ``training`` (``train``),
-``cli`` (``mdpalign train``; ``python -m mdpalign.llm_bridge``).
+``cli`` (``mdpalign train``; ``python -m mdpalign.llm_bridge``); online RL: ``online`` (prompts, seeded generation,
+reward functions), ``online_trainer`` (``OnlineTrainer``: grpo, rloo, reinforce, remax).
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ _LAZY = {
     "install_logps_forward": "mdpalign.llm_bridge.logps",
     "batch_token_logps": "mdpalign.llm_bridge.logps",
     "chunked_token_logps": "mdpalign.llm_bridge.logps",
+    # online RL
+    "OnlineTrainer": "mdpalign.llm_bridge.online_trainer",
+    "tokenize_prompts": "mdpalign.llm_bridge.online",
+    "RewardFunctionError": "mdpalign.llm_bridge.online",
+    "FixedPointWarning": "mdpalign.llm_bridge.config",
 }
 
 __all__ = list(_LAZY)

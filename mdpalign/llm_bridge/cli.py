@@ -16,7 +16,8 @@ import os
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a Hugging Face causal LM with an mdpalign objective (sft, dpo, orpo, ift, crlft)",
+        help="train a Hugging Face causal LM with an mdpalign objective (sft, dpo, orpo, ift, crlft; online RL: "
+             "grpo, rloo, reinforce, remax)",
         description="Every TrainConfig field (TrainingArguments + mdpalign fields) is a --key value option; "
         "--config run.yaml supplies defaults. See `mdpalign train --help`.",
         add_help=False,

@@ -7,6 +7,7 @@ Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed: see ``configs
 from __future__ import annotations
 
 import atexit
+import copy
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from mdpalign.llm_bridge.config import ConfigError, TrainConfig, check_launch
+from mdpalign.llm_bridge.config import ONLINE_OBJECTIVES, ConfigError, TrainConfig, check_launch
 from mdpalign.llm_bridge.data import TokenizedDataset, TokenizeSettings, load_records, tokenize_records
 from mdpalign.llm_bridge.models import apply_peft, load_model, load_tokenizer
 from mdpalign.llm_bridge.reference import plan_reference, reference_cache_key, reference_identity
@@ -48,6 +49,8 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     check_launch(cfg)
+    if cfg.objective in ONLINE_OBJECTIVES:
+        return train_online(cfg, model=model, tokenizer=tokenizer, callbacks=callbacks)
     if model is None and cfg.model_name_or_path is None:
         raise ConfigError("model_name_or_path is not set")
     if cfg.dataset_path is None:
@@ -78,6 +81,42 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     return TrainResult(metrics=dict(out.metrics), output_dir=cfg.output_dir,
                        log_history=list(trainer.state.log_history), dropped=list(dataset.dropped),
                        reference_cache=cache, global_step=trainer.state.global_step)
+
+
+def train_online(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks=None,
+                 reward_funcs=None) -> TrainResult:
+    """:func:`train` for the online objectives (grpo, rloo, reinforce, remax): prompts, reward functions (resolved
+    before the model is loaded, so a bad one fails fast), the policy, its reference (a frozen copy when
+    ``reference: model`` and β > 0; none for ``adapter_disabled``), :class:`~mdpalign.llm_bridge.online_trainer.
+    OnlineTrainer`. ``reward_funcs`` (callables) replaces ``cfg.reward_funcs``."""
+    from mdpalign.llm_bridge.online import load_reward_funcs, tokenize_prompts
+    from mdpalign.llm_bridge.online_trainer import OnlineTrainer
+
+    if model is None and cfg.model_name_or_path is None:
+        raise ConfigError("model_name_or_path is not set")
+    if cfg.dataset_path is None:
+        raise ConfigError("dataset_path is not set")
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_name_or_path)
+    dataset = tokenize_prompts(load_records(cfg.dataset_path, cfg.dataset_split), tok, cfg.max_prompt_length,
+                               cfg.max_length, cfg.max_completion_length)
+    funcs = load_reward_funcs(cfg.reward_funcs if reward_funcs is None else reward_funcs, device=cfg.device)
+    model_given = model is not None
+    ref_model = None
+    if cfg.beta > 0 and cfg.reference == "model":
+        if cfg.ref_model_name_or_path or not model_given:
+            ref_model = load_model(cfg.ref_model_name_or_path or cfg.model_name_or_path, cfg)
+        else:
+            ref_model = copy.deepcopy(model)  # the in-memory policy before training
+    model = _policy(cfg, model)
+    trainer = OnlineTrainer(model, cfg, dataset, processing_class=tok, reward_funcs=funcs, ref_model=ref_model,
+                            callbacks=callbacks)
+    out = trainer.train(resume_from_checkpoint=_resume_arg(cfg))
+    save_final_model(trainer, cfg.output_dir)
+    if trainer.is_world_process_zero():
+        tok.save_pretrained(cfg.output_dir)
+        _write_train_result(trainer, out.metrics, dataset, cfg)
+    return TrainResult(metrics=dict(out.metrics), output_dir=cfg.output_dir,
+                       log_history=list(trainer.state.log_history), global_step=trainer.state.global_step)
 
 
 def _tokenized_dataset(cfg: TrainConfig, tok) -> TokenizedDataset:

@@ -129,3 +129,33 @@ def launch_two_processes(cfg: dict, tmp_path, accelerate_config: str, entry: lis
 def step_losses(history) -> dict[int, float]:
     """{step: loss} from a Trainer log history."""
     return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+# ----------------------------------------------------------------------------- online RL
+
+
+def build_word_tokenizer(words: list[str], pad: str | None = None, eos: str | None = None):
+    """A word-level tokenizer whose ids are the positions of ``words`` (split on whitespace); ``pad`` / ``eos``
+    name two of them (a pad token is required for batching; default the first word)."""
+    from tokenizers import models as tok_models
+
+    tok = Tokenizer(tok_models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    kwargs = {"pad_token": pad or words[0]}
+    if eos is not None:
+        kwargs["eos_token"] = eos
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+
+
+def build_small_llama(vocab_size: int, seed: int = 0, hidden: int = 16, head_scale: float = 10.0):
+    """A one-layer Llama with eager attention and no padding index (every token's embedding is trainable, so a
+    one-token prompt has a non-zero hidden state); the LM head scaled so the policy starts away from uniform."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, pad_token_id=None,
+                      bos_token_id=None, eos_token_id=None, tie_word_embeddings=False, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    return model.float()
