@@ -3,9 +3,9 @@
 
 ``register(subparsers)`` adds ``train`` to the ``mdpalign`` parser, ``register_eval(subparsers)`` adds ``eval`` (with
 its ``reward`` sub-command); the ``mdpalign`` parser handles a user's mistake (one line, exit status 2);
-:func:`run_command` and :func:`run_eval_reward` are their bodies. Building the ``mdpalign`` parser imports this module for every
-sub-command and for ``mdpalign --help``, so transformers (behind :mod:`~mdpalign.llm_bridge.config` and
-:mod:`~mdpalign.llm_bridge.training`) is imported only when ``train`` runs.
+:func:`run_command` and :func:`run_eval_reward` are their bodies. Building the ``mdpalign`` parser imports this
+module for every sub-command and for ``mdpalign --help``, so transformers (behind :mod:`~mdpalign.llm_bridge.config`
+and :mod:`~mdpalign.llm_bridge.training`) is imported only when ``train`` or ``eval`` runs.
 """
 from __future__ import annotations
 

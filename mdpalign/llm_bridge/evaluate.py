@@ -230,6 +230,8 @@ def evaluate_reward(model: str, data: str, ref_model: str | None = None, *, spli
     if ref_ckpt is not None and ref_ckpt.kind != "causal_lm":
         raise RewardEvalError(f"--ref-model {ref_model!r} is a reward model; the reference of an implicit reward is a "
                               "causal LM")
+    if not os.path.exists(data):
+        raise RewardEvalError(f"--data {data!r}: no such file or directory")
     rows, subsets = _rows_and_subsets(data, split)
 
     # heavy imports only once the arguments are known to be sound

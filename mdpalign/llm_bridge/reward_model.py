@@ -59,7 +59,8 @@ def is_sequence_classifier(config) -> bool:
 @contextlib.contextmanager
 def _expected_head_keys_quiet(model_class):
     """While loading, transformers does not report the new score head as missing nor the LM head as unexpected."""
-    names = {"_keys_to_ignore_on_load_missing": _NEW_HEAD_KEYS, "_keys_to_ignore_on_load_unexpected": _DROPPED_HEAD_KEYS}
+    names = {"_keys_to_ignore_on_load_missing": _NEW_HEAD_KEYS,
+             "_keys_to_ignore_on_load_unexpected": _DROPPED_HEAD_KEYS}
     own = {name: model_class.__dict__[name] for name in names if name in model_class.__dict__}
     for name, keys in names.items():
         setattr(model_class, name, [*(getattr(model_class, name, None) or []), *keys])
@@ -143,19 +144,26 @@ def reward_loss(trainer, model, inputs, _num_items):
 
 @torch.no_grad()
 def score_dataset(model, dataset, collator, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) scores, float64, of every example of a tokenised reward dataset, in its order."""
+    """(chosen, rejected) scores, float64, of every example of a tokenised reward dataset, in its order.
+
+    Each distinct token sequence is scored once, so identical responses get identical scores: a tie is a tie, not a
+    coin flip on the rounding of two rows of a batch (CPU matmuls round the same row differently by position)."""
     model = unwrap_model(model)
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
+    unique: dict[tuple[int, ...], int] = {}
+    for e in dataset.examples:
+        for key in ("chosen_ids", "rejected_ids"):
+            unique.setdefault(tuple(e["prompt_ids"] + e[key]), len(unique))
+    sequences = [{"prompt_ids": [], "completion_ids": list(s), "index": i} for s, i in unique.items()]
+    scores = []
     try:
-        for start in range(0, len(dataset), batch_size):
-            batch = collator(dataset.examples[start:start + batch_size])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            r = sequence_rewards(model, batch).double()
-            b = r.shape[0] // 2
-            chosen.append(r[:b].cpu())
-            rejected.append(r[b:].cpu())
+        for start in range(0, len(sequences), batch_size):
+            batch = {k: v.to(device) for k, v in collator(sequences[start:start + batch_size]).items()}
+            scores.append(sequence_rewards(model, batch).double().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
+    flat = torch.cat(scores)
+    chosen = [flat[unique[tuple(e["prompt_ids"] + e["chosen_ids"])]] for e in dataset.examples]
+    rejected = [flat[unique[tuple(e["prompt_ids"] + e["rejected_ids"])]] for e in dataset.examples]
+    return torch.stack(chosen), torch.stack(rejected)
