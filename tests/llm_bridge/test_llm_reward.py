@@ -430,6 +430,28 @@ def test_eval_reward_scores_a_dpo_policy_by_its_implicit_reward(dirs, tmp_path):
     assert same.ties == len(PREFERENCES) and same.accuracy == 0.0
 
 
+def test_eval_reward_of_a_lora_policy_defaults_to_its_base_model_as_reference(dirs, tmp_path):
+    """A LoRA policy without --ref-model is scored against its base model with the adapter off: the same numbers as
+    --ref-model naming that base model, and not zero (the adapter was moved away from its zero initialisation)."""
+    from peft import LoraConfig, get_peft_model
+
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(dirs["base"]),
+                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(5))
+    policy.save_pretrained(str(tmp_path / "adapter"))
+    load_tokenizer(dirs["base"]).save_pretrained(str(tmp_path / "adapter"))
+    data = write_jsonl(str(tmp_path / "pref.jsonl"), PREFERENCES)
+    default = evaluate_reward(str(tmp_path / "adapter"), data)
+    explicit = evaluate_reward(str(tmp_path / "adapter"), data, dirs["base"])
+    assert default.kind == explicit.kind == "implicit_reward"
+    for a, b in ((default.chosen_scores, explicit.chosen_scores), (default.rejected_scores, explicit.rejected_scores)):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert max(abs(c) for c in default.chosen_scores) > 1e-2
+
+
 @pytest.mark.parametrize("case, match", [
     ("causal_without_ref", "is a causal LM, scored by its implicit reward .* pass its reference with --ref-model"),
     ("ref_with_reward_model", "--ref-model is for a policy .* remove --ref-model"),
