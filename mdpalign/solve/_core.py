@@ -611,7 +611,7 @@ def make_solver(M, method: str = "auto"):
         raise SolverError(f"linear_solver must be 'auto', 'direct' or 'gmres'; got {method!r}")
     n = M.shape[0]
     if n == 0:
-        return lambda b, x0=None: np.zeros(0)
+        return _Solver(M, lambda b, x0=None: np.zeros(0))
     state = {}
 
     def lu(b):
@@ -628,7 +628,7 @@ def make_solver(M, method: str = "auto"):
                 state["lu"] = spla.splu(sp.csc_matrix(M), permc_spec="COLAMD").solve
         return state["lu"](b)
 
-    def krylov(b, x0):
+    def krylov(b, x0, rtol=1e-14):
         Mc = state.setdefault("csc", sp.csc_matrix(M))
         if "prec" not in state:
             try:
@@ -636,29 +636,40 @@ def make_solver(M, method: str = "auto"):
                 state["prec"] = spla.LinearOperator(Mc.shape, ilu.solve)
             except RuntimeError:  # singular ILU factor: run unpreconditioned
                 state["prec"] = None
-        x, info = spla.gmres(Mc, b, x0=x0, rtol=1e-14, atol=0.0, restart=50, maxiter=200, M=state["prec"])
+        x, info = spla.gmres(Mc, b, x0=x0, rtol=rtol, atol=0.0, restart=50, maxiter=200, M=state["prec"])
         if info != 0:
-            x, info = spla.bicgstab(Mc, b, x0=x, rtol=1e-14, atol=0.0, maxiter=5000, M=state["prec"])
+            x, info = spla.bicgstab(Mc, b, x0=x, rtol=rtol, atol=0.0, maxiter=5000, M=state["prec"])
         return x
 
     if method == "gmres":
-        return lambda b, x0=None: krylov(b, x0)
+        return _Solver(M, lambda b, x0=None, rtol=1e-14: krylov(b, x0, rtol))
     if method == "direct" or sp.issparse(M) or n < DENSE_KRYLOV_MIN:
         if method == "auto" and sp.issparse(M) and n > SPARSE_DIRECT_LIMIT:
-            return lambda b, x0=None: krylov(b, x0)
-        return lambda b, x0=None: lu(b)
+            return _Solver(M, lambda b, x0=None, rtol=1e-14: krylov(b, x0, rtol))
+        return _Solver(M, lambda b, x0=None, rtol=None: lu(b))
 
-    def dense_auto(b, x0=None):
+    def dense_auto(b, x0=None, rtol=1e-12):
         # A dense LU costs ~n^3 flops, a mat-vec 2 n^2: try GMRES with at most n/20 mat-vecs first.
         if not state.get("gmres_failed"):
             restart = max(10, min(60, n // 20))
-            x, info = spla.gmres(np.asarray(M), b, x0=x0, rtol=1e-12, atol=0.0, restart=restart, maxiter=1)
+            x, info = spla.gmres(np.asarray(M), b, x0=x0, rtol=rtol, atol=0.0, restart=restart, maxiter=1)
             if info == 0:
                 return x
             state["gmres_failed"] = True
         return lu(b)
 
-    return dense_auto
+    return _Solver(M, dense_auto)
+
+
+class _Solver:
+    """``solver(b, x0=None, rtol=None)`` solves ``M x = b`` (``rtol`` loosens an iterative method's tolerance:
+    enough for a refinement correction); ``solver.matrix`` is ``M`` (for refinement residuals)."""
+
+    def __init__(self, matrix, solve):
+        self.matrix, self._solve = matrix, solve
+
+    def __call__(self, b, x0=None, rtol=None):
+        return self._solve(b, x0) if rtol is None else self._solve(b, x0, rtol)
 
 
 def solve_linear(M, b: np.ndarray, method: str = "auto", x0: np.ndarray | None = None) -> np.ndarray:
@@ -703,14 +714,15 @@ def _evaluate_from(mdp: TabularMDP, P, r: np.ndarray, method: str = "auto", x0=N
 
 
 def refine_evaluation(mdp: TabularMDP, policy: np.ndarray, V: np.ndarray, solver, shift: bool,
-                      steps: int = 2) -> tuple[float, np.ndarray]:
+                      steps: int = 3) -> tuple[float, np.ndarray]:
     """Iterative refinement of ``V ~ V^pi`` in the shifted form ``c + W`` (``c = 0`` unless ``shift``).
 
-    The residual ``T^pi V - V = R_pi + gamma P_pi W + gamma c zeta_pi - c (1 - gamma) - W`` (as in
-    :func:`~mdpalign.solve._rounding.shifted_backup`, on the policy's rows only) is rounded at the scale of ``W``
-    (the values relative to their midrange) instead of ``|V|``; a correction solve with the kept factorisation
-    then brings ``W`` to the accuracy of that residual (classical refinement: the LU solve only needs to be
-    accurate to a few digits).
+    The residual ``T^pi V - V = (R_pi + gamma c zeta_pi - c (1 - gamma)) - (I - gamma P_pi) W`` (the identity of
+    :func:`~mdpalign.solve._rounding.shifted_backup` on the policy's rows) is rounded at the scale of ``W`` (the
+    values relative to their midrange) instead of ``|V|``; a correction solve with the kept factorisation then
+    brings ``W`` to the accuracy of that residual (classical refinement: the first solve only needs a few correct
+    digits, so an iterative method runs to ``rtol = 1e-6`` only). Further steps run only while the correction is
+    above rounding level. The result is just a better candidate: the certificate does not rely on it.
     """
     nonterm = ~mdp.terminal
     rows = np.arange(mdp.n_states)
@@ -718,15 +730,18 @@ def refine_evaluation(mdp: TabularMDP, policy: np.ndarray, V: np.ndarray, solver
     if shift and nonterm.any():
         c = 0.5 * (float(V[nonterm].max()) + float(V[nonterm].min()))
     W = np.where(nonterm, V - c, 0.0)
-    gamma, omega = mdp.gamma, 1.0 - mdp.gamma
-    P_pi = deterministic_P(mdp, policy)
-    fixed = mdp.R[rows, policy] + (gamma * c) * row_sums(mdp).zeta[rows, policy] - c * omega
+    fixed = (mdp.R[rows, policy] + (mdp.gamma * c) * row_sums(mdp).zeta[rows, policy] - c * (1.0 - mdp.gamma))
+    fixed = fixed[nonterm]
+    M = solver.matrix
+    w = W[nonterm]
     for _ in range(steps):
-        residual = fixed + gamma * np.asarray(P_pi @ W).ravel() - W
-        delta = solver(residual[nonterm])
+        delta = solver(fixed - np.asarray(M @ w).ravel(), rtol=1e-6)
         if not np.all(np.isfinite(delta)):
             break
-        W[nonterm] += delta
+        w = w + delta
+        if float(np.max(np.abs(delta), initial=0.0)) <= 8 * U * max(float(np.max(np.abs(w), initial=0.0)), 1e-300):
+            break
+    W[nonterm] = w
     return c, W
 
 
