@@ -1,6 +1,8 @@
 """The primal linear program of an MDP, solved by HiGHS: a third, independent route to V*."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
@@ -67,6 +69,11 @@ def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
         V, q, policy, bound, polish = ssp_certificate(mdp, policy, tol=tol, method="linear_program")
         return Solution(V, q, policy, bound, lp_iters + polish, "linear_program", timer() - start)
 
-    sol = policy_iteration(mdp, tol=tol, initial_policy=q.argmax(axis=1).astype(np.int64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = policy_iteration(mdp, tol=tol, initial_policy=q.argmax(axis=1).astype(np.int64))
+    for w in caught:  # re-emitted under this solver's name
+        message = str(w.message).replace("policy_iteration:", "linear_program (certified by policy iteration):", 1)
+        warnings.warn(w.category(message), stacklevel=2)
     return Solution(sol.values, sol.q_values, sol.policy, sol.error_bound, lp_iters + sol.iterations,
                     "linear_program", timer() - start)

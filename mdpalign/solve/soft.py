@@ -216,24 +216,27 @@ def soft_loop_gains(mdp: TabularMDP, beta: float, ref_policy=None, max_sweeps: i
     """
     beta = check_beta(beta)
     ref, log_ref = _reference(mdp, ref_policy)
+    A = mdp.n_actions
+    flat = sp.csr_matrix(mdp.transition_matrix)
     out = []
     for states, acts in _end_components(mdp, ref > 0):
         kept = np.where(acts, ref, 0.0)[states]
         mass = kept.sum(axis=1, keepdims=True)
         log_mass = beta * np.log(mass[:, 0])
-        h = np.zeros(mdp.n_states)
+        # the component's rows and columns only (kept actions never leave it; the others carry no weight)
+        sub = flat[(states[:, None] * A + np.arange(A)[None, :]).ravel()][:, states]
+        R = mdp.R[states]
+        h = np.zeros(states.size)
         lo, hi = -np.inf, np.inf
         for _ in range(max_sweeps):
-            Q = mdp.R + mdp.expected_next(h)
-            Th = np.zeros(mdp.n_states)
-            Th[states] = log_mass + _lse(Q[states], kept / mass, log_ref[states], beta)
-            diff = (Th - h)[states]
+            Th = log_mass + _lse(R + (sub @ h).reshape(states.size, A), kept / mass, log_ref[states], beta)
+            diff = Th - h
             lo, hi = float(diff.min()), float(diff.max())
-            scale = max(1.0, float(np.max(np.abs(Th[states]))))
+            scale = max(1.0, float(np.max(np.abs(Th))))
             if lo > 0 or hi < 0 or hi - lo <= 1e-12 * scale:
                 break
             h = 0.5 * (h + Th)
-            h[states] -= h[states[0]]
+            h -= h[0]
         out.append((states, lo, hi))
     return out
 
