@@ -25,11 +25,12 @@ import sys
 
 from mdpalign.errors import MdpalignError
 
-# sub-command -> module exposing register(subparsers) and setting args.func
+# sub-command -> "module:function" that registers it (function(subparsers) sets args.func); imported lazily
 _COMMANDS = {
-    "solve": "mdpalign.solve.cli",
-    "bench": "mdpalign.bench.cli",
-    "train": "mdpalign.llm_bridge.cli",
+    "solve": "mdpalign.solve.cli:register",
+    "bench": "mdpalign.bench.cli:register",
+    "train": "mdpalign.llm_bridge.cli:register",
+    "eval": "mdpalign.llm_bridge.cli:register_eval",
 }
 
 #: exit status of a user error (argparse's) and of an interrupted run (128 + SIGINT)
@@ -45,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                "(MDPALIGN_TRACEBACK=1 shows the traceback).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(_COMMANDS) + "}")
-    for name, module in _COMMANDS.items():
-        importlib.import_module(module).register(sub)
+    for target in _COMMANDS.values():
+        module, function = target.split(":")
+        getattr(importlib.import_module(module), function)(sub)
     return parser
 
 

@@ -230,9 +230,11 @@ def main(argv=None) -> int:
         lines.append("")
         for m in ("mdpalign:grpo_trl_kl", "mdpalign:grpo"):
             if m in by:
-                lines.append(f"- {m}: training throughput {by[m]['train_tokens_per_s'] / by['trl:grpo']['train_tokens_per_s']:.2f}x"
-                             f" TRL's, generation {by[m]['gen_tokens_per_s'] / max(by['trl:grpo']['gen_tokens_per_s'], 1e-9):.2f}x, "
-                             f"peak memory {by[m]['peak_mem_gib'] / by['trl:grpo']['peak_mem_gib']:.2f}x")
+                ours, trl = by[m], by["trl:grpo"]
+                speed = ours["train_tokens_per_s"] / trl["train_tokens_per_s"]
+                lines.append(f"- {m}: training throughput {speed:.2f}x "
+                             f"TRL's, generation {ours['gen_tokens_per_s'] / max(trl['gen_tokens_per_s'], 1e-9):.2f}x, "
+                             f"peak memory {ours['peak_mem_gib'] / trl['peak_mem_gib']:.2f}x")
     print("\n".join(lines))
     if a.out:
         with open(a.out, "w", encoding="utf-8") as fh:

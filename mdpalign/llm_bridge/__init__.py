@@ -7,8 +7,10 @@ Importing this package is cheap: transformers is imported by the names below onl
 Modules: ``config`` (TrainConfig and its option lists), ``data`` (records -> tokens -> batches), ``logps``
 (chunked per-token log-probs), ``models`` (loading), ``reference`` (DPO's reference: choice, DeepSpeed engine,
 precomputed cache), ``embedding_policy`` (IFT's adapter), ``trainer`` (the loss table), ``training`` (``train``),
-``cli`` (``mdpalign train``; ``python -m mdpalign.llm_bridge``); online RL: ``online`` (prompts, seeded generation,
-reward functions), ``online_trainer`` (``OnlineTrainer``: grpo, rloo, reinforce, remax).
+``cli`` (``mdpalign train``; ``python -m mdpalign.llm_bridge``; ``mdpalign eval reward``). Reward models:
+``reward_data`` (preference rows -> whole sequences), ``reward_model`` (the sequence classifier, its loss),
+``evaluate`` (RewardBench accuracy). Online RL: ``online`` (prompts, seeded generation, reward functions),
+``online_trainer`` (``OnlineTrainer``: grpo, rloo, reinforce, remax).
 """
 from __future__ import annotations
 
@@ -33,6 +35,13 @@ _LAZY = {
     "install_logps_forward": "mdpalign.llm_bridge.logps",
     "batch_token_logps": "mdpalign.llm_bridge.logps",
     "chunked_token_logps": "mdpalign.llm_bridge.logps",
+    # reward models
+    "tokenize_reward_records": "mdpalign.llm_bridge.reward_data",
+    "load_reward_model": "mdpalign.llm_bridge.reward_model",
+    "RewardModelError": "mdpalign.llm_bridge.reward_model",
+    "evaluate_reward": "mdpalign.llm_bridge.evaluate",
+    "rewardbench_accuracy": "mdpalign.llm_bridge.evaluate",
+    "RewardEvalError": "mdpalign.llm_bridge.evaluate",
     # online RL
     "OnlineTrainer": "mdpalign.llm_bridge.online_trainer",
     "tokenize_prompts": "mdpalign.llm_bridge.online",

@@ -1,9 +1,11 @@
-"""``mdpalign train --config run.yaml [--key value ...]`` (same as ``python -m mdpalign.llm_bridge ...``).
+"""``mdpalign train --config run.yaml [--key value ...]`` (same as ``python -m mdpalign.llm_bridge ...``) and
+``mdpalign eval reward --model DIR --data FILE [--ref-model DIR] [--json]``.
 
-``register(subparsers)`` adds the sub-command to the ``mdpalign`` parser, which handles a user's mistake (one line,
-exit status 2); :func:`run_command` is its body. Building the ``mdpalign`` parser imports this module for every
-sub-command and for ``mdpalign --help``, so transformers (behind :mod:`~mdpalign.llm_bridge.config` and
-:mod:`~mdpalign.llm_bridge.training`) is imported only when ``train`` runs.
+``register(subparsers)`` adds ``train`` to the ``mdpalign`` parser, ``register_eval(subparsers)`` adds ``eval`` (with
+its ``reward`` sub-command); the ``mdpalign`` parser handles a user's mistake (one line, exit status 2);
+:func:`run_command` and :func:`run_eval_reward` are their bodies. Building the ``mdpalign`` parser imports this
+module for every sub-command and for ``mdpalign --help``, so transformers (behind :mod:`~mdpalign.llm_bridge.config`
+and :mod:`~mdpalign.llm_bridge.training`) is imported only when ``train`` or ``eval`` runs.
 """
 from __future__ import annotations
 
@@ -48,4 +50,43 @@ def run_command(argv: list[str]) -> int:
         print(json.dumps({"output_dir": result.output_dir, "global_step": result.global_step, **result.metrics}))
     if close_distributed():
         exit_without_finalization(0)
+    return 0
+
+
+def register_eval(subparsers) -> None:
+    """``mdpalign eval reward``: RewardBench accuracy of a reward model, or of a policy's implicit DPO reward."""
+    from mdpalign._argtypes import positive_int  # argparse only: cheap
+
+    parser = subparsers.add_parser("eval", help="evaluate a trained model (reward: RewardBench preference accuracy)",
+                                   description="Evaluate a trained model.")
+    kinds = parser.add_subparsers(dest="eval_command", required=True, metavar="{reward}")
+    reward = kinds.add_parser(
+        "reward", help="preference accuracy as RewardBench scores it (chosen > rejected strictly; ties lose)",
+        description="Score every preference pair of --data and report the fraction with chosen > rejected "
+        "(strictly: ties lose), per subset when the data has a 'subset' column, and the example-count-weighted "
+        "mean. A reward model (a one-output sequence classifier, as `mdpalign train` with objective: reward saves "
+        "it) is scored by its head; a causal LM (a DPO policy) by its implicit reward sum log pi - sum log pi_ref "
+        "over the response tokens, against --ref-model (for a LoRA policy without one: its base model).")
+    reward.add_argument("--model", required=True, metavar="DIR", help="reward model or policy directory "
+                        "(a full model or a LoRA adapter); which one is read from its config")
+    reward.add_argument("--data", required=True, metavar="FILE", help="preference data: JSONL / JSON / parquet / "
+                        "save_to_disk dir with prompt, chosen, rejected (strings or messages) and optional subset")
+    reward.add_argument("--ref-model", default=None, metavar="DIR", help="reference model of a policy's implicit "
+                        "reward (an error for a reward model)")
+    reward.add_argument("--split", default="train", help="split of a saved DatasetDict (default train)")
+    reward.add_argument("--batch-size", type=positive_int, default=8, help="pairs per forward (default 8)")
+    reward.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
+                        help="dtype to load the models in (default float32)")
+    reward.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    reward.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    reward.set_defaults(func=run_eval_reward)
+
+
+def run_eval_reward(args) -> int:
+    """The body of ``mdpalign eval reward``: score, print the table (or JSON)."""
+    from mdpalign.llm_bridge.evaluate import evaluate_reward  # transformers only when the command runs
+
+    result = evaluate_reward(args.model, args.data, args.ref_model, split=args.split, batch_size=args.batch_size,
+                             torch_dtype=args.dtype, device=args.device)
+    print(json.dumps(result.to_dict()) if args.json else result.table())
     return 0

@@ -35,6 +35,10 @@ TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: objectives whose loss compares the policy with a reference model: the one list every layer asks
 NEEDS_REFERENCE = ("dpo",)
 
+#: objectives that train a sequence classifier with one output (a reward model) instead of a causal LM
+SEQUENCE_SCORE_OBJECTIVES = ("reward",)
+OBJECTIVES = OBJECTIVES + SEQUENCE_SCORE_OBJECTIVES
+
 # --- online RL (objective: grpo | rloo | reinforce | remax); see mdpalign/llm_bridge/online_trainer.py ---
 #: objectives that generate their own completions and train on rewards
 ONLINE_OBJECTIVES = ("grpo", "rloo", "reinforce", "remax")
@@ -135,6 +139,12 @@ class TrainConfig(TrainingArguments):
         default=None,
         metadata={"help": 'Class -> prompt prefix, e.g. {"expert": "GPT4 Correct User: ", '
                           '"suboptimal": "GPT3 User: "}.'},
+    )
+    # --- reward model (objective: reward) ---
+    center_rewards_coefficient: float | None = field(
+        default=None,
+        metadata={"help": "Reward models: adds c * mean((r_chosen + r_rejected)^2) to the Bradley-Terry loss (TRL's "
+                          "name; Eisenstein et al. 2023 use 0.01). Default none."},
     )
     # --- reference ---
     reference: str | None = field(
@@ -272,6 +282,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"logps_chunk_size must be >= 1, got {cfg.logps_chunk_size}")
     if cfg.reference == "adapter_disabled" and cfg.objective in NEEDS_REFERENCE and not cfg.use_peft:
         raise ConfigError("reference='adapter_disabled' needs use_peft=true (the reference is the base model)")
+    _check_reward_fields(cfg)
     if cfg.objective == "crlft":
         if cfg.crlft_class_weights is None and cfg.crlft_weight_column is None:
             raise ConfigError("objective 'crlft' needs crlft_class_weights or crlft_weight_column")
@@ -281,6 +292,29 @@ def validate(cfg: TrainConfig) -> None:
         for cls, p in (cfg.crlft_class_prefixes or {}).items():
             if not isinstance(p, str):
                 raise ConfigError(f"crlft_class_prefixes[{cls!r}] must be a string, got {p!r}")
+
+
+def _check_reward_fields(cfg: TrainConfig) -> None:
+    """Options that mean nothing for a reward model, and the reward model's option on another objective: errors,
+    never silently ignored. (Fields left at their defaults cannot be told from unset ones and are not checked.)"""
+    c = cfg.center_rewards_coefficient
+    if c is not None and not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
+        raise ConfigError(f"center_rewards_coefficient must be a finite number >= 0, got {c!r}")
+    if cfg.objective not in SEQUENCE_SCORE_OBJECTIVES:
+        if c is not None:
+            raise ConfigError(f"center_rewards_coefficient applies to objective 'reward', not {cfg.objective!r}")
+        return
+    reason = "a reward model is trained without a reference model"
+    if cfg.ref_model_name_or_path is not None:
+        raise ConfigError(f"ref_model_name_or_path is set, but {reason}; remove it (objective 'reward')")
+    if cfg.reference != "precomputed":
+        raise ConfigError(f"reference={cfg.reference!r} is set, but {reason}; remove it (objective 'reward')")
+    if cfg.max_prompt_length is not None:
+        raise ConfigError("max_prompt_length does not apply to objective 'reward': the reward model scores the whole "
+                          "sequence and pairs longer than max_length are dropped; remove it")
+    if cfg.padding_free:
+        raise ConfigError("padding_free is not supported for objective 'reward': the sequence classifier reads one "
+                          "score per row; set padding_free: false")
 
 
 def launch_problem(use_cpu: bool, world_size: int, deepspeed: bool, env: dict[str, str]) -> str | None:

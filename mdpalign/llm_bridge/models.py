@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mdpalign.llm_bridge.config import TrainConfig
+from mdpalign.llm_bridge.config import SEQUENCE_SCORE_OBJECTIVES, TrainConfig
 
 
 def load_tokenizer(path: str):
@@ -31,13 +31,17 @@ def load_model(path: str, cfg: TrainConfig):
 
 
 def apply_peft(model, cfg: TrainConfig):
-    """``model`` with a LoRA adapter from the config's ``lora_*`` fields (``all-linear`` unless modules are named)."""
+    """``model`` with a LoRA adapter from the config's ``lora_*`` fields (``all-linear`` unless modules are named).
+
+    A reward model's adapter is peft's ``SEQ_CLS`` task: peft then trains the new score head whole (it adds
+    ``score`` / ``classifier`` to ``modules_to_save``, saved with the adapter) and keeps it out of ``all-linear``."""
+    task_type = "SEQ_CLS" if cfg.objective in SEQUENCE_SCORE_OBJECTIVES else "CAUSAL_LM"
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules or "all-linear",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()

@@ -7,13 +7,14 @@
   repeated ``num_generations`` times, ``temperature`` / ``top_p`` / ``max_completion_length``. Sampling is
   *counter-based*: the Gumbel-max trick with noise that is a hash of ``(seed, generation round, completion index,
   position, token)`` (:class:`SeededSampling`), so ``argmax(z/T + g)`` is an exact draw from ``softmax(z/T)``
-  (restricted to the top-p set; 24-bit uniforms, the resolution of float32 sampling) whose randomness does not depend on the batch it is generated in, on the process
-  it runs on or on the device. A run split over two processes therefore samples the very completions one process
-  samples, and a resumed run continues the same random stream (the round is a function of the step).
+  (restricted to the top-p set; 24-bit uniforms, the resolution of float32 sampling) whose randomness does not
+  depend on the batch it is generated in, on the process it runs on or on the device. A run split over two
+  processes therefore samples the very completions one process samples, and a resumed run continues the same
+  random stream (the round is a function of the step).
 * **Rewards** (:func:`load_reward_funcs`, :func:`score_completions`): Python functions named ``module:function`` or
   ``path/to/file.py:function`` with TRL's signature ``f(prompts, completions, completion_ids, **columns) ->
   list[float]`` (TRL also passes ``trainer_state``; so does this), and reward-model directories (a sequence
-  classifier with one output, scored on prompt + completion as TRL's GRPOTrainer does). A function that raises,
+  classifier with one output, scored on what ``objective: reward`` trains it on). A function that raises,
   returns the wrong number of rewards, or a ``None`` / nan / inf is a :class:`RewardFunctionError` naming the function
   and the prompt (TRL turns ``None`` into nan and drops the completion from the baseline).
 * **Exact mode** (:func:`exact_completions`): every completion of exactly ``max_completion_length`` tokens over the
@@ -303,39 +304,54 @@ def _load_callable(spec: str) -> RewardFunc:
 
 
 class RewardModelScorer:
-    """A reward-model directory as a reward function: ``AutoModelForSequenceClassification`` with one output, scored on
-    prompt + completion text (chat template for conversations), right-padded, no special tokens added (TRL's
-    ``GRPOTrainer._calculate_rewards``). Frozen, in eval mode, on ``device``."""
+    """A reward-model directory (trained by ``objective: reward``, or any one-output sequence classifier) as a reward
+    function. Each completion is tokenised exactly as :mod:`~mdpalign.llm_bridge.reward_data` tokenises a response
+    for training — ``prompt + completion + eos`` for strings, the chat template of ``prompt + [assistant message]``
+    for conversations — so the model scores what it was trained on, right-padded, read at the last token. (TRL's
+    ``GRPOTrainer`` instead scores ``prompt + completion`` without special tokens, not what its ``RewardTrainer``
+    trains on.) Frozen, in eval mode, on ``device``."""
 
     def __init__(self, path: str, device, dtype=torch.float32, batch_size: int = 32):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
-        if self.model.config.num_labels != 1:
-            raise RewardFunctionError(f"reward model {path} has {self.model.config.num_labels} outputs; a reward model "
-                                      "has one (num_labels=1)")
-        self.model.eval().requires_grad_(False).to(device)
+        from mdpalign.llm_bridge.reward_model import is_sequence_classifier, prepare_reward_model
+
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise RewardFunctionError(f"reward_funcs entry {path!r}: not a model directory ({err})") from None
+        if not is_sequence_classifier(config):
+            raise RewardFunctionError(f"reward_funcs entry {path!r} is a {config.architectures} checkpoint, not a "
+                                      "reward model (a sequence classifier with one output); train one with "
+                                      "objective: reward")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        try:
+            self.model = prepare_reward_model(model, self.tokenizer)
+        except MdpalignError as err:
+            raise RewardFunctionError(f"reward_funcs entry {path!r}: {err}") from None
+        self.model.eval().requires_grad_(False).to(device)
         self.device, self.batch_size = device, batch_size
         self.__name__ = os.path.basename(os.path.normpath(path))
 
-    def _text(self, prompt, completion) -> str:
-        if isinstance(prompt, list):
-            return self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-        return prompt + completion
+    def ids(self, prompt, completion) -> list[int]:
+        from mdpalign.llm_bridge.reward_data import _full_ids
+
+        return _full_ids(self.tokenizer, prompt, completion, "messages" if isinstance(prompt, list) else "text")
 
     @torch.no_grad()
     def __call__(self, prompts, completions, **_) -> list[float]:
-        texts = [self._text(p, c) for p, c in zip(prompts, completions, strict=True)]
+        rows = [self.ids(p, c) for p, c in zip(prompts, completions, strict=True)]
+        pad = self.tokenizer.pad_token_id
         out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                 padding_side="right", add_special_tokens=False).to(self.device)
-            out.extend(self.model(**enc).logits[:, 0].float().tolist())
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            width = max(len(r) for r in chunk)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=self.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=self.device)
+            out.extend(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist())
         return out
 
 

@@ -15,6 +15,8 @@ Reductions (each the one TRL uses where TRL has the objective, so the numbers ar
 * DPO: batch mean of per-pair losses. ORPO: batch token mean of the NLL + λ · mean odds-ratio term
   (TRL's ORPOTrainer). IFT: batch mean of per-sequence losses (the reference code); both passes through the
   chunked LM head (greedy tokens and target log-probs without full-vocabulary logits).
+* Reward (a sequence classifier, :mod:`~mdpalign.llm_bridge.reward_model`): batch mean of the Bradley–Terry losses
+  + c · batch mean of (r_c + r_r)² (TRL's RewardTrainer).
 
 Each objective's loss is one entry of :attr:`MdpalignTrainer.LOSSES`. The reference log-probs DPO compares with
 come from :mod:`mdpalign.llm_bridge.reference`; IFT's two passes see the model through
@@ -35,12 +37,13 @@ import torch
 from transformers import Trainer
 
 from mdpalign.fit import NonFiniteLossError
-from mdpalign.llm_bridge.config import NEEDS_REFERENCE, TrainConfig
+from mdpalign.llm_bridge.config import NEEDS_REFERENCE, SEQUENCE_SCORE_OBJECTIVES, TrainConfig
 from mdpalign.llm_bridge.data import PREFERENCE_OBJECTIVES, Collator, TokenizedDataset
 from mdpalign.llm_bridge.embedding_policy import CausalLMEmbeddingPolicy, check_embedding_access
 from mdpalign.llm_bridge.logps import batch_token_logps, install_logps_forward, scoring_mask, unpack
 from mdpalign.llm_bridge.models import unwrap_model
 from mdpalign.llm_bridge.reference import precompute_reference, prepare_reference_model, reference_sequence_logps
+from mdpalign.llm_bridge.reward_model import reward_loss
 from mdpalign.objectives import (
     batch_token_mean,
     crlft_loss,
@@ -70,7 +73,7 @@ class MdpalignTrainer(Trainer):
     ):
         if not isinstance(args, TrainConfig):
             raise TypeError(f"args must be a TrainConfig, got {type(args).__name__}")
-        preference = args.objective in PREFERENCE_OBJECTIVES
+        preference = args.objective in PREFERENCE_OBJECTIVES + SEQUENCE_SCORE_OBJECTIVES
         for name, ds in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             if ds is not None and ds.preference != preference:
                 kind = "preference (prompt/chosen/rejected)" if preference else "single-sequence"
@@ -80,7 +83,8 @@ class MdpalignTrainer(Trainer):
         if (args.objective in NEEDS_REFERENCE and args.reference == "adapter_disabled"
                 and not hasattr(model, "disable_adapter")):
             raise ValueError("reference='adapter_disabled' needs a PEFT model (use_peft=true)")
-        install_logps_forward(model)
+        if args.objective not in SEQUENCE_SCORE_OBJECTIVES:  # a sequence classifier has no LM head to score tokens
+            install_logps_forward(model)
         pad_id = processing_class.pad_token_id if processing_class is not None else 0
         if pad_id is None:
             pad_id = processing_class.eos_token_id
@@ -295,6 +299,7 @@ class MdpalignTrainer(Trainer):
 
     #: objective -> its loss: (trainer, model, inputs, step normaliser or None) -> (loss, metrics to log)
     LOSSES = {"sft": _loss_sft, "crlft": _loss_crlft, "dpo": _loss_dpo, "orpo": _loss_orpo, "ift": _loss_ift}
+    LOSSES["reward"] = reward_loss
 
     # ------------------------------------------------------------------ logging / eval
 

@@ -19,10 +19,18 @@ import torch.distributed as dist
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from mdpalign.llm_bridge.config import ONLINE_OBJECTIVES, ConfigError, TrainConfig, check_launch
+from mdpalign.llm_bridge.config import (
+    ONLINE_OBJECTIVES,
+    SEQUENCE_SCORE_OBJECTIVES,
+    ConfigError,
+    TrainConfig,
+    check_launch,
+)
 from mdpalign.llm_bridge.data import TokenizedDataset, TokenizeSettings, load_records, tokenize_records
 from mdpalign.llm_bridge.models import apply_peft, load_model, load_tokenizer
 from mdpalign.llm_bridge.reference import plan_reference, reference_cache_key, reference_identity
+from mdpalign.llm_bridge.reward_data import tokenize_reward_records
+from mdpalign.llm_bridge.reward_model import load_reward_model, prepare_reward_model
 from mdpalign.llm_bridge.trainer import MdpalignTrainer
 
 logger = logging.getLogger(__name__)
@@ -58,7 +66,7 @@ def train(config, *, model=None, tokenizer=None, callbacks=None) -> TrainResult:
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_name_or_path)
     dataset = _tokenized_dataset(cfg, tok)
     model_given = model is not None
-    model = _policy(cfg, model)
+    model = _policy(cfg, model, tok)
 
     plan = plan_reference(cfg, model, model_given=model_given)
     ref_model = load_model(plan.checkpoint, cfg) if plan.load else None
@@ -107,7 +115,7 @@ def train_online(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks=None
             ref_model = load_model(cfg.ref_model_name_or_path or cfg.model_name_or_path, cfg)
         else:
             ref_model = copy.deepcopy(model)  # the in-memory policy before training
-    model = _policy(cfg, model)
+    model = _policy(cfg, model, tok)
     trainer = OnlineTrainer(model, cfg, dataset, processing_class=tok, reward_funcs=funcs, ref_model=ref_model,
                             callbacks=callbacks)
     out = trainer.train(resume_from_checkpoint=_resume_arg(cfg))
@@ -120,6 +128,8 @@ def train_online(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks=None
 
 
 def _tokenized_dataset(cfg: TrainConfig, tok) -> TokenizedDataset:
+    if cfg.objective in SEQUENCE_SCORE_OBJECTIVES:
+        return tokenize_reward_records(load_records(cfg.dataset_path, cfg.dataset_split), tok, cfg.max_length)
     settings = TokenizeSettings(
         objective=cfg.objective,
         max_length=cfg.max_length,
@@ -132,9 +142,13 @@ def _tokenized_dataset(cfg: TrainConfig, tok) -> TokenizedDataset:
     return tokenize_records(load_records(cfg.dataset_path, cfg.dataset_split), tok, settings)
 
 
-def _policy(cfg: TrainConfig, model):
-    """The model to train: ``model`` or the config's checkpoint, with a LoRA adapter when ``use_peft``."""
-    if model is None:
+def _policy(cfg: TrainConfig, model, tok):
+    """The model to train: ``model`` or the config's checkpoint (a reward model: a sequence classifier built on it),
+    with a LoRA adapter when ``use_peft``."""
+    if cfg.objective in SEQUENCE_SCORE_OBJECTIVES:
+        model = load_reward_model(cfg.model_name_or_path, cfg, tok) if model is None else \
+            prepare_reward_model(model, tok)
+    elif model is None:
         model = load_model(cfg.model_name_or_path, cfg)
     if cfg.use_peft and not hasattr(model, "disable_adapter"):
         # the LoRA A matrices are random: `seed` must fix them, the same in every process and every run

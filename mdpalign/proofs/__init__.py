@@ -46,3 +46,46 @@ __all__ = [
     "length_normalised_sft_optimum", "sft_optimum", "sft_population_loss",
     "leaf_pair_table", "soft_backward_recursion", "token_tree_optimum", "tree_sft_optimum",
 ]
+
+# online RL and reward models (issue 11)
+from mdpalign.proofs.best_of_n import (
+    best_of_n_kl,
+    best_of_n_kl_bound,
+    best_of_n_policy,
+    best_of_n_win_rate,
+    raft_iterates,
+    raft_limit,
+)
+from mdpalign.proofs.grpo import GRPO_KL, GRPO_SCALE_REWARDS, TRL_GRPO_EPS, grpo_expected_advantage, grpo_optimum
+from mdpalign.proofs.nash import nash_md_fixed_point, nash_md_iterate, preference_against, regularised_nash_optimum
+from mdpalign.proofs.online_rl import (
+    KL_ESTIMATORS,
+    KL_PLACEMENTS,
+    FlowLimit,
+    k3_loss_optimum,
+    kl_effective_advantage,
+    kl_effective_penalty,
+    kl_estimator_optimum,
+    kl_expected_update,
+)
+from mdpalign.proofs.reward_model import (
+    REWARD_GAUGES,
+    RewardModelOptimum,
+    bradley_terry_reward_optimum,
+    bradley_terry_two_arm_margin,
+    reward_model_loss,
+)
+from mdpalign.proofs.rlhf_pipeline import pipeline_offsets_of, rlhf_pipeline_optimum
+from mdpalign.proofs.token_tree_online import TREE_LOCAL_KL, token_tree_local_kl_optimum
+
+__all__ += [
+    "best_of_n_kl", "best_of_n_kl_bound", "best_of_n_policy", "best_of_n_win_rate", "raft_iterates", "raft_limit",
+    "GRPO_KL", "GRPO_SCALE_REWARDS", "TRL_GRPO_EPS", "grpo_expected_advantage", "grpo_optimum",
+    "nash_md_fixed_point", "nash_md_iterate", "preference_against", "regularised_nash_optimum",
+    "KL_ESTIMATORS", "KL_PLACEMENTS", "FlowLimit", "k3_loss_optimum", "kl_effective_advantage", "kl_effective_penalty",
+    "kl_estimator_optimum", "kl_expected_update",
+    "REWARD_GAUGES", "RewardModelOptimum", "bradley_terry_reward_optimum", "bradley_terry_two_arm_margin",
+    "reward_model_loss",
+    "pipeline_offsets_of", "rlhf_pipeline_optimum",
+    "TREE_LOCAL_KL", "token_tree_local_kl_optimum",
+]

@@ -1,14 +1,15 @@
 """The primal linear program of an MDP, solved by HiGHS: a third, independent route to V*."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
-    EPS, Solution, UnboundedMDPError, check_mdp, check_tol, evaluate_deterministic,
-    macqueen_bounds, proper_greedy_policy, q_values, ssp_certificate, timer,
+    EPS, Solution, UnboundedMDPError, check_mdp, check_tol, proper_greedy_policy, q_values, ssp_certificate, timer,
 )
 from mdpalign.solve.policy_iteration import policy_iteration
 
@@ -25,11 +26,13 @@ def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
     ``scipy.optimize.linprog(method="highs")`` with feasibility tolerances 1e-10.
 
     HiGHS values are only as good as its tolerances, so the result is turned into a certified one:
-    the greedy policy of the LP values (ties toward termination at gamma = 1) is evaluated
-    exactly and certified as in :func:`~mdpalign.solve.policy_iteration` (MacQueen bounds for
-    gamma < 1; proper lower bound and super-solution upper bound at gamma = 1). If that policy
-    is not yet optimal to ``tol`` (a degenerate LP), policy iteration polishes it and
-    ``iterations`` counts its steps after the LP's simplex/IPM iterations.
+    the greedy policy of the LP values (ties toward termination at gamma = 1) is handed to
+    :func:`~mdpalign.solve.policy_iteration`, which evaluates it exactly, refines and certifies it (MacQueen
+    bounds with rounding for gamma < 1; verified lower bound and super-solution upper bound at gamma = 1), and
+    polishes it if it is not optimal (a degenerate LP). ``iterations`` counts the LP's simplex/IPM iterations
+    plus those policy-iteration steps (1 when the LP's policy is optimal). A bound above ``tol`` (float64's
+    floor, see :func:`~mdpalign.solve.policy_iteration`) comes with a
+    :class:`~mdpalign.solve.CertificateFloorWarning`.
     An infeasible LP at gamma = 1 means no super-solution exists: :class:`UnboundedMDPError`.
     """
     start = timer()
@@ -63,16 +66,14 @@ def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
     if mdp.gamma == 1.0:
         tie_tol = max(1e-7, 1e3 * EPS * max(1.0, float(np.max(np.abs(V_lp)))))
         policy, _ = proper_greedy_policy(mdp, q, tie_tol)
-        V, q, policy, bound, polish = ssp_certificate(mdp, policy)
+        V, q, policy, bound, polish = ssp_certificate(mdp, policy, tol=tol, method="linear_program")
         return Solution(V, q, policy, bound, lp_iters + polish, "linear_program", timer() - start)
 
-    policy = q.argmax(axis=1).astype(np.int64)
-    V = evaluate_deterministic(mdp, policy)
-    q = q_values(mdp, V)
-    lo, hi = macqueen_bounds(mdp, V, q.max(axis=1))
-    bound = float(max(np.max(np.abs(hi - V)), np.max(np.abs(V - lo))))
-    polish = 0
-    if bound > tol:
-        sol = policy_iteration(mdp, tol=tol, initial_policy=policy)
-        V, q, policy, bound, polish = sol.values, sol.q_values, sol.policy, sol.error_bound, sol.iterations
-    return Solution(V, q, policy, bound, lp_iters + polish, "linear_program", timer() - start)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = policy_iteration(mdp, tol=tol, initial_policy=q.argmax(axis=1).astype(np.int64))
+    for w in caught:  # re-emitted under this solver's name
+        message = str(w.message).replace("policy_iteration:", "linear_program (certified by policy iteration):", 1)
+        warnings.warn(w.category(message), stacklevel=2)
+    return Solution(sol.values, sol.q_values, sol.policy, sol.error_bound, lp_iters + sol.iterations,
+                    "linear_program", timer() - start)

@@ -5,9 +5,9 @@ import numpy as np
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
-    EPS, ConvergenceError, Solution, check_max_iter, check_mdp, check_tol, evaluate_deterministic,
-    check_deterministic_policy, is_proper, macqueen_bounds, proper_greedy_policy, q_values,
-    ssp_certificate, SolverError, timer,
+    EPS, ConvergenceError, Solution, SolverError, check_deterministic_policy, check_max_iter, check_mdp, check_tol,
+    discounted_certificate, evaluate_deterministic, hard_reduce, is_proper, proper_greedy_policy, q_values,
+    refine_evaluation, ssp_certificate, timer, warn_floor,
 )
 
 __all__ = ["policy_iteration"]
@@ -23,22 +23,25 @@ def policy_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 10_000
     ``"gmres"``). Improvement switches the action in ``s`` only when it gains more than
     ``max(0.01 tol (1-gamma), 64 eps |V|)`` — so the iteration cannot cycle on ties or rounding.
 
-    Certificate, ``gamma < 1``: MacQueen's bounds from one backup of the final ``V``
-    (``T V + c min(d,0) <= V* <= T V + c max(d,0)``, ``d = T V - V``, ``c = gamma/(1-gamma)``);
-    ``error_bound = max(max(hi - V), max(V - lo))``, which also covers an inexact (Krylov)
-    evaluation. The returned values are those of the returned policy.
+    Certificate, ``gamma < 1``: once the policy is stable its evaluation is refined (two steps of iterative
+    refinement with the residual formed relative to the values' midrange, ``V = c + W``, so that it is rounded
+    at the scale of ``|W|``, not ``|V|``) and certified by MacQueen's bounds from one more backup, with a
+    rigorous bound ``E`` on that backup's rounding (:func:`~mdpalign.solve._core.discounted_certificate`); an
+    action that this backup proves better by more than ``E_best + E_current`` (and ``0.01 tol (1-gamma)``) is
+    switched and iteration resumes. The returned values are those of the returned policy (``c + W``, rounded once
+    to float64).
 
     Certificate, ``gamma = 1`` (stochastic shortest path): start from a proper policy (built
     backwards from the terminal states over the transition graph, preferring the best immediate
     reward) and keep every iterate proper (see ``mdpalign.solve._core.ssp_certificate``); the
-    values are ``V^pi`` (a lower bound on the proper optimum ``V*``) and the bound is
-    ``max(U - V)`` for a floating-point super-solution ``U >= V*``. A policy improvement that
-    closes a positive-reward loop raises :class:`~mdpalign.solve.UnboundedMDPError`.
+    values are ``V^pi`` (a lower bound on the proper optimum ``V*``, up to the verified evaluation error) and the
+    bound also covers ``U - V`` for a verified super-solution ``U >= V*``. A policy improvement that closes a
+    positive-reward loop raises :class:`~mdpalign.solve.UnboundedMDPError`.
 
-    When the policy is stable the bound is whatever the arithmetic allows; if that is above
-    ``tol`` (values near 1/(1-gamma) * 1e6 with gamma very close to 1) it is still returned,
-    honestly, rather than raising. ``max_iter`` policy changes without stabilising raise
-    :class:`~mdpalign.solve.ConvergenceError`.
+    When the policy is stable the bound is whatever float64 allows; if that is above ``tol`` (``tol`` below the
+    floor ``~ (1 + gamma/(1-gamma)) E + u |V|`` of the module docstring of ``mdpalign.solve._core``) it is still
+    returned, honestly, with a :class:`~mdpalign.solve.CertificateFloorWarning`. ``max_iter`` policy changes
+    without stabilising raise :class:`~mdpalign.solve.ConvergenceError`.
     """
     start = timer()
     check_mdp(mdp)
@@ -48,6 +51,7 @@ def policy_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 10_000
         raise SolverError(f"linear_solver must be 'auto', 'direct' or 'gmres'; got {linear_solver!r}")
     S = mdp.n_states
     rows = np.arange(S)
+    nonterm = ~mdp.terminal
     R0 = np.where(mdp.terminal[:, None], 0.0, mdp.R)
 
     if initial_policy is not None:
@@ -61,22 +65,31 @@ def policy_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 10_000
         if not is_proper(mdp, policy):
             raise SolverError("at gamma = 1 policy iteration needs a proper initial_policy "
                               "(one that reaches a terminal state with probability 1 from every state)")
-        V, q, policy, bound, iters = ssp_certificate(mdp, policy, max_iter, linear_solver)
+        V, q, policy, bound, iters = ssp_certificate(mdp, policy, max_iter, linear_solver, tol=tol)
         return Solution(V, q, policy, bound, iters, "policy_iteration", timer() - start)
 
     V = None
     for it in range(1, max_iter + 1):
-        V = evaluate_deterministic(mdp, policy, linear_solver, x0=V)
+        V, solver = evaluate_deterministic(mdp, policy, linear_solver, x0=V, return_solver=True)
         q = q_values(mdp, V)
-        TV = q.max(axis=1)
         best = q.argmax(axis=1)
         gain = q[rows, best] - q[rows, policy]
         switch_tol = max(0.01 * tol * (1.0 - mdp.gamma), 64 * EPS * max(1.0, float(np.max(np.abs(V)))))
-        switch = (gain > switch_tol) & ~mdp.terminal
+        switch = (gain > switch_tol) & nonterm
         if not switch.any():
-            lo, hi = macqueen_bounds(mdp, V, TV)
-            bound = float(max(np.max(np.abs(hi - V)), np.max(np.abs(V - lo))))
-            return Solution(V, q, policy, bound, it, "policy_iteration", timer() - start)
+            c, W = refine_evaluation(mdp, policy, V, solver, shift=True)
+            cert = discounted_certificate(mdp, c, W, hard_reduce, midpoint=False)
+            X, E = cert.X, cert.E_X  # Q = gamma c + X, each entry within E of the exact backup of c + W
+            best = X.argmax(axis=1)
+            proven = X[rows, best] - X[rows, policy] - E[rows, best] - E[rows, policy]
+            switch = (proven > 0.01 * tol * (1.0 - mdp.gamma)) & nonterm
+            if not switch.any():
+                if cert.bound > tol:
+                    warn_floor("policy_iteration", cert.bound, tol, cert.floor, cert.values, mdp.gamma)
+                # Q of the returned values, from the certificate's backup of c + W (no further mat-vec)
+                q = np.where(nonterm[:, None], mdp.gamma * c + X, 0.0)
+                return Solution(cert.values, q, policy, cert.bound, it, "policy_iteration", timer() - start)
+            V = cert.values
         policy = policy.copy()
         policy[switch] = best[switch]
     raise ConvergenceError(f"policy iteration did not stabilise within {max_iter} iterations")

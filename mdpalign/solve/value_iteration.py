@@ -1,12 +1,11 @@
-"""Value iteration stopped on a certified bound (MacQueen), not on "the change is small"."""
+"""Value iteration stopped on a certified bound (MacQueen, rounding included), not on "the change is small"."""
 from __future__ import annotations
 
 import numpy as np
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve._core import (
-    macqueen_midpoint,
-    EPS, ConvergenceError, Solution, SolverError, check_max_iter, check_mdp, check_tol,
+    EPS, Solution, SolverError, check_max_iter, check_mdp, check_tol, hard_reduce, iterate_discounted,
     proper_greedy_policy, q_values, ssp_certificate, timer,
 )
 
@@ -22,22 +21,29 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
 
         V_{k+1} + c min(min d, 0)  <=  V*  <=  V_{k+1} + c max(max d, 0)
 
-    (clipped at 0 because mass entering a terminal state does not carry constants). We stop when
-    half the width ``c (max(max d,0) - min(min d,0)) / 2 <= tol`` and return the midpoint of the
-    bounds and that half-width as ``error_bound``. The span seminorm of ``d`` contracts at least
-    as fast as ``gamma``, often much faster, so this stops long before ``||d|| < tol (1-gamma)``;
-    and unlike mdptoolbox's "change < epsilon" rule it is a certificate. ``policy`` is greedy
-    with respect to ``Q`` of the returned values (ties: lowest action index).
+    (clipped at 0 because mass entering a terminal state does not carry constants). We return the midpoint of
+    the bounds once its certified half-width is ``<= tol``; the certificate
+    (:func:`~mdpalign.solve._core.discounted_certificate`) recomputes one backup with a rigorous bound on its
+    rounding and on the rows' defect from summing to 1, so ``error_bound`` holds in exact arithmetic. The
+    span of ``d`` contracts at least as fast as gamma, often much faster, so this stops long before
+    ``||d|| < tol (1-gamma)``; and unlike mdptoolbox's "change < epsilon" rule it is a certificate. Iterates are
+    kept relative to their midrange (``V = c + W``), so rounding scales with ``|W|`` rather than ``|V|``.
+    ``policy`` is greedy with respect to ``Q`` of the returned values (ties: lowest action index).
+
+    When float64 cannot certify ``tol`` (``tol`` below the floor ``~ (1 + c) E + u |V|`` of the module docstring
+    of ``mdpalign.solve._core``, or the residual's span stalls at its rounding noise, which in slowly mixing
+    chains can be ``c`` times that), iteration stops there instead of running to ``max_iter``: the honest
+    bound is returned with a :class:`~mdpalign.solve.CertificateFloorWarning`.
 
     ``gamma = 1``: there is no contraction and no MacQueen bound. We iterate until the sup-norm
     change is below ``tol`` (a heuristic stop only), extract the greedy policy with ties broken
     toward termination (so it is proper), and certify it as policy iteration does: ``V^pi`` from
-    a linear solve (lower bound), a floating-point super-solution (upper bound), with policy
+    a linear solve (lower bound), a verified super-solution (upper bound), with policy
     iteration steps polishing ``pi`` if the heuristic stop left it sub-optimal. ``iterations``
     counts sweeps plus polishing steps. The returned values are ``V^pi``.
 
-    ``max_iter`` sweeps without reaching ``tol`` raise :class:`~mdpalign.solve.ConvergenceError`
-    at ``gamma < 1``; at ``gamma = 1`` the certificate is attempted anyway.
+    ``max_iter`` sweeps without reaching ``tol`` (and without stalling at the floor) raise
+    :class:`~mdpalign.solve.ConvergenceError` at ``gamma < 1``; at ``gamma = 1`` the certificate is attempted anyway.
     """
     start = timer()
     check_mdp(mdp)
@@ -64,19 +70,10 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
         q = q_values(mdp, V)
         tie_tol = max(10 * tol, 1e3 * EPS * max(1.0, float(np.max(np.abs(V)))))
         policy, _ = proper_greedy_policy(mdp, q, tie_tol)
-        V, q, policy, bound, polish = ssp_certificate(mdp, policy)
+        V, q, policy, bound, polish = ssp_certificate(mdp, policy, tol=tol, method="value_iteration")
         return Solution(V, q, policy, bound, k + polish, "value_iteration", timer() - start)
 
-    for k in range(1, max_iter + 1):
-        TV = q_values(mdp, V).max(axis=1)
-        midpoint, half_width = macqueen_midpoint(mdp, V, TV)
-        V = TV
-        if half_width <= tol:
-            V = midpoint
-            q = q_values(mdp, V)
-            return Solution(V, q, q.argmax(axis=1).astype(np.int64), half_width, k,
-                            "value_iteration", timer() - start)
-    raise ConvergenceError(
-        f"value iteration reached max_iter={max_iter} with certified error {half_width:.3g} > tol={tol:g}; "
-        "raise max_iter or tol, or use policy_iteration"
-    )
+    cert, k = iterate_discounted(mdp, hard_reduce, tol, max_iter, V, "value_iteration")
+    q = q_values(mdp, cert.values)
+    return Solution(cert.values, q, q.argmax(axis=1).astype(np.int64), cert.bound, k, "value_iteration",
+                    timer() - start)

@@ -40,7 +40,7 @@ def _run_two_processes(cfg: dict, tmp_path, accelerate_config: str = CPU_DDP, en
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["sft", "dpo"])
+@pytest.mark.parametrize("objective", ["sft", "dpo", "reward"])
 def test_two_process_ddp_equals_one_process(tmp_path, objective):
     model_dir = save_tiny(str(tmp_path / "model"))
     rows = COMPLETIONS if objective == "sft" else PREFERENCES
@@ -84,7 +84,8 @@ def _weights(directory: str) -> dict[str, torch.Tensor]:
     ("sft", {}), ("dpo", {"reference": "model"}), ("dpo", {"reference": "precomputed"}), ("orpo", {}), ("ift", {}),
     # no LoRA dropout: its RNG is per process
     ("dpo", {"reference": "adapter_disabled", "use_peft": True, "lora_r": 4, "lora_dropout": 0.0}),
-], ids=["sft", "dpo-model", "dpo-precomputed", "orpo", "ift", "dpo-peft"])
+    ("reward", {"center_rewards_coefficient": 0.01}),
+], ids=["sft", "dpo-model", "dpo-precomputed", "orpo", "ift", "dpo-peft", "reward"])
 def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
     """FSDP2 shards every parameter; the losses, and the full weights it saves, are the one-process run's.
 
@@ -92,7 +93,7 @@ def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
     embeddings inside the sharded forward (a lookup outside it would read one shard of the table). The IFT run
     uses SHARDED_STATE_DICT, for which transformers' save_model alone writes no weights."""
     model_dir = save_tiny(str(tmp_path / "model"))
-    rows = PREFERENCES if objective in ("dpo", "orpo") else COMPLETIONS
+    rows = PREFERENCES if objective in ("dpo", "orpo", "reward") else COMPLETIONS
     data = write_jsonl(str(tmp_path / "data.jsonl"), rows)
     base = dict(model_name_or_path=model_dir, dataset_path=data, objective=objective, max_steps=STEPS,
                 learning_rate=3e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
@@ -119,7 +120,8 @@ def test_two_process_fsdp2_equals_one_process(tmp_path, objective, extra):
         assert any(w.abs().max() > 1e-4 for n, w in w1.items() if "lora_B" in n)
     else:
         initial = _weights(model_dir)
-        assert any(not torch.equal(w1[n], initial[n]) for n in w1)  # saved weights are the trained ones
+        # saved weights are the trained ones (a reward model's new score head is in no initial checkpoint)
+        assert any(not torch.equal(w1[n], initial[n]) for n in w1 if n in initial)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ pytest.importorskip("trl")
 
 from llm_fixtures import build_small_llama, build_word_tokenizer, save_tiny, write_jsonl  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from transformers import LlamaConfig, LlamaForSequenceClassification, TrainerCallback  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from trl_stubs import trl_grpo_loss, trl_rloo_loss  # noqa: E402
 
 from mdpalign.cli import main  # noqa: E402
@@ -339,22 +339,30 @@ def test_padding_free_checkpointing_and_the_disabled_adapter_do_not_change_the_r
 # ----------------------------------------------------------------------------- rewards
 
 
-def test_reward_functions_and_a_reward_model_are_weighted_and_named(tmp_path, tok):
-    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32,
-                                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                                    num_labels=1, pad_token_id=0))
-    rm.save_pretrained(str(tmp_path / "rm"))
-    tok.save_pretrained(str(tmp_path / "rm"))
+def test_reward_functions_and_a_reward_model_are_weighted_and_named(tmp_path):
+    """A reward model trained by ``objective: reward`` (2 steps, from a causal LM) scores a completion exactly as
+    ``mdpalign eval reward`` scores that response (the training tokenisation: prompt + response + eos)."""
+    from mdpalign.llm_bridge.evaluate import evaluate_reward
+
+    model_dir = save_tiny(str(tmp_path / "lm"))
+    pairs = [{"prompt": "the cat sat on the", "chosen": " mat", "rejected": " moon and the log"},
+             {"prompt": "one two three", "chosen": " four five", "rejected": " ten nine"}]
+    data = write_jsonl(str(tmp_path / "pairs.jsonl"), pairs)
+    train(dict(model_name_or_path=model_dir, dataset_path=data, objective="reward", output_dir=str(tmp_path / "rm"),
+               max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3, **COMMON))
     funcs = load_reward_funcs([f"{ROOT}/examples/llm/rewards.py:length_penalty", str(tmp_path / "rm")])
     assert [f.name for f in funcs] == ["length_penalty", "rm"]
-    prompts, completions, ids = ["a b", "c"], ["c d", "e"], [[4, 5], [6]]
+    prompts = [p["prompt"] for p in pairs] * 2
+    completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    ids = [[4, 5], [6], [7, 8, 9], [1]]
     total, table = score_completions(funcs, [2.0, 0.5], prompts, completions, ids, {})
-    enc = tok(["a bc d", "ce"], return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        scores = rm(**enc).logits[:, 0].double()
-    torch.testing.assert_close(table[:, 1], scores, rtol=0, atol=1e-6)
-    torch.testing.assert_close(total, 2.0 * torch.tensor([-2 / 32, -1 / 32], dtype=torch.float64) + 0.5 * scores,
-                               rtol=0, atol=1e-6)
+    report = evaluate_reward(str(tmp_path / "rm"), data)
+    scores = torch.tensor(report.chosen_scores + report.rejected_scores)
+    torch.testing.assert_close(table[:, 1].float(), scores, rtol=0, atol=1e-5)
+    lengths = torch.tensor([-len(i) / 32 for i in ids], dtype=torch.float64)
+    torch.testing.assert_close(total, 2.0 * lengths + 0.5 * table[:, 1], rtol=0, atol=1e-12)
+    with pytest.raises(RewardFunctionError, match="not a reward model"):
+        load_reward_funcs([model_dir])
 
 
 def test_bad_rewards_raise_naming_the_function_and_the_prompt():
