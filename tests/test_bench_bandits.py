@@ -8,7 +8,7 @@ import pytest
 
 from mdpalign.bench import bandits as bb
 from mdpalign.bench import report as rp
-from mdpalign.bench.cli import main as bench_main
+from mdpalign.cli.bench import main as bench_main
 from mdpalign.bench.config import BANDIT_OBJECTIVES, BANDIT_REGIMES, BanditsConfig, BenchConfigError
 
 TINY = ["--seeds", "2", "--steps", "40", "--eval-every", "20", "--quiet"]

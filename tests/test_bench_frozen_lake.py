@@ -10,7 +10,7 @@ import pytest
 
 from mdpalign.bench import frozen_lake as fl
 from mdpalign.bench import report as rp
-from mdpalign.bench.cli import main as bench_main
+from mdpalign.cli.bench import main as bench_main
 from mdpalign.bench.config import FROZEN_LAKE_METHODS, BenchConfigError, FrozenLakeConfig
 
 TINY = ["--seeds", "2", "--steps", "30", "--eval-every", "10", "--quiet"]

@@ -1,5 +1,5 @@
 """mdpalign.cli: a user's mistake is one line and exit status 2, Ctrl-C is exit 130, a bug keeps its traceback;
-``python -m mdpalign.bench.cli`` answers the same way."""
+``python -m mdpalign.cli.bench`` answers the same way."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import mdpalign.solve.cli as solve_cli
+import mdpalign.cli.solve as solve_cli
 from mdpalign.cli import main
 from mdpalign.errors import MdpalignError
 from mdpalign.solve import SolverError
@@ -65,7 +65,7 @@ def test_mdpalign_traceback_shows_the_traceback_of_a_user_error(monkeypatch):
 
 def test_python_m_bench_cli_answers_like_mdpalign_bench(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "mdpalign.bench.cli", "frozen-lake", "--quiet", "--out", "."],
+    proc = subprocess.run([sys.executable, "-m", "mdpalign.cli.bench", "frozen-lake", "--quiet", "--out", "."],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("mdpalign bench: error: --out '.' is the current directory")

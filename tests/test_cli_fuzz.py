@@ -133,7 +133,7 @@ def _consistent_solve(options: dict) -> dict:
 def two_gib_machine():
     """The horizon check sees 2 GiB free on every machine: a long --horizon is refused everywhere (on a large
     machine it would be accepted and run for hours), the short ones in the pool run everywhere."""
-    import mdpalign.solve.cli as solve_cli
+    import mdpalign.cli.solve as solve_cli
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(solve_cli, "_available_memory", lambda: 2 * 1024**3)

@@ -18,7 +18,7 @@ from mdpalign.harness.online import (
     HarnessError,
     MethodSpec,
     bandit_problem,
-    bradley_terry_population_loss,
+    bradley_terry_loss_closure,
     certify_fixed_point,
     exact_flow,
     expected_update,
@@ -355,7 +355,7 @@ def test_bradley_terry_margin_shifts_the_two_arm_mle():
     # 3 wins to 1 with margin m = 1: n_w·σ(m − Δ) = n_l·σ(Δ + m) (THEORY.md: Δ ≈ 1.78, not log 3)
     scores = torch.zeros(1, 2, dtype=f64, requires_grad=True)
     wins = np.array([[[0.0, 3.0], [1.0, 0.0]]])
-    fit(scores, bradley_terry_population_loss(scores, wins, margin=1.0), tol=1e-12, max_iter=200,
+    fit(scores, bradley_terry_loss_closure(scores, wins, margin=1.0), tol=1e-12, max_iter=200,
         require_convergence=True)
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     delta = brentq(lambda d: 3 * sig(1 - d) - sig(d + 1), -10, 10, xtol=1e-15)

@@ -1,7 +1,7 @@
 """Property tests: training a float64 TabularPolicy with the LIBRARY's objective code (through
 mdpalign.fit, L-BFGS, convergence asserted) reaches the closed-form optimum of mdpalign.proofs.
 
-Tolerance (every attained optimum): ``4 ||grad||_2 / mu`` from mdpalign.proofs.harness — strong
+Tolerance (every attained optimum): ``4 ||grad||_2 / mu`` from mdpalign.harness.offline — strong
 convexity off the structural null space (whose dimension is asserted) bounds the logit error by
 ``||grad||/mu``; log-softmax differences move by at most twice that; a factor 2 covers the variation
 of ``mu`` over the segment. ``||grad|| <= 1e-8``: the float64 loss (O(1)) cannot resolve a smaller
@@ -25,14 +25,14 @@ from mdpalign.proofs import (
     orpo_optimum,
     sft_optimum,
 )
-from mdpalign.proofs.harness import (
-    crlft_population_loss,
-    dpo_population_loss,
+from mdpalign.harness.offline import (
+    crlft_loss_closure,
+    dpo_loss_closure,
     fit_and_check,
     fit_tabular,
-    kl_rl_population_loss,
-    orpo_population_loss,
-    sft_population_loss,
+    kl_rl_loss_closure,
+    orpo_loss_closure,
+    sft_loss_closure,
     tabular_policy,
 )
 
@@ -62,7 +62,7 @@ def test_sft_reaches_empirical_distribution(seed, X, K):
     opt = sft_optimum(D)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, sft_population_loss(pol, D), tol=GRAD_TOL)
+    _, chk, bound = fit_and_check(opt, pol, sft_loss_closure(pol, D), tol=GRAD_TOL)
     _assert_ok(chk, bound)
 
 
@@ -79,7 +79,7 @@ def test_sft_unseen_arms_vanish(seed, K):
     opt = sft_optimum(D)
     assert isinstance(opt, NoFiniteOptimum)
     pol = tabular_policy(1, K, seed=seed)
-    res = fit_tabular(pol, sft_population_loss(pol, D), tol=LIMIT_TOL, max_iter=1000)
+    res = fit_tabular(pol, sft_loss_closure(pol, D), tol=LIMIT_TOL, max_iter=1000)
     n, p_min = D.sum(), D[D > 0].min() / D.sum()
     tol = 2 * (res.grad_norm / n) / (p_min - res.grad_norm / n)
     _assert_ok(opt.check(log_probs=pol.log_probs_table().detach(), tol=tol), tol)
@@ -92,7 +92,7 @@ def test_kl_rl_ascent_reaches_gibbs_policy(seed, X, K, beta):
     b = _bandit(seed, X, K)
     opt = kl_rl_optimum(b.rewards, b.ref_policy, beta)
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, kl_rl_population_loss(pol, b.ref_policy, b.rewards, beta, b.context_probs))
+    _, chk, bound = fit_and_check(opt, pol, kl_rl_loss_closure(pol, b.ref_policy, b.rewards, beta, b.context_probs))
     _assert_ok(chk, bound)
 
 
@@ -105,7 +105,7 @@ def test_dpo_all_pairs_bt_reaches_kl_rl_optimum(seed, X, K, beta):
     opt = dpo_optimum(b.ref_policy, data, beta)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_population_loss(pol, b.ref_policy, data.weight_tensor(), beta))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), beta))
     _assert_ok(chk, bound)
     _assert_ok(kl_rl_optimum(b.rewards, b.ref_policy, beta).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound)
 
@@ -123,7 +123,7 @@ def test_dpo_non_bt_data_reaches_bt_mle(seed, K, beta):
     opt = dpo_optimum(ref, W, beta)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(1, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_population_loss(pol, ref, W, beta))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, ref, W, beta))
     _assert_ok(chk, bound)
 
 
@@ -135,7 +135,7 @@ def test_dpo_contradictory_two_arm_ratio(seed, p, beta):
     W = np.array([[[0.0, p], [1 - p, 0.0]]])
     opt = dpo_optimum(ref, W, beta)
     pol = tabular_policy(1, 2, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_population_loss(pol, ref, W, beta))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, ref, W, beta))
     _assert_ok(chk, bound)
     lp = pol.log_probs_table().detach().numpy()[0]
     assert abs((lp[0] - lp[1]) - dpo_two_arm_log_ratio(p, beta, ref[0, 0], ref[0, 1])) <= bound
@@ -154,7 +154,7 @@ def test_dpo_partial_coverage_is_not_unique(seed, X, K, beta):
     probs, losses = [], []
     for start in (0, 1):
         pol = tabular_policy(X, K, seed=seed + start, init_scale=1.0)
-        L = dpo_population_loss(pol, b.ref_policy, W, beta)
+        L = dpo_loss_closure(pol, b.ref_policy, W, beta)
         res, chk, bound = fit_and_check(opt, pol, L)
         _assert_ok(chk, bound)
         probs.append(pol.probs().detach().numpy())
@@ -177,7 +177,7 @@ def test_ipo_reaches_graph_least_squares(seed, X, K, tau, setup):
     opt = ipo_optimum(b.ref_policy, data, tau)
     assert opt.attained
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_population_loss(pol, b.ref_policy, data.weight_tensor(), tau, "ipo"))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), tau, "ipo"))
     _assert_ok(chk, bound)
 
 
@@ -190,7 +190,7 @@ def test_orpo_two_arm_contradictory_reaches_root(q, lam, seed):
     opt = orpo_optimum(W, lam)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(1, 2, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, orpo_population_loss(pol, W, lam))
+    _, chk, bound = fit_and_check(opt, pol, orpo_loss_closure(pol, W, lam))
     _assert_ok(chk, bound)
 
 
@@ -213,7 +213,7 @@ def test_orpo_disjoint_supports_tend_to_chosen_distribution(seed, K, lam):
     opt = orpo_optimum(W, lam)
     assert isinstance(opt, NoFiniteOptimum)
     pol = tabular_policy(1, K, seed=seed)
-    L = orpo_population_loss(pol, W, lam)
+    L = orpo_loss_closure(pol, W, lam)
     res = fit_tabular(pol, L, tol=LIMIT_TOL, max_iter=1000)
     probs = pol.probs().detach().numpy()[0]
     assert probs[rejected].max() <= res.grad_norm / W.sum()
@@ -233,7 +233,7 @@ def test_crlft_reaches_class_weighted_sft(seed, X, K, beta, conditioned):
     w = np.exp((np.array([1.0, 0.1]) - 1.0) / beta)  # exp(r_c/beta) scaled by its max: same optimum, O(1) loss
     opt = crlft_optimum(D, w, conditioned=conditioned)
     pol = tabular_policy(X * C if conditioned else X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, crlft_population_loss(pol, D, w, conditioned=conditioned))
+    _, chk, bound = fit_and_check(opt, pol, crlft_loss_closure(pol, D, w, conditioned=conditioned))
     _assert_ok(chk, bound)
     if conditioned:  # the weights cancel: the same optimum as with equal weights
         _assert_ok(crlft_optimum(D, [1.0, 1.0], conditioned=True).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound)

@@ -12,14 +12,14 @@ from scipy.special import expit, logit
 
 from mdpalign.envs.bandits import k_armed_bandit, preference_pairs, random_contextual_bandit
 from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
-from mdpalign.proofs.harness import (
+from mdpalign.harness.offline import (
     certified_logit_error,
-    crlft_population_loss,
-    dpo_population_loss,
+    crlft_loss_closure,
+    dpo_loss_closure,
     fit_tabular,
-    kl_rl_population_loss,
-    orpo_population_loss,
-    sft_population_loss,
+    kl_rl_loss_closure,
+    orpo_loss_closure,
+    sft_loss_closure,
     tabular_policy,
 )
 
@@ -40,13 +40,13 @@ def test_every_loss_is_invariant_to_a_per_state_logit_shift(seed, X, K, beta):
     D = np.random.default_rng(seed).dirichlet(np.ones(2 * K), size=X).reshape(X, 2, K)
     pol = tabular_policy(X, K, seed=seed, init_scale=1.0)
     losses = {
-        "sft": sft_population_loss(pol, D.sum(1)),
-        "dpo": dpo_population_loss(pol, b.ref_policy, W, beta),
-        "ipo": dpo_population_loss(pol, b.ref_policy, W, beta, "ipo"),
-        "hinge": dpo_population_loss(pol, b.ref_policy, W, beta, "hinge"),
-        "orpo": orpo_population_loss(pol, W, 0.5),
-        "crlft": crlft_population_loss(pol, D, [1.0, 0.3], conditioned=False),
-        "kl_rl": kl_rl_population_loss(pol, b.ref_policy, b.rewards, beta),
+        "sft": sft_loss_closure(pol, D.sum(1)),
+        "dpo": dpo_loss_closure(pol, b.ref_policy, W, beta),
+        "ipo": dpo_loss_closure(pol, b.ref_policy, W, beta, "ipo"),
+        "hinge": dpo_loss_closure(pol, b.ref_policy, W, beta, "hinge"),
+        "orpo": orpo_loss_closure(pol, W, 0.5),
+        "crlft": crlft_loss_closure(pol, D, [1.0, 0.3], conditioned=False),
+        "kl_rl": kl_rl_loss_closure(pol, b.ref_policy, b.rewards, beta),
     }
     before = {k: float(f()) for k, f in losses.items()}
     theta0 = pol.logits.detach().clone()
@@ -85,7 +85,7 @@ def test_trained_dpo_is_permutation_equivariant(seed, K, beta):
     """THEORY: permutation equivariance over arms — relabelling the arms in data and reference
     relabels the trained optimum (library dpo_loss, L-BFGS to ||grad|| <= 1e-8). Tolerance: each run's
     pairwise log-probability differences are within its own certified 4||grad||/mu of the optimum's
-    (mdpalign.proofs.harness.certified_logit_error, one structural null direction: the logit shift),
+    (mdpalign.harness.offline.certified_logit_error, one structural null direction: the logit shift),
     so the two runs' differences agree within the sum of the two bounds.
     """
     b = k_armed_bandit(K, seed=seed)
@@ -96,7 +96,7 @@ def test_trained_dpo_is_permutation_equivariant(seed, K, beta):
     out, bounds = [], []
     for ref, w in ((b.ref_policy, W), (refp, Wp)):
         pol = tabular_policy(1, K, seed=seed)
-        loss = dpo_population_loss(pol, ref, w, beta)
+        loss = dpo_loss_closure(pol, ref, w, beta)
         fit_tabular(pol, loss, tol=1e-8)
         bounds.append(certified_logit_error(loss, pol, null_dim=1)[0])
         out.append(pol.log_probs_table().detach().numpy()[0])
@@ -178,7 +178,7 @@ def test_dpo_deterministic_gap_grows_like_log_steps_over_beta(seed, beta):
     ref = np.random.default_rng(seed).dirichlet([2.0, 2.0])[None]
     W = np.array([[[0.0, 1.0], [0.0, 0.0]]])  # arm 0 always wins
     pol = tabular_policy(1, 2, seed=seed)
-    L = dpo_population_loss(pol, ref, W, beta)
+    L = dpo_loss_closure(pol, ref, W, beta)
     eta = 0.5
     losses, gaps = [], {}
     for t in range(1, 4001):
@@ -210,10 +210,10 @@ def test_orpo_single_pair_has_no_stationary_point():
     W[0, 0, 1] = 1.0
     for _ in range(50):
         pol = tabular_policy(1, 3, seed=int(rng.integers(1 << 30)), init_scale=3.0)
-        orpo_population_loss(pol, W, 0.7)().backward()
+        orpo_loss_closure(pol, W, 0.7)().backward()
         assert pol.logits.grad[0, 0] < 0
     pol = tabular_policy(1, 3, seed=1)
-    L = orpo_population_loss(pol, W, 0.7)
+    L = orpo_loss_closure(pol, W, 0.7)
     rec = _gd(pol, L, 1.0, 3000, set(range(1, 3001)))
     vals = [v for _, v in rec]
     assert all(b < a for a, b in zip(vals, vals[1:]))
@@ -230,7 +230,7 @@ def test_dpo_deterministic_limit_policy_reached(seed, K):
     data = preference_pairs(b, labels="deterministic")
     opt = dpo_optimum(b.ref_policy, data, 1.0)
     pol = tabular_policy(1, K, seed=seed)
-    res = fit_tabular(pol, dpo_population_loss(pol, b.ref_policy, data.weight_tensor(), 1.0), tol=1e-6, max_iter=3000)
+    res = fit_tabular(pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), 1.0), tol=1e-6, max_iter=3000)
     tol = res.grad_norm * K / data.weight.min() / b.ref_policy.min()
     chk = opt.check(log_probs=pol.log_probs_table().detach(), tol=tol)
     assert chk.ok, chk.detail

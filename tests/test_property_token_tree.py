@@ -1,7 +1,7 @@
 """Property tests on token trees: sequence-level objectives over a token-factored TabularPolicy
 (one logit per (prefix, token)), trained with the library's losses, reach the closed forms of
 mdpalign.proofs.token_tree / mdpalign.proofs.ift. Tolerances: the certified 4 ||grad||/mu of
-mdpalign.proofs.harness (see tests/test_property_bandit_optima.py)."""
+mdpalign.harness.offline (see tests/test_property_bandit_optima.py)."""
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 from mdpalign.envs.token_tree import TokenTree, random_token_tree
 from mdpalign.proofs import leaf_pair_table, token_tree_optimum
 from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
-from mdpalign.proofs.harness import (
+from mdpalign.harness.offline import (
     fit_and_check,
     fit_tabular,
-    ift_population_loss,
-    sequence_dpo_population_loss,
+    ift_loss_closure,
+    sequence_dpo_loss_closure,
     tabular_policy,
-    tree_sft_population_loss,
+    tree_sft_loss_closure,
 )
 from mdpalign.proofs.token_tree import tree_sft_optimum
 
@@ -44,7 +44,7 @@ def test_sequence_dpo_recovers_soft_optimal_token_policy(seed, shape, beta):
     W = W / W.sum()
     opt = token_tree_optimum(tree, beta)
     pol = _policy(tree, seed)
-    _, chk, bound = fit_and_check(opt, pol, sequence_dpo_population_loss(pol, tree, W, beta))
+    _, chk, bound = fit_and_check(opt, pol, sequence_dpo_loss_closure(pol, tree, W, beta))
     _ok(chk, bound)
 
 
@@ -57,7 +57,7 @@ def test_tree_sft_reaches_subtree_mass_ratios(seed, shape, normalize):
     D = np.random.default_rng(seed).dirichlet(np.ones(tree.n_leaves))
     opt = tree_sft_optimum(tree, D, length_normalised=normalize)
     pol = _policy(tree, seed)
-    _, chk, bound = fit_and_check(opt, pol, tree_sft_population_loss(pol, tree, D, normalize=normalize))
+    _, chk, bound = fit_and_check(opt, pol, tree_sft_loss_closure(pol, tree, D, normalize=normalize))
     _ok(chk, bound)
 
 
@@ -71,7 +71,7 @@ def test_ift_lambda0_decay0_is_per_sequence_mean_sft(seed, shape):
     D = np.random.default_rng(seed).dirichlet(np.ones(tree.n_leaves))
     opt = ift_sft_limit_optimum(tree, D)
     pol = _policy(tree, seed)
-    _, chk, bound = fit_and_check(opt, pol, ift_population_loss(pol, tree, D, lam=0.0, decay=0.0))
+    _, chk, bound = fit_and_check(opt, pol, ift_loss_closure(pol, tree, D, lam=0.0, decay=0.0))
     _ok(chk, bound)
 
 
@@ -99,7 +99,7 @@ def test_ift_depth2_is_lambda_distorted_sft(seed, V, lam):
     # start inside that piece: root logits at log D(y1), which the optimum keeps (pi(.|x) = D(y1)).
     with torch.no_grad():
         pol.logits[0] = torch.as_tensor(np.log(J.sum(axis=1)), dtype=pol.logits.dtype)
-    _, chk, bound = fit_and_check(opt, pol, ift_population_loss(pol, tree, leaf_w, lam=lam, decay=0.0))
+    _, chk, bound = fit_and_check(opt, pol, ift_loss_closure(pol, tree, leaf_w, lam=lam, decay=0.0))
     _ok(chk, bound)
     sft = tree_sft_optimum(tree, leaf_w)
     assert not sft.check(log_probs=pol.log_probs_table().detach(), tol=1e-3).ok  # genuinely distorted
@@ -118,7 +118,7 @@ def test_ift_deterministic_demo_tends_to_sft_limit(seed, shape, lam, decay):
     D[leaf] = 1.0
     opt = ift_deterministic_optimum(tree, leaf)
     pol = _policy(tree, seed)
-    res = fit_tabular(pol, ift_population_loss(pol, tree, D, lam=lam, decay=decay), tol=1e-6, max_iter=500,
+    res = fit_tabular(pol, ift_loss_closure(pol, tree, D, lam=lam, decay=decay), tol=1e-6, max_iter=500,
                       require_convergence=False)
     assert res.loss < 1e-4, res.message
     tol = L**2 * res.loss
@@ -138,7 +138,7 @@ def test_ift_spills_gradient_off_the_data():
         pol = _policy(tree, 0)
         with torch.no_grad():
             pol.logits[0] = torch.tensor([1.0, 0.0], dtype=torch.float64)  # greedy predicts token 0
-        ift_population_loss(pol, tree, D, lam=lam, decay=0.95)().backward()
+        ift_loss_closure(pol, tree, D, lam=lam, decay=0.95)().backward()
         g = pol.logits.grad[wrong].abs().max().item()
         assert (g == 0.0) if expect_zero else (g > 1e-3), (lam, g)
 
@@ -153,7 +153,7 @@ def test_ift_discounted_has_stationary_point_that_is_not_sft(seed, lam):
     J = _depth2_joint(np.random.default_rng(seed), 3)
     leaf_w = np.array([J[t[0], t[1]] for t in tree.sequences()])
     pol = _policy(tree, seed)
-    L = ift_population_loss(pol, tree, leaf_w, lam=lam, decay=0.95)
+    L = ift_loss_closure(pol, tree, leaf_w, lam=lam, decay=0.95)
     fit_tabular(pol, L, tol=1e-8)
     base = float(L())
     rng = np.random.default_rng(seed)

@@ -93,7 +93,7 @@ def test_a_horizon_too_long_for_memory_is_refused_before_allocating(capsys):
 
 
 def test_the_horizon_memory_check_suggests_a_horizon_that_fits(capsys, monkeypatch):
-    import mdpalign.solve.cli as solve_cli
+    import mdpalign.cli.solve as solve_cli
 
     monkeypatch.setattr(solve_cli, "_available_memory", lambda: 100_000)
     # 4x4 has 16 states x 4 actions: 200 steps hold at least 8 * 200 * 16 * (1 + 4) = 128 000 bytes

@@ -39,7 +39,7 @@ inequality gives ``σ_min(QᵀJ̄Q) >= σ/2`` and hence
 where ``δ_F`` bounds the float64 error of the computed ``F`` (estimated as 10× the difference between two
 summation orders, at least 1e-13). Every log-probability ``log pi(a|s)`` and every difference of two of them moves
 by at most ``2·‖Δ_s‖_∞`` (log-softmax Jacobian rows have l1 norm 2), so ``log_prob_bound = 2·logit_bound + 1e-12``
-(the 1e-12: float64 rounding of the log-softmax, as :func:`mdpalign.proofs.harness.certified_logit_error`) bounds
+(the 1e-12: float64 rounding of the log-softmax, as :func:`mdpalign.harness.offline.certified_logit_error`) bounds
 ``|log pi − log pi*|`` at every used state — the same ``4‖·‖/σ`` constant as the offline harness's ``4‖∇‖/μ``.
 
 **Sampled mode** (:func:`sampled_gradients`, :func:`train_sampled`): real seeded draws (``torch.Generator``) of
@@ -94,7 +94,7 @@ __all__ = [
     "method_spec", "bandit_problem", "tree_problem", "initial_params", "split_params", "policy_log_probs",
     "batch_losses", "expected_surrogate", "expected_update", "field_jacobian", "null_space_complement",
     "certify_fixed_point", "solve_fixed_point", "exact_flow", "sampled_gradients", "train_sampled",
-    "bradley_terry_population_loss",
+    "bradley_terry_loss_closure",
 ]
 
 _f64 = torch.float64
@@ -812,7 +812,7 @@ def train_sampled(problem: OnlineProblem, spec: MethodSpec, steps: int, seed: in
 # --------------------------------------------------------------------------- reward models
 
 
-def bradley_terry_population_loss(scores: torch.Tensor, wins, margin: float | None = None,
+def bradley_terry_loss_closure(scores: torch.Tensor, wins, margin: float | None = None,
                                   center_coefficient: float | None = None):
     """A closure ``Σ_{x,i,j} W[x,i,j]·(bradley_terry_loss(s_xi, s_xj, m) + center_rewards_penalty)`` over a tabular
     score table ``scores (X, K)`` (a leaf tensor with ``requires_grad``) and win counts ``W[x, i, j]`` (``i`` chosen

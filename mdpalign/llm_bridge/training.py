@@ -2,7 +2,7 @@
 
 Works unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed: see ``configs/accelerate/``): the config is a
 ``TrainingArguments``, so the launcher's environment decides the distribution. The command line
-(``mdpalign train``, ``python -m mdpalign.llm_bridge``) is :mod:`mdpalign.llm_bridge.cli`.
+(``mdpalign train``, ``python -m mdpalign.llm_bridge``) is :mod:`mdpalign.cli.llm`.
 """
 from __future__ import annotations
 

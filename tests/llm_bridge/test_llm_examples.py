@@ -14,7 +14,7 @@ import yaml
 
 pytest.importorskip("transformers")
 
-from mdpalign.llm_bridge.cli import run_command  # noqa: E402
+from mdpalign.cli.llm import run_command  # noqa: E402
 from mdpalign.llm_bridge.evaluate import evaluate_reward  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

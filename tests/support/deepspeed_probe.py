@@ -41,7 +41,7 @@ def main() -> int:
     cfg = parse_config(sys.argv[1:])
     os.makedirs(cfg.output_dir, exist_ok=True)
     train(cfg, callbacks=[Probe(os.path.join(cfg.output_dir, f"probe_rank{cfg.process_index}.json"))])
-    if close_distributed():  # as mdpalign train does (mdpalign.llm_bridge.cli.run_command)
+    if close_distributed():  # as mdpalign train does (mdpalign.cli.llm.run_command)
         exit_without_finalization(0)
     return 0
 

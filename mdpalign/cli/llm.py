@@ -55,7 +55,7 @@ def run_command(argv: list[str]) -> int:
 
 def register_eval(subparsers) -> None:
     """``mdpalign eval reward``: RewardBench accuracy of a reward model, or of a policy's implicit DPO reward."""
-    from mdpalign._argtypes import positive_int  # argparse only: cheap
+    from mdpalign.cli.argtypes import positive_int  # argparse only: cheap
 
     parser = subparsers.add_parser("eval", help="evaluate a trained model (reward: RewardBench preference accuracy)",
                                    description="Evaluate a trained model.")

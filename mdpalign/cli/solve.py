@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from mdpalign._argtypes import non_negative_int, positive_float, unit_interval
+from mdpalign.cli.argtypes import non_negative_int, positive_float, unit_interval
 
 _METHOD_NAMES = {"pi": "policy_iteration", "vi": "value_iteration", "lp": "linear_program", "soft": "soft_value_iteration"}
 

@@ -1,10 +1,12 @@
-"""The ``mdpalign`` command: ``solve``, ``bench`` and ``train``.
+"""The ``mdpalign`` command: ``solve``, ``bench``, ``train`` and ``eval``.
 
-Each sub-command lives beside the code it drives and exposes ``register(subparsers)``; this
-module only dispatches, importing each lazily so that ``mdpalign solve`` never pays for
-``transformers``.
+All argparse lives in this package, above every layer (``solve/`` and ``bench/`` hold no CLI code):
+``cli/solve.py``, ``cli/bench.py``, ``cli/llm.py`` (``train``, ``eval``) each expose
+``register(subparsers)``; this module only dispatches, importing each lazily so that
+``mdpalign solve`` never pays for ``transformers``. Shared argparse value types are in
+``cli/argtypes.py``.
 
-It is also the one place that decides how a failure ends (``python -m mdpalign.bench.cli`` and
+It is also the one place that decides how a failure ends (``python -m mdpalign.cli.bench`` and
 ``python -m mdpalign.llm_bridge.train`` come through here too):
 
 * a user's mistake — any :class:`mdpalign.errors.MdpalignError` (bad option, bad path, bad
@@ -27,10 +29,10 @@ from mdpalign.errors import MdpalignError
 
 # sub-command -> "module:function" that registers it (function(subparsers) sets args.func); imported lazily
 _COMMANDS = {
-    "solve": "mdpalign.solve.cli:register",
-    "bench": "mdpalign.bench.cli:register",
-    "train": "mdpalign.llm_bridge.cli:register",
-    "eval": "mdpalign.llm_bridge.cli:register_eval",
+    "solve": "mdpalign.cli.solve:register",
+    "bench": "mdpalign.cli.bench:register",
+    "train": "mdpalign.cli.llm:register",
+    "eval": "mdpalign.cli.llm:register_eval",
 }
 
 #: exit status of a user error (argparse's) and of an interrupted run (128 + SIGINT)

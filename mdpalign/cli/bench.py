@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mdpalign._argtypes import non_negative_int, positive_float, positive_int
+from mdpalign.cli.argtypes import non_negative_int, positive_float, positive_int
 
 __all__ = ["register", "main"]
 
@@ -142,7 +142,7 @@ def _run_bandits(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mdpalign.bench.cli frozen-lake ...``: exactly ``mdpalign bench frozen-lake ...`` (same
+    """``python -m mdpalign.cli.bench frozen-lake ...``: exactly ``mdpalign bench frozen-lake ...`` (same
     parser, same one-line errors)."""
     from mdpalign.cli import main as mdpalign_main
 
