@@ -193,6 +193,7 @@ def _loss(objective: str, policy, data: SeedData, config: BanditsConfig):
 
 def train(objective: str, datas: list[SeedData], config: BanditsConfig, opts: list) -> dict[str, np.ndarray]:
     """Adam from pi_ref on all seeds at once; curves (seeds, n_evals) of own-optimum violation and regret."""
+    from mdpalign.fit import fit
     from mdpalign.policies import TabularPolicy
 
     data = _stacked(datas)
@@ -202,27 +203,20 @@ def train(objective: str, datas: list[SeedData], config: BanditsConfig, opts: li
         log_ref = np.repeat(log_ref, 2, axis=0)  # state x*2 + c; both classes start at pi_ref
     policy = TabularPolicy(*log_ref.shape, dtype=torch.float64, logits=torch.as_tensor(log_ref))
     loss_fn = _loss(objective, policy, data, config)
-    optimiser = torch.optim.Adam(policy.parameters(), lr=config.lr)
     rows = 2 * X if objective == "crlft" else X
     own, regret, losses = [], [], []
 
-    def record():
+    def record(point):
         with torch.no_grad():
             lp = policy.log_probs_table().numpy()
         own.append([float("nan") if o is None else o.check(log_probs=lp[k * rows:(k + 1) * rows]).max_violation
                     for k, o in enumerate(opts)])
         regret.append([rlhf_regret(d, None, config.beta, _expert_rows(lp[k * rows:(k + 1) * rows], objective))
                        for k, d in enumerate(datas)])
-        losses.append(float(loss_fn().detach()))
+        losses.append(point.loss)
 
-    record()
-    for step in range(1, config.steps + 1):
-        optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimiser.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            record()
+    fit(policy, loss_fn, method="adam", lr=config.lr, steps=config.steps, record_every=config.eval_every,
+        on_record=record)
     return {"own_optimum": np.array(own).T, "rlhf_regret": np.array(regret).T, "loss": np.array(losses)}
 
 

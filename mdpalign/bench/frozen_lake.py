@@ -308,28 +308,20 @@ def _evaluate(net, problem: Problem, config: FrozenLakeConfig, theta_star: dict,
 def train_method(method: str, net, problem: Problem, batch: Batch, config: FrozenLakeConfig,
                  theta_star: dict, ref: dict) -> dict[str, list[float]]:
     """Adam from the network's current parameters; metrics at steps 0, K, 2K, ..., ``steps``."""
+    from mdpalign.fit import fit
+
     loss_fn = _method_loss(method, net, problem, batch, config, ref)
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     expert = method == "crlft"
     curves: dict[str, list[float]] = {k: [] for k in METRICS}
     curves["loss"] = []
 
-    def record():
+    def record(point):
         for k, v in _evaluate(net, problem, config, theta_star, expert).items():
             curves[k].append(float(v))
+        curves["loss"].append(point.loss)
 
-    record()
-    curves["loss"].append(float(loss_fn().detach()))
-    for step in range(1, config.steps + 1):
-        optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{method}: loss became {float(loss)} at step {step}; lower --lr")
-        loss.backward()
-        optimiser.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            record()
-            curves["loss"].append(float(loss_fn().detach()))
+    fit(net, loss_fn, method="adam", lr=config.lr, steps=config.steps, record_every=config.eval_every,
+        on_record=record)
     return curves
 
 
