@@ -173,30 +173,17 @@ def _make_net(config: FrozenLakeConfig, n_states: int, seed: int, n_classes: int
     return MLPPolicy(n_states, 4, hidden=config.hidden, input="onehot", n_classes=n_classes, seed=seed, dtype=DTYPE)
 
 
-def _class_kwargs(classes: torch.Tensor | None) -> dict:
-    return {} if classes is None else {"classes": classes}
-
-
-def _logits(net, states: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits at ``states`` (B, T) or (B,); ``classes`` (B,) is one class per row."""
-    if classes is not None and states.ndim == 2:
-        classes = classes[:, None].expand_as(states)
-    return net.forward_embeds(net.embed(states), **_class_kwargs(classes))
-
-
 def _token_logps(net, states, actions, mask, classes=None) -> torch.Tensor:
+    """log pi(a_t|s_t) of padded demonstrations (B, T), 0 where masked; ``classes`` (B,): one class per row."""
     from mdpalign.objectives import token_logps_from_logits
 
-    return token_logps_from_logits(_logits(net, states, classes), actions, mask)
+    return token_logps_from_logits(net.sequence_logits(states, classes), actions, mask)
 
 
-def policy_matrix(net, n_states: int, expert_class: bool = False) -> np.ndarray:
+def policy_table(net, expert_class: bool = False) -> np.ndarray:
     """The network's policy at every state, (S, A) float64 (class 0 = expert when conditioned)."""
     with torch.no_grad():
-        states = torch.arange(n_states)
-        classes = torch.zeros(n_states, dtype=torch.int64) if expert_class else None
-        probs = torch.softmax(_logits(net, states, classes), dim=-1)
-    return probs.to(torch.float64).numpy()
+        return net.probs(0 if expert_class else None).to(torch.float64).numpy()
 
 
 def _snapshot(net) -> dict[str, torch.Tensor]:
@@ -214,14 +201,12 @@ def _distillation_loss(net, target: np.ndarray, classes_list=(None,)):
     S, A = target.shape
     weight = torch.as_tensor(target.reshape(-1), dtype=DTYPE)
     mask = torch.ones((S * A, 1), dtype=torch.bool)
-    states = torch.arange(S)
 
     def loss():
         total = 0.0
         for cls in classes_list:
-            classes = None if cls is None else torch.full((S,), cls, dtype=torch.int64)
             # one forward over the S states; the (s, a) tokens are read off the log-prob table
-            token_logps = torch.log_softmax(_logits(net, states, classes), dim=-1).reshape(S * A, 1)
+            token_logps = net.log_probs_table(cls).reshape(S * A, 1)
             total = total + (weight * sft_loss(token_logps, mask)).sum() / S
         return total / len(classes_list)
 
@@ -294,7 +279,7 @@ def crlft_weights(config: FrozenLakeConfig) -> torch.Tensor:
 
 def _evaluate(net, problem: Problem, config: FrozenLakeConfig, theta_star: dict, expert_class: bool) -> dict:
     mdp = problem.mdp
-    pi = policy_matrix(net, mdp.n_states, expert_class)
+    pi = policy_table(net, expert_class)
     soft_v = metrics.soft_value(mdp, config.beta_star, None, pi)
     return {
         "param_mse": metrics.parameter_mse(_snapshot(net), theta_star),
@@ -348,7 +333,7 @@ def run_seed(seed: int, problem: Problem, batch: Batch, config: FrozenLakeConfig
         out["distillation"][key] = {
             "theta0": base,
             "theta_star": star,
-            "theta_star_kl": metrics.visitation_kl(problem.mdp, problem.pi_star, policy_matrix(net, S, conditioned),
+            "theta_star_kl": metrics.visitation_kl(problem.mdp, problem.pi_star, policy_table(net, conditioned),
                                                    weights=problem.d_star),
         }
         nets[conditioned] = (net, theta0, theta_star)
@@ -477,12 +462,12 @@ def _gauge_demo(problem: Problem, config: FrozenLakeConfig) -> dict:
     net = _make_net(config, problem.mdp.n_states, config.seed)
     _distill(net, problem.pi_star, config.distill_max_iter)
     theta_star = _snapshot(net)
-    pi_before = policy_matrix(net, problem.mdp.n_states)
+    pi_before = policy_table(net)
     bias_key = [k for k, v in theta_star.items() if v.ndim == 1 and v.shape[0] == 4][-1]
     shifted = dict(theta_star)
     shifted[bias_key] = theta_star[bias_key] + 1.0
     net.load_state_dict(shifted)
-    pi_after = policy_matrix(net, problem.mdp.n_states)
+    pi_after = policy_table(net)
     return {
         "shift": 1.0,
         "parameter": bias_key,
