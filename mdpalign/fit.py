@@ -19,7 +19,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["fit", "FitResult", "HistoryPoint", "NotConvergedError", "NonFiniteLossError", "FitError",
+__all__ = ["fit", "record_iterations", "FitResult", "HistoryPoint", "NotConvergedError", "NonFiniteLossError", "FitError",
            "weighted_sum", "FIT_METHODS"]
 
 FIT_METHODS = ("lbfgs", "adam")
@@ -72,6 +72,12 @@ def weighted_sum(losses: torch.Tensor, weight: torch.Tensor, normalize: bool = F
     w = weight.to(losses.dtype)
     total = (w * losses).sum()
     return total / w.sum() if normalize else total
+
+
+def record_iterations(steps: int, record_every: int) -> list[int]:
+    """The iterations at which ``fit(..., steps=steps, record_every=record_every)`` records: 0, k, 2k, ..., steps."""
+    its = list(range(0, int(steps) + 1, int(record_every)))
+    return its if its[-1] == steps else its + [int(steps)]
 
 
 def _params(obj) -> list[torch.Tensor]:

@@ -134,14 +134,14 @@ def test_an_interrupted_run_leaves_no_report_and_keeps_the_previous_one(tmp_path
     config = FrozenLakeConfig(seeds=1, steps=5, eval_every=5, methods=("sft",), out=str(out), quiet=True,
                               distill_max_iter=5)
     with pytest.raises(KeyboardInterrupt):
-        fl.run_frozen_lake(config)
+        fl.run_frozen_lake_bench(config)
     assert calls == [1]
     assert (out / "results.json").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary directory left
 
     fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
-        fl.run_frozen_lake(dataclasses.replace(config, out=str(fresh)))
+        fl.run_frozen_lake_bench(dataclasses.replace(config, out=str(fresh)))
     assert not fresh.exists()
 
 
@@ -157,7 +157,7 @@ def test_a_failure_while_writing_keeps_the_previous_report(tmp_path, monkeypatch
     config = FrozenLakeConfig(seeds=1, steps=2, eval_every=2, methods=("sft",), out=str(out), quiet=True,
                               distill_max_iter=5)
     with pytest.raises(RuntimeError, match="disk full"):
-        fl.run_frozen_lake(config)
+        fl.run_frozen_lake_bench(config)
     assert sorted(p.name for p in out.iterdir()) == [rp.MANIFEST, "report.md"]
     assert (out / "report.md").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
@@ -191,7 +191,7 @@ def test_out_holding_other_files_is_refused_before_any_work(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     # the Python API applies the same check, naming fields rather than flags
     with pytest.raises(rp.ReportError, match="force=True") as exc:
-        fl.run_frozen_lake(FrozenLakeConfig(out=str(out), quiet=True))
+        fl.run_frozen_lake_bench(FrozenLakeConfig(out=str(out), quiet=True))
     assert "--" not in str(exc.value)
 
 
@@ -260,7 +260,7 @@ def test_config_validation_without_the_cli():
 def test_crlft_exponential_weights_and_a_method_subset(tmp_path):
     config = FrozenLakeConfig(seeds=1, steps=4, eval_every=2, methods=("crlft", "sft"), crlft_beta=0.5,
                               distill_max_iter=10, out=str(tmp_path / "r"), quiet=True)
-    res = fl.run_frozen_lake(config).results
+    res = fl.run_frozen_lake_bench(config).results
     np.testing.assert_allclose(res["crlft_class_weights"], [np.exp(1.0 / 0.5), np.exp(0.1 / 0.5)], rtol=1e-12)
     assert set(res["curves"]) == {"sft", "crlft"}
     report = (tmp_path / "r" / "report.md").read_text()

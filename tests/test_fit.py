@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mdpalign.fit import FitError, NonFiniteLossError, NotConvergedError, fit, weighted_sum
+from mdpalign.fit import FitError, NonFiniteLossError, NotConvergedError, fit, record_iterations, weighted_sum
 from mdpalign.objectives import dpo_loss, sft_loss
 from mdpalign.policies import MLPPolicy, TabularPolicy
 
@@ -132,3 +132,10 @@ def test_fixed_steps_argument_errors():
     with pytest.raises(FitError, match="record_every"):
         fit(pol, _sft(pol), method="adam", steps=5, on_record=lambda h: None)
     assert fit(pol, _sft(pol), method="adam", steps=0).iterations == 0
+
+
+@pytest.mark.parametrize("steps, every", [(25, 10), (30, 10), (0, 3), (7, 7)])
+def test_record_iterations_are_where_fit_records(steps, every):
+    pol = TabularPolicy(2, 4)
+    res = fit(pol, _sft(pol), method="adam", steps=steps, record_every=every)
+    assert record_iterations(steps, every) == [h.iteration for h in res.history]

@@ -96,8 +96,11 @@ def test_mlp_sequence_logits_score_each_sequence_under_its_own_class():
     s = torch.tensor([[0, 1, 2], [2, 2, 0]])
     got = pol.sequence_logits(s, torch.tensor([0, 1]))
     assert got.shape == (2, 3, 2)
-    assert torch.equal(got[0], pol(s[0], torch.zeros(3, dtype=torch.long)))
-    assert torch.equal(got[1], pol(s[1], torch.ones(3, dtype=torch.long)))
+    # exactly the forward pass with each row's class repeated along the row (same shapes, same kernels)
+    assert torch.equal(got, pol(s, torch.tensor([[0, 0, 0], [1, 1, 1]])))
+    # and, up to float64 rounding of a differently batched matmul, each row scored alone under its class
+    torch.testing.assert_close(got[1], pol(s[1], torch.ones(3, dtype=torch.long)), rtol=0, atol=1e-15)
+    assert not torch.allclose(got[1], pol(s[1], torch.zeros(3, dtype=torch.long)))
     with pytest.raises(PolicyInputError, match="one per sequence"):
         pol.sequence_logits(s, torch.tensor([0, 1, 1]))
     plain = MLPPolicy(3, 2, hidden=4, seed=0)

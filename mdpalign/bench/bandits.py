@@ -32,8 +32,6 @@ as training each seed alone.
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +41,7 @@ import torch
 from mdpalign.bench import report as rp
 from mdpalign.bench.config import BanditsConfig
 
-__all__ = ["run_bandits", "BanditsResult", "LANDS_TOL"]
+__all__ = ["run_bandits_bench", "LANDS_TOL"]
 
 #: An objective "lands" on the RLHF optimum when its final regret is below this (nats times beta).
 LANDS_TOL = 1e-3
@@ -143,7 +141,18 @@ def rlhf_regret(data: SeedData, probs: np.ndarray | None, beta: float, log_probs
 IN_SET_TOL = 1e-8
 
 
-def optimum_summary(opt, data: SeedData, objective: str, beta: float) -> dict:
+@dataclass(frozen=True)
+class OptimumSummary:
+    """One bandit's exact optimum of an objective, seen from the RLHF optimum: its kind (None: no closed form),
+    whether it is attained, the RLHF regret of its representative, whether the RLHF optimum is one of its optima."""
+
+    kind: str
+    attained: bool | None
+    regret_of_optimum: float
+    rlhf_in_set: bool | None
+
+
+def optimum_summary(opt, data: SeedData, objective: str, beta: float) -> OptimumSummary:
     """What kind of optimum; the regret of its representative; whether the RLHF optimum is among its optima.
 
     For C-RLFT the RLHF optimum is placed in the expert class and the sub-optimal class is left at
@@ -152,7 +161,7 @@ def optimum_summary(opt, data: SeedData, objective: str, beta: float) -> dict:
     from mdpalign.proofs import kl_rl_optimum
 
     if opt is None:
-        return {"kind": "no closed form", "attained": None, "regret_of_optimum": float("nan"), "rlhf_in_set": None}
+        return OptimumSummary("no closed form", None, float("nan"), None)
     fill = np.repeat(data.ref, 2, axis=0) if objective == "crlft" else data.ref
     rep = opt.representative(fill=fill)
     pi_rlhf = kl_rl_optimum(data.rewards, data.ref, beta).policy
@@ -161,9 +170,8 @@ def optimum_summary(opt, data: SeedData, objective: str, beta: float) -> dict:
         candidate[0::2] = pi_rlhf
     else:
         candidate = pi_rlhf
-    return {"kind": opt.kind, "attained": bool(opt.attained),
-            "regret_of_optimum": max(0.0, rlhf_regret(data, _expert_rows(rep, objective), beta)),
-            "rlhf_in_set": bool(opt.check(probs=candidate).max_violation <= IN_SET_TOL)}
+    return OptimumSummary(opt.kind, bool(opt.attained), max(0.0, rlhf_regret(data, _expert_rows(rep, objective), beta)),
+                          bool(opt.check(probs=candidate).max_violation <= IN_SET_TOL))
 
 
 # --------------------------------------------------------------------------- training
@@ -191,7 +199,7 @@ def _loss(objective: str, policy, data: SeedData, config: BanditsConfig):
     raise ValueError(f"unknown objective {objective!r}")  # pragma: no cover
 
 
-def train(objective: str, datas: list[SeedData], config: BanditsConfig, opts: list) -> dict[str, np.ndarray]:
+def train_objective(objective: str, datas: list[SeedData], config: BanditsConfig, opts: list) -> dict[str, np.ndarray]:
     """Adam from pi_ref on all seeds at once; curves (seeds, n_evals) of own-optimum violation and regret."""
     from mdpalign.fit import fit
     from mdpalign.policies import TabularPolicy
@@ -220,104 +228,58 @@ def train(objective: str, datas: list[SeedData], config: BanditsConfig, opts: li
     return {"own_optimum": np.array(own).T, "rlhf_regret": np.array(regret).T, "loss": np.array(losses)}
 
 
-def eval_steps(config: BanditsConfig) -> list[int]:
-    steps = list(range(0, config.steps + 1, config.eval_every))
-    if steps[-1] != config.steps:
-        steps.append(config.steps)
-    return steps
+# --------------------------------------------------------------------------- the run
+def run_bandits_bench(config: BanditsConfig) -> rp.BenchResult:
+    """Run every (objective, regime) and write report.md, results.json and figures into ``config.out`` atomically
+    (:func:`mdpalign.bench.report.run_report`: ``ReportError`` before any work if ``config.out`` is taken)."""
+    return rp.run_report(config, lambda progress: _experiment(config, progress),
+                         total=len(config.regimes) * len(config.objectives))
 
 
-# --------------------------------------------------------------------------- report
-@dataclass
-class BanditsResult:
-    out: Path
-    results: dict
-    summary: str
+def _experiment(config: BanditsConfig, progress) -> rp.Report:
+    from mdpalign.fit import record_iterations
 
-
-def run_bandits(config: BanditsConfig):
-    """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically.
-
-    ``config.out`` must be new, empty or a previous bandits report, else ``ReportError`` before any work
-    (``config.force`` moves anything else aside; :func:`mdpalign.bench.report.check_output_dir`).
-    Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
-    caller's thread count afterwards.
-    """
-    rp.check_output_dir(config.out, kind=config.REPORT_KIND, force=config.force)  # before any work
-    with rp.single_torch_thread():
-        return _run_bandits(config)
-
-
-def _run_bandits(config: BanditsConfig) -> BanditsResult:
-    """Run every (objective, regime) and write report.md, results.json and figures atomically."""
-    from tqdm.auto import tqdm
-
-    t0, cpu0 = time.perf_counter(), time.process_time()
     seeds = [config.seed + i for i in range(config.seeds)]
-    show = not config.quiet and rp._isatty(sys.stderr)
-    progress = tqdm(total=len(config.regimes) * len(config.objectives), desc="bandits", unit="run",
-                    disable=not show, file=sys.stderr)
     curves: dict = {}
     optima: dict = {}
-    try:
-        for regime in config.regimes:
-            datas = [seed_data(config, regime, s) for s in seeds]
-            curves[regime], optima[regime] = {}, {}
-            for objective in config.objectives:
-                opts = [own_optimum(objective, d, config) for d in datas]
-                summaries = [optimum_summary(o, d, objective, config.beta) for o, d in zip(opts, datas)]
-                optima[regime][objective] = {
-                    "kind": summaries[0]["kind"],
-                    "attained": [s["attained"] for s in summaries],
-                    "regret_of_optimum": [s["regret_of_optimum"] for s in summaries],
-                    "rlhf_in_set": [s["rlhf_in_set"] for s in summaries],
-                }
-                curves[regime][objective] = train(objective, datas, config, opts)
-                progress.update(1)
-    finally:
-        progress.close()
+    for regime in config.regimes:
+        datas = [seed_data(config, regime, s) for s in seeds]
+        curves[regime], optima[regime] = {}, {}
+        for objective in config.objectives:
+            opts = [own_optimum(objective, d, config) for d in datas]
+            summaries = [optimum_summary(o, d, objective, config.beta) for o, d in zip(opts, datas)]
+            optima[regime][objective] = {
+                "kind": summaries[0].kind,
+                "attained": [s.attained for s in summaries],
+                "regret_of_optimum": [s.regret_of_optimum for s in summaries],
+                "rlhf_in_set": [s.rlhf_in_set for s in summaries],
+            }
+            curves[regime][objective] = train_objective(objective, datas, config, opts)
+            progress.update(1)
     final = {}
     for regime in config.regimes:
         final[regime] = {}
         for objective in config.objectives:
-            entry = {}
-            for k in ("own_optimum", "rlhf_regret"):
-                values = curves[regime][objective][k][:, -1]
-                mean, half = rp.mean_ci(values)
-                entry[k] = {"mean": float(mean), "ci95": float(half), "per_seed": values.tolist()}
+            entry = {k: rp.MeanCI.of(curves[regime][objective][k][:, -1]) for k in ("own_optimum", "rlhf_regret")}
             in_set = optima[regime][objective]["rlhf_in_set"]
-            entry["lands_on_rlhf_optimum"] = bool(np.all(np.array(entry["rlhf_regret"]["per_seed"]) < LANDS_TOL))
+            entry["lands_on_rlhf_optimum"] = bool(np.all(np.array(entry["rlhf_regret"].per_seed) < LANDS_TOL))
             # True: the RLHF optimum is one of the objective's exact optima for every bandit
             entry["rlhf_optimum_among_optima"] = None if None in in_set else bool(all(in_set))
             final[regime][objective] = entry
-    results = {
+    results = rp.plain({
         "experiment": "bandits",
         "config": config.record(),
         "versions": rp.environment_versions(),
         "seeds": seeds,
-        "steps": eval_steps(config),
+        "steps": record_iterations(config.steps, config.eval_every),
         "lands_tol": LANDS_TOL,
         "curves": {r: {o: {k: v.tolist() for k, v in c.items()} for o, c in cs.items()} for r, cs in curves.items()},
         "optima": optima,
         "final": final,
-    }
+    })
     table = final_table(results)
-    with rp.atomic_output_dir(config.out, kind=config.REPORT_KIND, force=config.force) as tmp:
-        figures = _write_figures(tmp, results)
-        timing = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0}
-        results["timing"] = timing
-        rp.write_json(tmp / "results.json", results)
-        (tmp / "report.md").write_text(_report_markdown(results, table, figures), encoding="utf-8")
-    text = table + f"\n\nreport: {Path(config.out) / 'report.md'} ({timing['wall_s']:.1f} s wall, " \
-        f"{timing['cpu_s']:.1f} s CPU)"
-    return BanditsResult(Path(config.out), results, text)
-
-
-def _fmt(entry: dict) -> str:
-    mean, half = entry["mean"], entry["ci95"]
-    if not math.isfinite(mean):
-        return "—"
-    return rp.format_number(mean) + ("" if not math.isfinite(half) else f" ± {rp.format_number(half, 2)}")
+    return rp.Report(results, _write_figures, lambda res, figures: _report_markdown(res, table, figures),
+                     summary=table)
 
 
 def final_table(results: dict) -> str:
@@ -330,7 +292,7 @@ def final_table(results: dict) -> str:
                 regime, objective, opt["kind"],
                 "—" if np.isnan(reg_opt).any() else
                 ("0" if reg_opt.mean() < 1e-12 else rp.format_number(float(reg_opt.mean()))),
-                _fmt(e["own_optimum"]), _fmt(e["rlhf_regret"]), classify(e, opt["kind"]),
+                rp.format_mean_ci(e["own_optimum"]), rp.format_mean_ci(e["rlhf_regret"]), classify(e, opt["kind"]),
             ])
     return rp.markdown_table(
         ["regime", "objective", "own optimum", "regret of own optimum", "distance to own optimum",
@@ -372,11 +334,7 @@ def verdict_text(results: dict) -> str:
 
 
 def _write_figures(tmp: Path, results: dict) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = rp.pyplot()
     steps = results["steps"]
     regimes = list(results["curves"])
     names = {}
@@ -396,9 +354,7 @@ def _write_figures(tmp: Path, results: dict) -> dict[str, str]:
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
         fig.suptitle(f"{title}: mean and 95% CI over {len(results['seeds'])} bandits", fontsize=11)
-        fig.tight_layout()
-        fig.savefig(tmp / fname, metadata={"Software": None})
-        plt.close(fig)
+        rp.save_figure(fig, tmp / fname)
         names[key] = fname
     return names
 
@@ -443,6 +399,6 @@ def _report_markdown(results: dict, table: str, figures: dict[str, str]) -> str:
         "",
         f"![own optimum]({figures['own_optimum']})",
         "",
-        f"Run time: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU (process).",
+        rp.run_time_line(t),
         "",
     ])

@@ -26,9 +26,6 @@ explicit here and published in every report:
 """
 from __future__ import annotations
 
-import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,18 +36,18 @@ from mdpalign import metrics
 from mdpalign.bench import report as rp
 from mdpalign.bench.config import BenchConfigError, FrozenLakeConfig
 
-__all__ = ["run_frozen_lake", "FrozenLakeResult", "METRICS", "PAPER_ORDER", "build_problem"]
+__all__ = ["run_frozen_lake_bench", "METRICS", "PAPER_ORDER", "build_problem"]
 
 #: The paper's reported order, best first (by its parameter MSE).
 PAPER_ORDER = ("dpo", "ift", "orpo", "sft")
 
-#: metric key -> (title, lower is better, log scale)
+#: What is measured over training, in report order.
 METRICS = {
-    "param_mse": ("parameter MSE to θ* (the paper's metric)", True, True),
-    "visitation_kl": ("visitation-weighted KL(π* ‖ π)", True, True),
-    "value_gap": ("value gap J(π_opt) − J(π)", True, False),
-    "success": ("probability of reaching G", False, False),
-    "soft_value_gap": ("soft-value gap V*_β(s0) − V^π_β(s0)", True, True),
+    "param_mse": rp.Metric("parameter MSE to θ* (the paper's metric)", lower_is_better=True, log_scale=True),
+    "visitation_kl": rp.Metric("visitation-weighted KL(π* ‖ π)", lower_is_better=True, log_scale=True),
+    "value_gap": rp.Metric("value gap J(π_opt) − J(π)", lower_is_better=True, log_scale=False),
+    "success": rp.Metric("probability of reaching G", lower_is_better=False, log_scale=False),
+    "soft_value_gap": rp.Metric("soft-value gap V*_β(s0) − V^π_β(s0)", lower_is_better=True, log_scale=True),
 }
 
 METHOD_DATA = {
@@ -213,14 +210,33 @@ def _distillation_loss(net, target: np.ndarray, classes_list=(None,)):
     return loss
 
 
-def _distill(net, target: np.ndarray, max_iter: int, classes_list=(None,)) -> dict:
+@dataclass(frozen=True)
+class DistillationFit:
+    """Where an L-BFGS distillation stopped."""
+
+    loss: float
+    grad_norm: float
+    iterations: int
+    converged: bool
+
+
+@dataclass(frozen=True)
+class Distillations:
+    """One network's θ₀ and θ* distillations and how faithfully θ* represents π* (visitation KL)."""
+
+    theta0: DistillationFit
+    theta_star: DistillationFit
+    theta_star_kl: float
+
+
+def _distill(net, target: np.ndarray, max_iter: int, classes_list=(None,)) -> DistillationFit:
     """Minimise the distillation loss to convergence with L-BFGS; returns what it reached."""
     from mdpalign.fit import fit
 
     loss_fn = _distillation_loss(net, target, classes_list)
     result = fit(net, loss_fn, method="lbfgs", max_iter=max_iter, tol=DISTILL_TOL)
-    return {"loss": float(result.loss), "grad_norm": float(result.grad_norm), "iterations": int(result.iterations),
-            "converged": bool(result.converged)}
+    return DistillationFit(float(result.loss), float(result.grad_norm), int(result.iterations),
+                           bool(result.converged))
 
 
 # --------------------------------------------------------------------------- methods
@@ -310,13 +326,6 @@ def train_method(method: str, net, problem: Problem, batch: Batch, config: Froze
     return curves
 
 
-def eval_steps(config: FrozenLakeConfig) -> list[int]:
-    steps = list(range(0, config.steps + 1, config.eval_every))
-    if steps[-1] != config.steps:
-        steps.append(config.steps)
-    return steps
-
-
 def run_seed(seed: int, problem: Problem, batch: Batch, config: FrozenLakeConfig, progress=None) -> dict:
     """All methods from one seed's theta_0. Returns curves per method and the distillation records."""
     S = problem.mdp.n_states
@@ -330,12 +339,9 @@ def run_seed(seed: int, problem: Problem, batch: Batch, config: FrozenLakeConfig
         star = _distill(net, problem.pi_star, config.distill_max_iter, (0,) if conditioned else (None,))
         theta_star = _snapshot(net)
         key = "class_conditioned" if conditioned else "plain"
-        out["distillation"][key] = {
-            "theta0": base,
-            "theta_star": star,
-            "theta_star_kl": metrics.visitation_kl(problem.mdp, problem.pi_star, policy_table(net, conditioned),
-                                                   weights=problem.d_star),
-        }
+        out["distillation"][key] = Distillations(
+            base, star, metrics.visitation_kl(problem.mdp, problem.pi_star, policy_table(net, conditioned),
+                                              weights=problem.d_star))
         nets[conditioned] = (net, theta0, theta_star)
     net, theta0, _ = nets[False]
     net.load_state_dict(theta0)
@@ -367,12 +373,9 @@ def summarise(curves: dict[str, dict[str, np.ndarray]], methods) -> dict:
     for m in methods:
         final[m] = {}
         for k in METRICS:
-            values = curves[m][k][:, -1]
-            mean, half = rp.mean_ci(values)
-            final[m][k] = {"mean": float(mean), "ci95": float(half), "per_seed": values.tolist()}
-    rankings = {}
-    for k, (_, lower, _) in METRICS.items():
-        rankings[k] = rp.rank({m: final[m][k]["mean"] for m in methods}, higher_is_better=not lower)
+            final[m][k] = rp.MeanCI.of(curves[m][k][:, -1])
+    rankings = {k: rp.rank({m: final[m][k].mean for m in methods}, higher_is_better=not metric.lower_is_better)
+                for k, metric in METRICS.items()}
     return {"final": final, "rankings": rankings, "paper": paper_agreement(curves, methods),
             "rankings_over_training": rankings_over_training(curves, methods),
             "param_mse_vs_kl": param_mse_vs_kl(curves, methods)}
@@ -389,8 +392,9 @@ def rankings_over_training(curves: dict[str, dict[str, np.ndarray]], methods) ->
     """Ranking of the methods by each metric's seed-mean at a few checkpoints: {metric: {index: order}}."""
     n_points = curves[methods[0]]["param_mse"].shape[1]
     out = {}
-    for k, (_, lower, _) in METRICS.items():
-        out[k] = {str(j): rp.rank({m: float(curves[m][k][:, j].mean()) for m in methods}, higher_is_better=not lower)
+    for k, metric in METRICS.items():
+        out[k] = {str(j): rp.rank({m: float(curves[m][k][:, j].mean()) for m in methods},
+                                  higher_is_better=not metric.lower_is_better)
                   for j in checkpoint_indices(n_points)}
     return out
 
@@ -416,7 +420,8 @@ def paper_agreement(curves: dict[str, dict[str, np.ndarray]], methods) -> dict:
     """
     present = [m for m in PAPER_ORDER if m in methods]
     out = {}
-    for k, (_, lower, _) in METRICS.items():
+    for k, metric in METRICS.items():
+        lower = metric.lower_is_better
         sign = 1.0 if lower else -1.0
         finals = {m: curves[m][k][:, -1] for m in present}
         pairs = []
@@ -450,14 +455,17 @@ def paper_agreement(curves: dict[str, dict[str, np.ndarray]], methods) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-@dataclass
-class FrozenLakeResult:
-    out: Path
-    results: dict
-    summary: str
+@dataclass(frozen=True)
+class GaugeDemo:
+    """θ* with its output bias shifted: the same policy (KL ~ 0) at a non-zero parameter MSE."""
+
+    shift: float
+    parameter: str
+    param_mse: float
+    visitation_kl: float
 
 
-def _gauge_demo(problem: Problem, config: FrozenLakeConfig) -> dict:
+def _gauge_demo(problem: Problem, config: FrozenLakeConfig) -> GaugeDemo:
     """Shift every output logit of theta* by 1 (the last layer's bias): same policy, non-zero parameter MSE."""
     net = _make_net(config, problem.mdp.n_states, config.seed)
     _distill(net, problem.pi_star, config.distill_max_iter)
@@ -468,58 +476,38 @@ def _gauge_demo(problem: Problem, config: FrozenLakeConfig) -> dict:
     shifted[bias_key] = theta_star[bias_key] + 1.0
     net.load_state_dict(shifted)
     pi_after = policy_table(net)
-    return {
-        "shift": 1.0,
-        "parameter": bias_key,
-        "param_mse": metrics.parameter_mse(shifted, theta_star),
-        "visitation_kl": metrics.visitation_kl(problem.mdp, pi_before, pi_after, weights=problem.d_star),
-    }
+    return GaugeDemo(1.0, bias_key, metrics.parameter_mse(shifted, theta_star),
+                     metrics.visitation_kl(problem.mdp, pi_before, pi_after, weights=problem.d_star))
 
 
-def run_frozen_lake(config: FrozenLakeConfig):
-    """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically.
-
-    ``config.out`` must be new, empty or a previous frozen-lake report, else ``ReportError`` before any work
-    (``config.force`` moves anything else aside; :func:`mdpalign.bench.report.check_output_dir`).
-    Runs torch single-threaded (tiny matrices: threads only add overhead) and restores the
-    caller's thread count afterwards.
-    """
-    rp.check_output_dir(config.out, kind=config.REPORT_KIND, force=config.force)  # before any work
-    with rp.single_torch_thread():
-        return _run_frozen_lake(config)
+def run_frozen_lake_bench(config: FrozenLakeConfig) -> rp.BenchResult:
+    """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically
+    (:func:`mdpalign.bench.report.run_report`: ``ReportError`` before any work if ``config.out`` is taken)."""
+    return rp.run_report(config, lambda progress: _experiment(config, progress),
+                         total=config.seeds * len(config.methods))
 
 
-def _run_frozen_lake(config: FrozenLakeConfig) -> FrozenLakeResult:
-    """Run the experiment and write report.md, results.json and figures into ``config.out`` atomically."""
-    from tqdm.auto import tqdm
+def _experiment(config: FrozenLakeConfig, progress) -> rp.Report:
+    """Every seed and method, then the statistics; the report as plain data."""
+    from mdpalign.fit import record_iterations
 
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()
     problem = build_problem(config)
     batch = trajectory_batch(problem)
     seeds = [config.seed + i for i in range(config.seeds)]
-    steps = eval_steps(config)
-    show = not config.quiet and rp._isatty(sys.stderr)
-    progress = tqdm(total=len(seeds) * len(config.methods), desc="frozen-lake", unit="run", disable=not show,
-                    file=sys.stderr)
     per_seed = []
-    try:
-        for seed in seeds:
-            progress.set_postfix_str(f"seed {seed}")
-            per_seed.append(run_seed(seed, problem, batch, config, progress))
-    finally:
-        progress.close()
+    for seed in seeds:
+        progress.set_postfix_str(f"seed {seed}")
+        per_seed.append(run_seed(seed, problem, batch, config, progress))
     curves = {m: {k: np.array([r["curves"][m][k] for r in per_seed]) for k in list(METRICS) + ["loss"]}
               for m in config.methods}
     summary = summarise(curves, config.methods)
-    gauge = _gauge_demo(problem, config)
-    results = {
+    results = rp.plain({
         "experiment": "frozen-lake",
         "config": config.record(),
         "versions": rp.environment_versions(),
         "problem": _problem_record(problem, config),
         "seeds": seeds,
-        "steps": steps,
+        "steps": record_iterations(config.steps, config.eval_every),
         "curves": {m: {k: v.tolist() for k, v in curves[m].items()} for m in config.methods},
         "distillation": {str(s): r["distillation"] for s, r in zip(seeds, per_seed)},
         "final": summary["final"],
@@ -527,20 +515,12 @@ def _run_frozen_lake(config: FrozenLakeConfig) -> FrozenLakeResult:
         "rankings_over_training": summary["rankings_over_training"],
         "param_mse_vs_kl": summary["param_mse_vs_kl"],
         "paper_agreement": summary["paper"],
-        "gauge_demo": gauge,
+        "gauge_demo": _gauge_demo(problem, config),
         "crlft_class_weights": crlft_weights(config).tolist(),
-    }
+    })
     table = final_table(results)
-    with rp.atomic_output_dir(config.out, kind=config.REPORT_KIND, force=config.force) as tmp:
-        figures = _write_figures(tmp, results)
-        elapsed = time.perf_counter() - t0
-        timing = {"wall_s": elapsed, "cpu_s": time.process_time() - cpu0}
-        results["timing"] = timing
-        rp.write_json(tmp / "results.json", results)
-        (tmp / "report.md").write_text(_report_markdown(results, problem, table, figures), encoding="utf-8")
-    text = table + "\n\n" + agreement_text(results) + f"\n\nreport: {Path(config.out) / 'report.md'}" \
-        f" ({timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU)"
-    return FrozenLakeResult(Path(config.out), results, text)
+    return rp.Report(results, _write_figures, lambda res, figures: _report_markdown(res, problem, table, figures),
+                     summary=table + "\n\n" + agreement_text(results))
 
 
 def _traj_record(t) -> dict:
@@ -570,13 +550,6 @@ def _problem_record(problem: Problem, config: FrozenLakeConfig) -> dict:
     }
 
 
-def _fmt(entry: dict, metric: str = "") -> str:
-    mean, half = entry["mean"], entry["ci95"]
-    # probabilities near 1 need more digits than 3 significant ones
-    head = f"{mean:.4f}" if metric == "success" else rp.format_number(mean)
-    return head + ("" if not math.isfinite(half) else f" ± {rp.format_number(half, 2)}")
-
-
 def final_table(results: dict) -> str:
     """Final values (mean ± 95% CI over seeds) with each method's rank per metric in brackets."""
     methods = list(results["final"])
@@ -586,7 +559,8 @@ def final_table(results: dict) -> str:
         row = [m]
         for k in METRICS:
             r = results["rankings"][k].index(m) + 1
-            row.append(f"{_fmt(results['final'][m][k], k)} ({r})")
+            # probabilities near 1 need more digits than 3 significant ones
+            row.append(f"{rp.format_mean_ci(results['final'][m][k], 4 if k == 'success' else None)} ({r})")
         rows.append(row)
     return rp.markdown_table(headers, rows)
 
@@ -601,9 +575,8 @@ def agreement_text(results: dict) -> str:
         lines.append("Fewer than two of the paper's methods (DPO, IFT, ORPO, SFT) were run: nothing to compare.")
         return "\n".join(lines)
     for k, a in agree.items():
-        title = METRICS[k][0]
-        order = " < ".join(m.upper() for m in a["order"]) if METRICS[k][1] else \
-            " > ".join(m.upper() for m in a["order"])
+        title = METRICS[k].title
+        order = (" < " if METRICS[k].lower_is_better else " > ").join(m.upper() for m in a["order"])
         verdict = "agrees with the paper's order" if a["exact"] else \
             f"agrees on {a['agreeing_pairs']} of {a['n_pairs']} pairs"
         unsep = [f"{p['better'].upper()}/{p['worse'].upper()}" for p in a["pairs"] if not p["separated"]]
@@ -635,36 +608,32 @@ def rankings_table(results: dict) -> str:
     idx = list(next(iter(ro.values())).keys())
     rows = []
     for k, by_index in ro.items():
-        sep = " < " if METRICS[k][1] else " > "
+        sep = " < " if METRICS[k].lower_is_better else " > "
         rows.append([k] + [sep.join(m.upper() for m in by_index[j]) for j in idx])
     return rp.markdown_table(["metric"] + [f"step {steps[int(j)]}" for j in idx], rows)
 
 
 def _write_figures(tmp: Path, results: dict) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = rp.pyplot()
     steps = results["steps"]
     methods = list(results["curves"])
     names = {}
-    for k, (title, _, logy) in METRICS.items():
+    for k, metric in METRICS.items():
         curves = {m: np.array(results["curves"][m][k]) for m in methods}
         name = f"{k}.png"
-        rp.plot_curves(tmp / name, steps, curves, title=title, ylabel=k, logy=logy and _positive(curves))
+        rp.plot_curves(tmp / name, steps, curves, title=metric.title, ylabel=k,
+                       logy=metric.log_scale and _positive(curves))
         names[k] = name
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), dpi=80)
-    for ax, (k, (title, _, logy)) in zip(axes.flat, METRICS.items()):
+    for ax, (k, metric) in zip(axes.flat, METRICS.items()):
         curves = {m: np.array(results["curves"][m][k]) for m in methods}
-        rp.plot_curves(None, steps, curves, title=title, ylabel=k, logy=logy and _positive(curves), ax=ax)
+        rp.plot_curves(None, steps, curves, title=metric.title, ylabel=k,
+                       logy=metric.log_scale and _positive(curves), ax=ax)
     axes.flat[-1].axis("off")
     cfg = results["config"]
     fig.suptitle(f"Frozen Lake ({cfg['map']}, {'slippery' if cfg['slippery'] else 'deterministic'}, "
                  f"rejected = {cfg['suboptimal']}): mean and 95% CI over {cfg['seeds']} seeds", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(tmp / "overview.png", metadata={"Software": None})
-    plt.close(fig)
+    rp.save_figure(fig, tmp / "overview.png")
     names["overview"] = "overview.png"
     return names
 
@@ -792,7 +761,7 @@ def _report_markdown(results: dict, problem: Problem, table: str, figures: dict[
         "- `soft_value_gap`: V*_β(S) − V^π_β(S) at β = β*, the KL-regularised values (uniform reference); "
         "= β Σ_t γ^t E[KL(π ‖ π*)] along π's own visits.",
         "",
-        f"Run time: {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU (process).",
+        rp.run_time_line(timing),
         "",
     ]
     return "\n".join(lines)

@@ -118,9 +118,9 @@ def _run_frozen_lake(args) -> int:
         "seeds", "steps", "eval_every", "map", "slippery", "suboptimal", "methods", "gamma", "beta_star",
         "hidden", "lr", "seed", "out", "quiet", "force", "crlft_beta",
     ))
-    from mdpalign.bench.frozen_lake import run_frozen_lake  # torch: only once the settings are known to be good
+    from mdpalign.bench.frozen_lake import run_frozen_lake_bench  # torch: only once the settings are known to be good
 
-    result = run_frozen_lake(config)
+    result = run_frozen_lake_bench(config)
     if not config.quiet:
         print(result.summary)
     return 0
@@ -133,9 +133,9 @@ def _run_bandits(args) -> int:
         "seeds", "steps", "eval_every", "arms", "contexts", "beta", "objectives", "regimes", "lr", "seed",
         "out", "quiet", "force",
     ))
-    from mdpalign.bench.bandits import run_bandits
+    from mdpalign.bench.bandits import run_bandits_bench
 
-    result = run_bandits(config)
+    result = run_bandits_bench(config)
     if not config.quiet:
         print(result.summary)
     return 0
