@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mdpalign.bench import bandits as bb
+from mdpalign.bench.bandits import data as bb_data
 from mdpalign.bench import report as rp
 from mdpalign.cli.bench import main as bench_main
 from mdpalign.bench.config import BANDIT_OBJECTIVES, BANDIT_REGIMES, BanditsConfig, BenchConfigError
@@ -143,12 +144,12 @@ def test_out_holding_other_files_is_refused_before_any_work_and_force_moves_them
     (out / "notes.md").write_text("mine")
     small = ["--seeds", "1", "--steps", "2", "--eval-every", "1", "--regimes", "deterministic", "--objectives", "sft",
              "--quiet", "--out", str(out)]
-    seed_data = bb.seed_data
+    seed_data = bb_data.seed_data
 
     def started(*args, **kwargs):
         raise AssertionError("the experiment started")
 
-    monkeypatch.setattr(bb, "seed_data", started)
+    monkeypatch.setattr(bb_data, "seed_data", started)
     with pytest.raises(SystemExit) as exc:
         bench_main(["bandits", *small])
     assert exc.value.code == 2
@@ -158,7 +159,7 @@ def test_out_holding_other_files_is_refused_before_any_work_and_force_moves_them
         bb.run_bandits_bench(BanditsConfig(out=str(out)))
     assert [p.name for p in out.iterdir()] == ["notes.md"]
 
-    monkeypatch.setattr(bb, "seed_data", seed_data)
+    monkeypatch.setattr(bb_data, "seed_data", seed_data)
     with caplog.at_level("WARNING", logger="mdpalign.bench.report"):
         assert bench_main(["bandits", *small, "--force"]) == 0
     assert (tmp_path / "mine.replaced-1" / "notes.md").read_text() == "mine"

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from mdpalign.bench import frozen_lake as fl
+from mdpalign.bench.frozen_lake import figures as fl_figures
+from mdpalign.bench.frozen_lake import problem as fl_problem
+from mdpalign.bench.frozen_lake import training as fl_training
 from mdpalign.bench import report as rp
 from mdpalign.cli.bench import main as bench_main
 from mdpalign.bench.config import FROZEN_LAKE_METHODS, BenchConfigError, FrozenLakeConfig
@@ -95,7 +98,8 @@ def test_sft_learns_the_demonstrated_path(tiny_run):
 
 def test_rankings_and_paper_comparison_follow_the_numbers(tiny_run):
     data = json.loads((tiny_run / "results.json").read_text())
-    for k, (_, lower, _) in fl.METRICS.items():
+    for k, metric in fl.METRICS.items():
+        lower = metric.lower_is_better
         means = [data["final"][m][k]["mean"] for m in data["rankings"][k]]
         assert means == sorted(means, reverse=not lower), k
         agree = data["paper_agreement"][k]
@@ -130,7 +134,7 @@ def test_an_interrupted_run_leaves_no_report_and_keeps_the_previous_one(tmp_path
         calls.append(1)
         raise KeyboardInterrupt("interrupted inside the training loop")
 
-    monkeypatch.setattr(fl, "train_method", boom)
+    monkeypatch.setattr(fl_training, "train_method", boom)
     config = FrozenLakeConfig(seeds=1, steps=5, eval_every=5, methods=("sft",), out=str(out), quiet=True,
                               distill_max_iter=5)
     with pytest.raises(KeyboardInterrupt):
@@ -153,7 +157,7 @@ def test_a_failure_while_writing_keeps_the_previous_report(tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(fl, "_write_figures", broken)
+    monkeypatch.setattr(fl_figures, "write_figures", broken)
     config = FrozenLakeConfig(seeds=1, steps=2, eval_every=2, methods=("sft",), out=str(out), quiet=True,
                               distill_max_iter=5)
     with pytest.raises(RuntimeError, match="disk full"):
@@ -167,7 +171,7 @@ def _work_must_not_start(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("the experiment started although its output path is unusable")
 
-    monkeypatch.setattr(fl, "build_problem", started)
+    monkeypatch.setattr(fl_problem, "build_problem", started)
 
 
 def _one_line_error(capsys, *argv) -> str:
