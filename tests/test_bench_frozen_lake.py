@@ -269,5 +269,53 @@ def test_crlft_exponential_weights_and_a_method_subset(tmp_path):
     assert set(res["curves"]) == {"sft", "crlft"}
     report = (tmp_path / "r" / "report.md").read_text()
     assert "exp(r_c/β)" in report and "nothing to compare" in report
-    with pytest.raises(BenchConfigError, match="--crlft-beta"):
+    with pytest.raises(BenchConfigError, match="crlft_beta") as exc:
         FrozenLakeConfig(crlft_beta=-1.0)
+    assert "--" not in str(exc.value)  # built from Python: the field's name; the CLI shows the flag
+    assert "--crlft-beta must be a positive" in exc.value.render(lambda field: "--" + field.replace("_", "-"))
+
+
+def test_config_errors_name_fields_from_python_and_flags_on_the_command_line(tmp_path, capsys):
+    with pytest.raises(BenchConfigError) as exc:
+        FrozenLakeConfig(eval_every=50, steps=20)
+    assert str(exc.value) == "eval_every (50) is larger than steps (20)"
+    err = _one_line_error(capsys, "--eval-every", "50", "--steps", "20", "--out", str(tmp_path / "r"))
+    assert err.strip().endswith("error: --eval-every (50) is larger than --steps (20)")
+    with pytest.raises(BenchConfigError, match="unknown methods 'rlhf' in methods;"):
+        FrozenLakeConfig(methods=("sft", "rlhf"))
+    # the parts survive pickling (e.g. an error sent back from a worker process)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(exc.value))
+    assert str(again) == str(exc.value) and again.fields == ("eval_every", "steps")
+
+
+@pytest.mark.parametrize("rows", [("SFFF", "FHFH", "FFFH", "HFFG"), ("SFFF", "FFFF", "FFFG"), ("SFFG", "FHHF", "FFFF", "HFFH"),
+                                  ("SFHG", "FFFF"), ("SFFFF", "FHFHF", "FFFFG"), ("SHFG", "FFFH")])
+def test_shortest_path_count_agrees_with_the_enumeration(rows):
+    from mdpalign.envs.frozen_lake import frozen_lake, simple_trajectories
+
+    lake = frozen_lake(list(rows), slippery=False)
+    to_goal = [t for t in simple_trajectories(lake) if t.reaches_goal]
+    best = len(to_goal[0])
+    assert fl_problem.shortest_path_count(lake) == (sum(len(t) == best for t in to_goal), best)
+
+
+@pytest.mark.parametrize("name, n, steps", [("8x8", 107, 14), ("4x4", 3, 6)])
+def test_gymnasium_maps_are_refused_before_their_paths_are_enumerated(name, n, steps, tmp_path, monkeypatch, capsys):
+    """gymnasium's maps have many shortest S→G paths; enumerating every simple path of the 8x8 one (up to 32 steps)
+    ran for minutes before two_path_lake_from_map refused it. Now the count comes first."""
+    import importlib
+
+    envs_fl = importlib.import_module("mdpalign.envs.frozen_lake")  # the module (mdpalign.envs.frozen_lake is
+    # also the name of a function re-exported by mdpalign.envs)
+
+    def enumerated(*args, **kwargs):
+        raise AssertionError("the simple paths were enumerated before the map was refused")
+
+    monkeypatch.setattr(envs_fl, "simple_trajectories", enumerated)
+    err = _one_line_error(capsys, "--map", name, "--out", str(tmp_path / "r"))
+    assert f"--map '{name}' cannot be used" in err and f"has {n} shortest S→G paths of {steps} steps" in err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(BenchConfigError, match=f"^map '{name}' cannot be used"):  # from Python: the field
+        fl.run_frozen_lake_bench(FrozenLakeConfig(map=name, out=str(tmp_path / "p"), quiet=True))

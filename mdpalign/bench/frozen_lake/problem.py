@@ -11,7 +11,7 @@ from gymnasium.envs.toy_text.frozen_lake import MAPS
 from mdpalign import metrics
 from mdpalign.bench import report as rp
 from mdpalign.bench.config import BenchConfigError, FrozenLakeConfig
-from mdpalign.envs.frozen_lake import InvalidMapError, two_path_lake, two_path_lake_from_map
+from mdpalign.envs.frozen_lake import InvalidMapError, frozen_lake, two_path_lake, two_path_lake_from_map
 from mdpalign.solve import policy_iteration, soft_value_iteration
 
 __all__ = ["Problem", "build_problem", "METRICS", "PAPER_ORDER"]
@@ -59,15 +59,46 @@ def _make_lake(config: FrozenLakeConfig):
     try:
         if config.map == "two-path":
             return two_path_lake(config.suboptimal, slippery=config.slippery, gamma=config.gamma)
-        if config.map in ("4x4", "8x8"):
-                rows = tuple(MAPS[config.map])
-        else:
-            rows = config.map_rows
+        rows = tuple(MAPS[config.map]) if config.map in ("4x4", "8x8") else config.map_rows
+        # Refuse a map without a unique shortest path before enumerating its simple paths: on gymnasium's 8x8
+        # that enumeration alone runs for minutes, only for two_path_lake_from_map to refuse the map afterwards.
+        lake = frozen_lake(list(rows), slippery=False, gamma=config.gamma)
+        n, best = shortest_path_count(lake)
+        if n > 1:
+            raise InvalidMapError(f"map {'/'.join(lake.desc)!r} has {n} shortest S→G paths of {best} steps; the "
+                                  "optimal trajectory must be unique")
         max_len = 2 * (len(rows) + max(len(r) for r in rows)) if rows else None
         return two_path_lake_from_map(rows, config.suboptimal, slippery=config.slippery, gamma=config.gamma,
                                       max_len=max_len)
     except InvalidMapError as exc:
-        raise BenchConfigError(f"--map {config.map!r} cannot be used: {exc}") from None
+        raise BenchConfigError("{map} {got} cannot be used: {why}", ("map",), got=repr(config.map), why=exc) from None
+
+
+def shortest_path_count(lake) -> tuple[int, int]:
+    """(number of shortest S→G paths, their length in steps) on the deterministic lake, by breadth-first search:
+    moves as in :func:`mdpalign.envs.frozen_lake.simple_trajectories` (wall bumps are not moves, a hole or the
+    goal ends a path); (0, -1) when no goal is reachable."""
+    dist, count, frontier = {lake.start_state: 0}, {lake.start_state: 1}, [lake.start_state]
+    while frontier:
+        nxt = []
+        for s in frontier:
+            if lake.letter(s) in "HG":
+                continue
+            for a in range(4):
+                t = lake.deterministic_step(s, a)
+                if t == s:
+                    continue
+                if t not in dist:
+                    dist[t], count[t] = dist[s] + 1, 0
+                    nxt.append(t)
+                if dist[t] == dist[s] + 1:
+                    count[t] += count[s]
+        frontier = nxt
+    reached = [g for g in lake.goal_states if g in dist]
+    if not reached:
+        return 0, -1
+    best = min(dist[g] for g in reached)
+    return sum(count[g] for g in reached if dist[g] == best), best
 
 
 def build_problem(config: FrozenLakeConfig) -> Problem:

@@ -57,7 +57,7 @@ def _method_loss(method: str, net, problem: Problem, batch: Batch, config: Froze
         return crlft
     if method == "oracle":
         return distillation_loss(net, problem.pi_star)
-    raise BenchConfigError(f"unknown method {method!r}")  # pragma: no cover - config validates
+    raise BenchConfigError("unknown method {got}", got=repr(method))  # pragma: no cover - config validates
 
 
 def crlft_weights(config: FrozenLakeConfig) -> torch.Tensor:
