@@ -113,6 +113,36 @@ def _evaluate(loss_fn, params) -> tuple[torch.Tensor, float]:
     return loss.detach(), math.sqrt(sq)
 
 
+def _check_arguments(ps, method, dtype, max_iter, tol, loss_tol, steps, record_every, on_record) -> tuple[int, int]:
+    """Refuse what :func:`fit` cannot do; the step cap and ``record_every`` as ints."""
+    if method not in FIT_METHODS:
+        raise FitError(f"unknown method {method!r}; valid: {', '.join(FIT_METHODS)}")
+    if dtype is not None:
+        for i, p in enumerate(ps):
+            if p.dtype != dtype:
+                raise FitError(f"parameter {i} has dtype {p.dtype}, fit expected {dtype} (pass dtype=None to allow)")
+    if steps is not None:
+        if max_iter is not None or loss_tol is not None:
+            raise FitError("steps= fixes the number of steps: do not also give max_iter or loss_tol")
+        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+            raise FitError(f"steps must be an integer >= 0, got {steps!r}")
+        max_iter = int(steps)
+    elif max_iter is None:
+        max_iter = 1000
+    if int(max_iter) < 0 or not float(tol) >= 0:
+        raise FitError(f"need max_iter >= 0 and tol >= 0, got {max_iter}, {tol}")
+    if on_record is not None and int(record_every) <= 0:
+        raise FitError("on_record needs record_every > 0 (it is called at each recorded iterate)")
+    return int(max_iter), int(record_every)
+
+
+def _optimiser(method: str, ps, lr, history_size: int) -> torch.optim.Optimizer:
+    if method == "lbfgs":
+        return torch.optim.LBFGS(ps, lr=1.0 if lr is None else lr, max_iter=1, max_eval=30, tolerance_grad=0.0,
+                                 tolerance_change=0.0, history_size=history_size, line_search_fn="strong_wolfe")
+    return torch.optim.Adam(ps, lr=1e-2 if lr is None else lr)
+
+
 def fit(
     params,
     loss_fn: Callable[[], torch.Tensor],
@@ -151,32 +181,10 @@ def fit(
     benchmark evaluates its metrics. It must not change the parameters.
     """
     ps = _params(params)
-    if method not in FIT_METHODS:
-        raise FitError(f"unknown method {method!r}; valid: {', '.join(FIT_METHODS)}")
-    if dtype is not None:
-        for i, p in enumerate(ps):
-            if p.dtype != dtype:
-                raise FitError(f"parameter {i} has dtype {p.dtype}, fit expected {dtype} (pass dtype=None to allow)")
+    max_iter, record_every = _check_arguments(ps, method, dtype, max_iter, tol, loss_tol, steps, record_every,
+                                              on_record)
     fixed = steps is not None
-    if fixed:
-        if max_iter is not None or loss_tol is not None:
-            raise FitError("steps= fixes the number of steps: do not also give max_iter or loss_tol")
-        if isinstance(steps, bool) or int(steps) != steps or steps < 0:
-            raise FitError(f"steps must be an integer >= 0, got {steps!r}")
-        max_iter = int(steps)
-    elif max_iter is None:
-        max_iter = 1000
-    if int(max_iter) < 0 or not float(tol) >= 0:
-        raise FitError(f"need max_iter >= 0 and tol >= 0, got {max_iter}, {tol}")
-    record_every = int(record_every)
-    if on_record is not None and record_every <= 0:
-        raise FitError("on_record needs record_every > 0 (it is called at each recorded iterate)")
-
-    if method == "lbfgs":
-        opt = torch.optim.LBFGS(ps, lr=1.0 if lr is None else lr, max_iter=1, max_eval=30, tolerance_grad=0.0,
-                                tolerance_change=0.0, history_size=history_size, line_search_fn="strong_wolfe")
-    else:
-        opt = torch.optim.Adam(ps, lr=1e-2 if lr is None else lr)
+    opt = _optimiser(method, ps, lr, history_size)
 
     history: list[HistoryPoint] = []
 

@@ -29,7 +29,6 @@ Seeds draw independent bandits. All seeds train at once as one tabular policy ov
 contexts: the losses are sums over contexts and Adam is elementwise, so this is exactly the same
 as training each seed alone.
 
-
 The package, by job: :mod:`~.data` (bandits and data tables), :mod:`~.optima` (exact optima, regret),
 :mod:`~.training` (Adam through ``fit``), :mod:`~.text` and :mod:`~.figures` (the report), :mod:`~.run` (one run,
 through :func:`mdpalign.bench.report.run_report`).

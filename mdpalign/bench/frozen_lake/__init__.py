@@ -24,7 +24,6 @@ explicit here and published in every report:
   J(pi_hard*) - J(pi) to the hard optimum; success probability within gymnasium's time limit;
   soft-value gap V*_beta(s0) - V^pi_beta(s0). All exact (linear solves), float64.
 
-
 The package, by job: :mod:`~.problem` (the lake, the targets, what is measured), :mod:`~.networks` (tensors,
 the MLP, the distillations), :mod:`~.training` (the methods' losses, Adam through ``fit``, one seed),
 :mod:`~.statistics` (means, intervals, rankings, the paper's order), :mod:`~.text` and :mod:`~.figures` (the

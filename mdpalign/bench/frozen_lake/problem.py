@@ -11,7 +11,9 @@ from gymnasium.envs.toy_text.frozen_lake import MAPS
 from mdpalign import metrics
 from mdpalign.bench import report as rp
 from mdpalign.bench.config import BenchConfigError, FrozenLakeConfig
-from mdpalign.envs.frozen_lake import InvalidMapError, frozen_lake, two_path_lake, two_path_lake_from_map
+from mdpalign.envs.frozen_lake import (
+    InvalidMapError, TwoPathLake, frozen_lake, two_path_lake, two_path_lake_from_map,
+)
 from mdpalign.solve import policy_iteration, soft_value_iteration
 
 __all__ = ["Problem", "build_problem", "METRICS", "PAPER_ORDER"]
@@ -34,7 +36,7 @@ METRICS = {
 class Problem:
     """Everything fixed across seeds and methods: the lake, its trajectories and its targets."""
 
-    two: object  # mdpalign.envs.frozen_lake.TwoPathLake
+    two: TwoPathLake
     pi_star: np.ndarray  # (S, A) soft-optimal policy at beta_star
     v_hard: np.ndarray  # (S,) optimal values
     hard_policy: np.ndarray  # (S,) greedy optimal policy
