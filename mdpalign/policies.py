@@ -225,12 +225,30 @@ class MLPPolicy(nn.Module):
             raise PolicyInputError(f"actions shape {tuple(a.shape)} differs from states shape {tuple(lp.shape[:-1])}")
         return lp.gather(-1, a.unsqueeze(-1)).squeeze(-1)
 
-    def log_probs_table(self, classes: torch.Tensor | int | None = None) -> torch.Tensor:
-        """``log pi(a|s[, c])`` for every input id -> ``(n_inputs, A)``; ``classes`` an int or (n_inputs,) ids."""
+    def sequence_logits(self, states: torch.Tensor, sequence_classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at padded sequences of states ``(B, T)`` -> ``(B, T, A)``, ``sequence_classes`` ``(B,)`` one class
+        per sequence (a class-conditioned policy scores a whole demonstration under its label). With 1-D ``states``
+        ``(B,)`` the classes are per state, as in :meth:`forward`."""
+        if sequence_classes is not None:
+            c = torch.as_tensor(sequence_classes)
+            if states.ndim == 2:
+                if c.shape != states.shape[:1]:
+                    raise PolicyInputError(f"sequence_classes must have shape {tuple(states.shape[:1])} (one per "
+                                           f"sequence), got {tuple(c.shape)}")
+                c = c[:, None].expand_as(states)
+            return self.forward_embeds(self.embed(states), classes=c)
+        return self.forward_embeds(self.embed(states))
+
+    def logits_table(self, classes: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Logits at every input id -> ``(n_inputs, A)``; ``classes`` an int or (n_inputs,) ids."""
         states = torch.arange(self.n_inputs)
         c = None if classes is None else torch.as_tensor(classes).expand(self.n_inputs)
-        return self.log_probs(states, c)
+        return self(states, c)
+
+    def log_probs_table(self, classes: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``log pi(a|s[, c])`` for every input id -> ``(n_inputs, A)``; ``classes`` an int or (n_inputs,) ids."""
+        return torch.log_softmax(self.logits_table(classes), dim=-1)
 
     def probs(self, classes: torch.Tensor | int | None = None) -> torch.Tensor:
-        """The table ``pi(a|s[, c])`` -> ``(n_inputs, A)``."""
-        return self.log_probs_table(classes).exp()
+        """The table ``pi(a|s[, c])`` -> ``(n_inputs, A)`` (a softmax of the logits, like TabularPolicy.probs)."""
+        return torch.softmax(self.logits_table(classes), dim=-1)

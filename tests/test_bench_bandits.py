@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mdpalign.bench import bandits as bb
+from mdpalign.bench.bandits import data as bb_data
 from mdpalign.bench import report as rp
 from mdpalign.cli.bench import main as bench_main
 from mdpalign.bench.config import BANDIT_OBJECTIVES, BANDIT_REGIMES, BanditsConfig, BenchConfigError
@@ -67,23 +68,23 @@ def test_exact_optima_say_who_can_reach_the_rlhf_optimum():
         return bb.optimum_summary(bb.own_optimum(objective, data, config), data, objective, config.beta)
 
     s = summary("dpo", "bt_all_pairs")
-    assert s["kind"] == "UniqueOptimum" and s["rlhf_in_set"] and s["regret_of_optimum"] < 1e-12
+    assert s.kind == "UniqueOptimum" and s.rlhf_in_set and s.regret_of_optimum < 1e-12
     for objective in ("sft", "ipo"):
         s = summary(objective, "bt_all_pairs")
-        assert not s["rlhf_in_set"] and s["regret_of_optimum"] > 1e-3
+        assert not s.rlhf_in_set and s.regret_of_optimum > 1e-3
     s = summary("dpo", "partial_coverage")
-    assert s["kind"] == "PinnedDifferences" and s["rlhf_in_set"]
+    assert s.kind == "PinnedDifferences" and s.rlhf_in_set
     s = summary("dpo", "deterministic")
-    assert s["kind"] == "NoFiniteOptimum" and not s["attained"] and not s["rlhf_in_set"]
+    assert s.kind == "NoFiniteOptimum" and not s.attained and not s.rlhf_in_set
     s = summary("crlft", "mixed_quality")
-    assert s["rlhf_in_set"] and s["regret_of_optimum"] < 1e-12
-    assert summary("kl_rl", "deterministic")["rlhf_in_set"]
+    assert s.rlhf_in_set and s.regret_of_optimum < 1e-12
+    assert summary("kl_rl", "deterministic").rlhf_in_set
 
 
 def test_training_lands_where_the_closed_forms_say(tmp_path):
     config = BanditsConfig(seeds=2, steps=300, eval_every=100, regimes=("bt_all_pairs",),
                            objectives=("sft", "dpo", "ipo", "kl_rl"), out=str(tmp_path / "r"), quiet=True)
-    res = bb.run_bandits(config).results
+    res = bb.run_bandits_bench(config).results
     final = res["final"]["bt_all_pairs"]
     assert final["dpo"]["lands_on_rlhf_optimum"] and final["kl_rl"]["lands_on_rlhf_optimum"]
     for objective in ("sft", "ipo"):
@@ -100,9 +101,9 @@ def test_stacking_seeds_equals_training_each_alone():
     config = BanditsConfig(seeds=2, steps=30, eval_every=10)
     datas = [bb.seed_data(config, "deterministic", s) for s in (0, 1)]
     opts = [bb.own_optimum("dpo", d, config) for d in datas]
-    together = bb.train("dpo", datas, config, opts)
+    together = bb.train_objective("dpo", datas, config, opts)
     for k in range(2):
-        alone = bb.train("dpo", [datas[k]], config, [opts[k]])
+        alone = bb.train_objective("dpo", [datas[k]], config, [opts[k]])
         np.testing.assert_allclose(together["rlhf_regret"][k], alone["rlhf_regret"][0], rtol=1e-10, atol=1e-14)
 
 
@@ -128,11 +129,11 @@ def test_config_errors_without_cli():
 
 
 def test_progress_bar_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bb.rp, "_isatty", lambda stream=None: True)
+    monkeypatch.setattr(rp, "_isatty", lambda stream=None: True)
     small = dict(seeds=1, steps=2, eval_every=1, regimes=("deterministic",), objectives=("sft",))
-    bb.run_bandits(BanditsConfig(**small, out=str(tmp_path / "a")))
+    bb.run_bandits_bench(BanditsConfig(**small, out=str(tmp_path / "a")))
     assert "bandits: 100%" in capsys.readouterr().err
-    bb.run_bandits(BanditsConfig(**small, out=str(tmp_path / "b"), quiet=True))
+    bb.run_bandits_bench(BanditsConfig(**small, out=str(tmp_path / "b"), quiet=True))
     assert "bandits" not in capsys.readouterr().err
 
 
@@ -143,22 +144,22 @@ def test_out_holding_other_files_is_refused_before_any_work_and_force_moves_them
     (out / "notes.md").write_text("mine")
     small = ["--seeds", "1", "--steps", "2", "--eval-every", "1", "--regimes", "deterministic", "--objectives", "sft",
              "--quiet", "--out", str(out)]
-    seed_data = bb.seed_data
+    seed_data = bb_data.seed_data
 
     def started(*args, **kwargs):
         raise AssertionError("the experiment started")
 
-    monkeypatch.setattr(bb, "seed_data", started)
+    monkeypatch.setattr(bb_data, "seed_data", started)
     with pytest.raises(SystemExit) as exc:
         bench_main(["bandits", *small])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "notes.md" in err and "--force" in err
     with pytest.raises(rp.ReportError, match="force=True"):
-        bb.run_bandits(BanditsConfig(out=str(out)))
+        bb.run_bandits_bench(BanditsConfig(out=str(out)))
     assert [p.name for p in out.iterdir()] == ["notes.md"]
 
-    monkeypatch.setattr(bb, "seed_data", seed_data)
+    monkeypatch.setattr(bb_data, "seed_data", seed_data)
     with caplog.at_level("WARNING", logger="mdpalign.bench.report"):
         assert bench_main(["bandits", *small, "--force"]) == 0
     assert (tmp_path / "mine.replaced-1" / "notes.md").read_text() == "mine"

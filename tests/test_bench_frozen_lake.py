@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from mdpalign.bench import frozen_lake as fl
+from mdpalign.bench.frozen_lake import figures as fl_figures
+from mdpalign.bench.frozen_lake import problem as fl_problem
+from mdpalign.bench.frozen_lake import training as fl_training
 from mdpalign.bench import report as rp
 from mdpalign.cli.bench import main as bench_main
 from mdpalign.bench.config import FROZEN_LAKE_METHODS, BenchConfigError, FrozenLakeConfig
@@ -95,7 +98,8 @@ def test_sft_learns_the_demonstrated_path(tiny_run):
 
 def test_rankings_and_paper_comparison_follow_the_numbers(tiny_run):
     data = json.loads((tiny_run / "results.json").read_text())
-    for k, (_, lower, _) in fl.METRICS.items():
+    for k, metric in fl.METRICS.items():
+        lower = metric.lower_is_better
         means = [data["final"][m][k]["mean"] for m in data["rankings"][k]]
         assert means == sorted(means, reverse=not lower), k
         agree = data["paper_agreement"][k]
@@ -130,18 +134,18 @@ def test_an_interrupted_run_leaves_no_report_and_keeps_the_previous_one(tmp_path
         calls.append(1)
         raise KeyboardInterrupt("interrupted inside the training loop")
 
-    monkeypatch.setattr(fl, "train_method", boom)
+    monkeypatch.setattr(fl_training, "train_method", boom)
     config = FrozenLakeConfig(seeds=1, steps=5, eval_every=5, methods=("sft",), out=str(out), quiet=True,
                               distill_max_iter=5)
     with pytest.raises(KeyboardInterrupt):
-        fl.run_frozen_lake(config)
+        fl.run_frozen_lake_bench(config)
     assert calls == [1]
     assert (out / "results.json").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary directory left
 
     fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
-        fl.run_frozen_lake(dataclasses.replace(config, out=str(fresh)))
+        fl.run_frozen_lake_bench(dataclasses.replace(config, out=str(fresh)))
     assert not fresh.exists()
 
 
@@ -153,11 +157,11 @@ def test_a_failure_while_writing_keeps_the_previous_report(tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(fl, "_write_figures", broken)
+    monkeypatch.setattr(fl_figures, "write_figures", broken)
     config = FrozenLakeConfig(seeds=1, steps=2, eval_every=2, methods=("sft",), out=str(out), quiet=True,
                               distill_max_iter=5)
     with pytest.raises(RuntimeError, match="disk full"):
-        fl.run_frozen_lake(config)
+        fl.run_frozen_lake_bench(config)
     assert sorted(p.name for p in out.iterdir()) == [rp.MANIFEST, "report.md"]
     assert (out / "report.md").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
@@ -167,7 +171,7 @@ def _work_must_not_start(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("the experiment started although its output path is unusable")
 
-    monkeypatch.setattr(fl, "build_problem", started)
+    monkeypatch.setattr(fl_problem, "build_problem", started)
 
 
 def _one_line_error(capsys, *argv) -> str:
@@ -191,7 +195,7 @@ def test_out_holding_other_files_is_refused_before_any_work(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     # the Python API applies the same check, naming fields rather than flags
     with pytest.raises(rp.ReportError, match="force=True") as exc:
-        fl.run_frozen_lake(FrozenLakeConfig(out=str(out), quiet=True))
+        fl.run_frozen_lake_bench(FrozenLakeConfig(out=str(out), quiet=True))
     assert "--" not in str(exc.value)
 
 
@@ -260,10 +264,58 @@ def test_config_validation_without_the_cli():
 def test_crlft_exponential_weights_and_a_method_subset(tmp_path):
     config = FrozenLakeConfig(seeds=1, steps=4, eval_every=2, methods=("crlft", "sft"), crlft_beta=0.5,
                               distill_max_iter=10, out=str(tmp_path / "r"), quiet=True)
-    res = fl.run_frozen_lake(config).results
+    res = fl.run_frozen_lake_bench(config).results
     np.testing.assert_allclose(res["crlft_class_weights"], [np.exp(1.0 / 0.5), np.exp(0.1 / 0.5)], rtol=1e-12)
     assert set(res["curves"]) == {"sft", "crlft"}
     report = (tmp_path / "r" / "report.md").read_text()
     assert "exp(r_c/β)" in report and "nothing to compare" in report
-    with pytest.raises(BenchConfigError, match="--crlft-beta"):
+    with pytest.raises(BenchConfigError, match="crlft_beta") as exc:
         FrozenLakeConfig(crlft_beta=-1.0)
+    assert "--" not in str(exc.value)  # built from Python: the field's name; the CLI shows the flag
+    assert "--crlft-beta must be a positive" in exc.value.render(lambda field: "--" + field.replace("_", "-"))
+
+
+def test_config_errors_name_fields_from_python_and_flags_on_the_command_line(tmp_path, capsys):
+    with pytest.raises(BenchConfigError) as exc:
+        FrozenLakeConfig(eval_every=50, steps=20)
+    assert str(exc.value) == "eval_every (50) is larger than steps (20)"
+    err = _one_line_error(capsys, "--eval-every", "50", "--steps", "20", "--out", str(tmp_path / "r"))
+    assert err.strip().endswith("error: --eval-every (50) is larger than --steps (20)")
+    with pytest.raises(BenchConfigError, match="unknown methods 'rlhf' in methods;"):
+        FrozenLakeConfig(methods=("sft", "rlhf"))
+    # the parts survive pickling (e.g. an error sent back from a worker process)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(exc.value))
+    assert str(again) == str(exc.value) and again.fields == ("eval_every", "steps")
+
+
+@pytest.mark.parametrize("rows", [("SFFF", "FHFH", "FFFH", "HFFG"), ("SFFF", "FFFF", "FFFG"), ("SFFG", "FHHF", "FFFF", "HFFH"),
+                                  ("SFHG", "FFFF"), ("SFFFF", "FHFHF", "FFFFG"), ("SHFG", "FFFH")])
+def test_shortest_path_count_agrees_with_the_enumeration(rows):
+    from mdpalign.envs.frozen_lake import frozen_lake, simple_trajectories
+
+    lake = frozen_lake(list(rows), slippery=False)
+    to_goal = [t for t in simple_trajectories(lake) if t.reaches_goal]
+    best = len(to_goal[0])
+    assert fl_problem.shortest_path_count(lake) == (sum(len(t) == best for t in to_goal), best)
+
+
+@pytest.mark.parametrize("name, n, steps", [("8x8", 107, 14), ("4x4", 3, 6)])
+def test_gymnasium_maps_are_refused_before_their_paths_are_enumerated(name, n, steps, tmp_path, monkeypatch, capsys):
+    """gymnasium's maps have many shortest S→G paths; enumerating every simple path of the 8x8 one (up to 32 steps)
+    ran for minutes before two_path_lake_from_map refused it. Now the count comes first."""
+    import importlib
+
+    envs_fl = importlib.import_module("mdpalign.envs.frozen_lake")  # the module (mdpalign.envs.frozen_lake is
+    # also the name of a function re-exported by mdpalign.envs)
+
+    def enumerated(*args, **kwargs):
+        raise AssertionError("the simple paths were enumerated before the map was refused")
+
+    monkeypatch.setattr(envs_fl, "simple_trajectories", enumerated)
+    err = _one_line_error(capsys, "--map", name, "--out", str(tmp_path / "r"))
+    assert f"--map '{name}' cannot be used" in err and f"has {n} shortest S→G paths of {steps} steps" in err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(BenchConfigError, match=f"^map '{name}' cannot be used"):  # from Python: the field
+        fl.run_frozen_lake_bench(FrozenLakeConfig(map=name, out=str(tmp_path / "p"), quiet=True))

@@ -283,3 +283,67 @@ def test_plot_curves_writes_a_png_and_checks_shapes(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="expected"):
         rp.plot_curves(tmp_path / "g.png", steps, {"m": np.ones((2, 4))}, title="t", ylabel="y")
+
+
+# ----------------------------------------------------------------------------- the shared runner
+class _Config:
+    REPORT_KIND = "bandits"
+
+    def __init__(self, out, quiet=True, force=False):
+        self.out, self.quiet, self.force = str(out), quiet, force
+
+
+def _experiment(calls):
+    def experiment(progress):
+        calls.append("ran")
+        progress.update(1)
+        results = rp.plain({"value": rp.MeanCI.of(np.array([1.0, 3.0])), "one": rp.MeanCI.of(np.array([2.0]))})
+        return rp.Report(results, lambda tmp, res: (tmp / "f.png").write_bytes(b"png") and {"f": "f.png"},
+                         lambda res, figures: f"mean {res['value']['mean']}, {rp.run_time_line(res['timing'])}",
+                         summary="table")
+    return experiment
+
+
+def test_run_report_writes_results_report_and_figures_in_one_atomic_move(tmp_path):
+    calls = []
+    out = tmp_path / "r"
+    result = rp.run_report(_Config(out), _experiment(calls), total=1)
+    assert calls == ["ran"] and result.out == out
+    assert sorted(p.name for p in out.iterdir()) == ["f.png", rp.MANIFEST, "report.md", "results.json"]
+    data = json.loads((out / "results.json").read_text())
+    # two seeds: s = sqrt(2), t_{0.975, 1} = tan(0.475 pi) (Cauchy quantile), half = t s / sqrt(2) = t
+    assert data["value"] == {"mean": 2.0, "ci95": pytest.approx(math.tan(0.475 * math.pi), rel=1e-12),
+                             "per_seed": [1.0, 3.0]}
+    assert data["one"]["ci95"] == "nan"  # one seed: no interval, and strict JSON on disk
+    assert math.isnan(result.results["one"]["ci95"])  # ... while the returned results keep the float
+    assert data["timing"]["wall_s"] > 0 and data["timing"]["cpu_s"] >= 0
+    assert (out / "report.md").read_text().startswith("mean 2.0, Run time: ")
+    assert result.summary.startswith("table\n\nreport: ") and str(out / "report.md") in result.summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_run_report_refuses_a_foreign_out_before_the_experiment_starts(tmp_path):
+    calls = []
+    before = _foreign(tmp_path / "mine")
+    with pytest.raises(rp.ReportError, match="force=True"):
+        rp.run_report(_Config(tmp_path / "mine"), _experiment(calls), total=1)
+    assert calls == [] and _tree(tmp_path / "mine") == before
+
+
+def test_run_report_shows_progress_only_on_a_terminal_without_quiet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rp, "_isatty", lambda stream=None: True)
+    rp.run_report(_Config(tmp_path / "a", quiet=False), _experiment([]), total=1)
+    assert "bandits: 100%" in capsys.readouterr().err
+    rp.run_report(_Config(tmp_path / "b", quiet=True), _experiment([]), total=1)
+    assert "bandits" not in capsys.readouterr().err
+
+
+def test_format_mean_ci():
+    assert rp.format_mean_ci({"mean": 0.123456, "ci95": 0.0123}) == "0.123 ± 0.012"
+    assert rp.format_mean_ci({"mean": 0.999912, "ci95": float("nan")}, fixed_digits=4) == "0.9999"
+    assert rp.format_mean_ci({"mean": float("nan"), "ci95": float("nan")}) == "—"
+
+
+def test_metric_is_a_named_record():
+    m = rp.Metric("KL", lower_is_better=True, log_scale=False)
+    assert (m.title, m.lower_is_better, m.log_scale) == ("KL", True, False) and tuple(m) == ("KL", True, False)

@@ -110,11 +110,12 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def no_figures():
-    from mdpalign.bench import bandits, frozen_lake
+    from mdpalign.bench.bandits import figures as bandits_figures
+    from mdpalign.bench.frozen_lake import figures as frozen_lake_figures
 
     with pytest.MonkeyPatch.context() as mp:
-        for module in (frozen_lake, bandits):
-            mp.setattr(module, "_write_figures", lambda tmp, results: collections.defaultdict(lambda: "none.png"))
+        for module in (frozen_lake_figures, bandits_figures):
+            mp.setattr(module, "write_figures", lambda tmp, results: collections.defaultdict(lambda: "none.png"))
         yield
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mdpalign.fit import FitError, NonFiniteLossError, NotConvergedError, fit, weighted_sum
+from mdpalign.fit import FitError, NonFiniteLossError, NotConvergedError, fit, record_iterations, weighted_sum
 from mdpalign.objectives import dpo_loss, sft_loss
 from mdpalign.policies import MLPPolicy, TabularPolicy
 
@@ -90,3 +90,52 @@ def test_fit_errors():
         fit([torch.zeros(2, dtype=torch.float64)], lambda: torch.zeros((), dtype=torch.float64))
     with pytest.raises(NonFiniteLossError, match="not finite"):
         fit(pol, lambda: pol.logits.sum() * math.inf)
+
+
+def _hand_rolled_adam(pol, loss_fn, lr, steps, every):
+    """The loop the benchmarks used to write by hand: zero_grad, backward, step; record at 0, every k, the end."""
+    opt = torch.optim.Adam(pol.parameters(), lr=lr)
+    seen = [(0, float(loss_fn().detach()), pol.logits.detach().clone())]
+    for step in range(1, steps + 1):
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+        if step % every == 0 or step == steps:
+            seen.append((step, float(loss_fn().detach()), pol.logits.detach().clone()))
+    return seen
+
+
+def test_fixed_steps_with_a_callback_is_the_hand_rolled_adam_loop_bit_for_bit():
+    """steps=N takes exactly N steps (tol=1.0 would have stopped a solve at once) and on_record sees every
+    recorded iterate with its parameters: the same numbers, to the bit, as the benchmarks' former loop."""
+    ref = TabularPolicy(2, 4, init_scale=0.5, seed=1)
+    expected = _hand_rolled_adam(ref, _sft(ref), lr=0.05, steps=25, every=10)
+    pol = TabularPolicy(2, 4, init_scale=0.5, seed=1)
+    seen = []
+    res = fit(pol, _sft(pol), method="adam", lr=0.05, steps=25, tol=1.0, record_every=10,
+              on_record=lambda h: seen.append((h.iteration, h.loss, pol.logits.detach().clone())))
+    assert res.iterations == 25 and "25 steps" in res.message
+    assert res.converged == (res.grad_norm <= 1.0)
+    assert [s[0] for s in seen] == [0, 10, 20, 25] == [h.iteration for h in res.history]
+    for (i, loss, theta), (j, loss_ref, theta_ref) in zip(seen, expected):
+        assert i == j and loss == loss_ref and torch.equal(theta, theta_ref)
+
+
+def test_fixed_steps_argument_errors():
+    pol = TabularPolicy(2, 4)
+    with pytest.raises(FitError, match="max_iter"):
+        fit(pol, _sft(pol), method="adam", steps=5, max_iter=5)
+    with pytest.raises(FitError, match="loss_tol"):
+        fit(pol, _sft(pol), method="adam", steps=5, loss_tol=1e-3)
+    with pytest.raises(FitError, match="steps must be"):
+        fit(pol, _sft(pol), method="adam", steps=-1)
+    with pytest.raises(FitError, match="record_every"):
+        fit(pol, _sft(pol), method="adam", steps=5, on_record=lambda h: None)
+    assert fit(pol, _sft(pol), method="adam", steps=0).iterations == 0
+
+
+@pytest.mark.parametrize("steps, every", [(25, 10), (30, 10), (0, 3), (7, 7)])
+def test_record_iterations_are_where_fit_records(steps, every):
+    pol = TabularPolicy(2, 4)
+    res = fit(pol, _sft(pol), method="adam", steps=steps, record_every=every)
+    assert record_iterations(steps, every) == [h.iteration for h in res.history]

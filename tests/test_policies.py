@@ -89,3 +89,30 @@ def test_mlp_embedding_input_and_float32():
     torch.testing.assert_close(lp.detach(), torch.stack(expect), rtol=1e-6, atol=1e-6)  # float32 rounding
     with pytest.raises(PolicyInputError, match="input must be"):
         MLPPolicy(5, 3, input="conv")
+
+
+def test_mlp_sequence_logits_score_each_sequence_under_its_own_class():
+    pol = MLPPolicy(3, 2, hidden=4, n_classes=2, seed=0)
+    s = torch.tensor([[0, 1, 2], [2, 2, 0]])
+    got = pol.sequence_logits(s, torch.tensor([0, 1]))
+    assert got.shape == (2, 3, 2)
+    # exactly the forward pass with each row's class repeated along the row (same shapes, same kernels)
+    assert torch.equal(got, pol(s, torch.tensor([[0, 0, 0], [1, 1, 1]])))
+    # and, up to float64 rounding of a differently batched matmul, each row scored alone under its class
+    torch.testing.assert_close(got[1], pol(s[1], torch.ones(3, dtype=torch.long)), rtol=0, atol=1e-15)
+    assert not torch.allclose(got[1], pol(s[1], torch.zeros(3, dtype=torch.long)))
+    with pytest.raises(PolicyInputError, match="one per sequence"):
+        pol.sequence_logits(s, torch.tensor([0, 1, 1]))
+    plain = MLPPolicy(3, 2, hidden=4, seed=0)
+    assert torch.equal(plain.sequence_logits(s), plain(s))
+
+
+def test_mlp_tables_at_every_state():
+    pol = MLPPolicy(4, 3, hidden=5, n_classes=2, seed=1)
+    states = torch.arange(4)
+    for c in (0, 1):
+        logits = pol(states, torch.full((4,), c))
+        assert torch.equal(pol.logits_table(c), logits)
+        assert torch.equal(pol.probs(c), torch.softmax(logits, -1))
+        assert torch.equal(pol.log_probs_table(c), torch.log_softmax(logits, -1))
+        torch.testing.assert_close(pol.probs(c).sum(-1), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-15)

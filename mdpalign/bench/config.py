@@ -5,10 +5,11 @@ two runs with equal configs (and library versions) produce the same numbers.
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import asdict, dataclass
+from typing import Callable, ClassVar
+
+from mdpalign.errors import MdpalignError
 
 __all__ = [
     "BenchConfigError",
@@ -21,7 +22,29 @@ __all__ = [
 
 
 class BenchConfigError(MdpalignError, ValueError):
-    """A benchmark setting is invalid; the message names the option and the accepted values."""
+    """A benchmark setting is invalid; the message names the setting and the accepted values.
+
+    Built from Python, the message names config fields (``steps``); the command line shows the same message with
+    its flags (``--steps``): ``template`` writes every field it names as ``{field}`` (the ``fields``), any other
+    ``{key}`` is a value given as a keyword, and :meth:`render` fills the fields in with ``name(field)``.
+    """
+
+    def __init__(self, template: str, fields: tuple[str, ...] = (), **values):
+        self.template, self.fields, self.values = template, tuple(fields), {k: str(v) for k, v in values.items()}
+        super().__init__(self.render())
+
+    def render(self, name: Callable[[str], str] = str) -> str:
+        """The message with each field written as ``name(field)`` (default: the field's own name)."""
+        if not self.fields and not self.values:
+            return self.template
+        return self.template.format(**{f: name(f) for f in self.fields}, **self.values)
+
+    def __reduce__(self):  # the message is rebuilt from its parts (args holds the rendered text)
+        return _rebuild_config_error, (type(self), self.template, self.fields, self.values)
+
+
+def _rebuild_config_error(cls, template, fields, values):
+    return cls(template, fields, **values)
 
 
 #: Methods of the Frozen Lake experiment, in report order.
@@ -34,7 +57,7 @@ BANDIT_REGIMES = ("bt_all_pairs", "partial_coverage", "deterministic", "mixed_qu
 
 def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or value <= 0:
-        raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
+        raise BenchConfigError("{%s} must be a positive integer; got {got}" % name, (name,), got=repr(value))
     return int(value)
 
 
@@ -47,15 +70,16 @@ _MAX_SEED = 2**63 - 1
 
 def _check_seeds(seed, seeds: int) -> int:
     if isinstance(seed, bool) or int(seed) != seed or seed < 0 or seed + seeds - 1 > _MAX_SEED:
-        raise BenchConfigError(f"--seed must be an integer with 0 <= seed and seed + seeds - 1 <= 2**63 - 1 "
-                               f"(the seeds are seed, seed+1, ...); got {seed!r} with {seeds} seeds")
+        raise BenchConfigError("{seed} must be an integer with 0 <= {seed} and {seed} + {seeds} - 1 <= 2**63 - 1 "
+                               "(the seeds are seed, seed+1, ...); got {got} with {n} seeds", ("seed", "seeds"),
+                               got=repr(seed), n=seeds)
     return int(seed)
 
 
 def _check_positive(name: str, value) -> float:
     value = float(value)
     if not (value > 0 and math.isfinite(value)):
-        raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive finite number; got {value!r}")
+        raise BenchConfigError("{%s} must be a positive finite number; got {got}" % name, (name,), got=repr(value))
     return value
 
 
@@ -64,12 +88,14 @@ def _check_subset(name: str, values, allowed: tuple[str, ...]) -> tuple[str, ...
         values = tuple(v.strip() for v in values.split(",") if v.strip())
     values = tuple(str(v).lower() for v in values)
     if not values:
-        raise BenchConfigError(f"--{name} is empty; choose from {', '.join(allowed)}")
+        raise BenchConfigError("{%s} is empty; choose from {allowed}" % name, (name,), allowed=", ".join(allowed))
     unknown = [v for v in values if v not in allowed]
     if unknown:
-        raise BenchConfigError(f"unknown {name} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+        raise BenchConfigError("unknown %s {unknown} in {%s}; choose from {allowed}" % (name, name), (name,),
+                               unknown=", ".join(map(repr, unknown)), allowed=", ".join(allowed))
     if len(set(values)) != len(values):
-        raise BenchConfigError(f"--{name} lists {sorted({v for v in values if values.count(v) > 1})} twice")
+        raise BenchConfigError("{%s} lists {twice} twice" % name, (name,),
+                               twice=sorted({v for v in values if values.count(v) > 1}))
     # Report order, whatever order they were given in.
     return tuple(v for v in allowed if v in values)
 
@@ -130,32 +156,38 @@ class FrozenLakeConfig:
         for name in ("beta_star", "lr", "dpo_beta", "ipo_tau", "orpo_lambda"):
             object.__setattr__(self, name, _check_positive(name, getattr(self, name)))
         if self.eval_every > self.steps:
-            raise BenchConfigError(f"--eval-every ({self.eval_every}) is larger than --steps ({self.steps})")
+            raise BenchConfigError("{eval_every} ({k}) is larger than {steps} ({n})", ("eval_every", "steps"),
+                                   k=self.eval_every, n=self.steps)
         if self.suboptimal not in ("longer", "hole"):
-            raise BenchConfigError(f"--suboptimal must be 'longer' or 'hole'; got {self.suboptimal!r}")
+            raise BenchConfigError("{suboptimal} must be 'longer' or 'hole'; got {got}", ("suboptimal",),
+                                   got=repr(self.suboptimal))
         gamma = float(self.gamma)
         if not 0.0 < gamma < 1.0:
-            raise BenchConfigError(f"--gamma must lie in (0, 1) (paths are ranked by discounting); got {self.gamma!r}")
+            raise BenchConfigError("{gamma} must lie in (0, 1) (paths are ranked by discounting); got {got}", ("gamma",),
+                                   got=repr(self.gamma))
         object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "methods", _check_subset("methods", self.methods, FROZEN_LAKE_METHODS))
         if not isinstance(self.map, str) or not self.map.strip():
-            raise BenchConfigError(f"--map must be 'two-path', a gymnasium map name or comma-separated rows; got {self.map!r}")
+            raise BenchConfigError("{map} must be 'two-path', a gymnasium map name or comma-separated rows; got {got}",
+                                   ("map",), got=repr(self.map))
         if self.base not in ("uniform", "eps-greedy"):
-            raise BenchConfigError(f"base must be 'uniform' or 'eps-greedy'; got {self.base!r}")
+            raise BenchConfigError("{base} must be 'uniform' or 'eps-greedy'; got {got}", ("base",), got=repr(self.base))
         if not 0.0 < float(self.base_epsilon) <= 1.0:
-            raise BenchConfigError(f"base_epsilon must lie in (0, 1]; got {self.base_epsilon!r}")
+            raise BenchConfigError("{base_epsilon} must lie in (0, 1]; got {got}", ("base_epsilon",),
+                                   got=repr(self.base_epsilon))
         if not 0.0 <= float(self.ift_lambda) < 1.0:
-            raise BenchConfigError(f"ift_lambda must lie in [0, 1); got {self.ift_lambda!r}")
+            raise BenchConfigError("{ift_lambda} must lie in [0, 1); got {got}", ("ift_lambda",), got=repr(self.ift_lambda))
         if not 0.0 <= float(self.ift_decay) <= 1.0:
-            raise BenchConfigError(f"ift_decay must lie in [0, 1]; got {self.ift_decay!r}")
+            raise BenchConfigError("{ift_decay} must lie in [0, 1]; got {got}", ("ift_decay",), got=repr(self.ift_decay))
         w = tuple(float(x) for x in self.crlft_weights)
         if self.crlft_beta is not None:
             object.__setattr__(self, "crlft_beta", _check_positive("crlft_beta", self.crlft_beta))
             if len(w) != 2 or not all(math.isfinite(x) for x in w):
-                raise BenchConfigError(f"crlft_weights (class rewards with --crlft-beta) must be two finite numbers; "
-                                       f"got {self.crlft_weights!r}")
+                raise BenchConfigError("{crlft_weights} (class rewards with {crlft_beta}) must be two finite numbers; "
+                                       "got {got}", ("crlft_weights", "crlft_beta"), got=repr(self.crlft_weights))
         elif len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
-            raise BenchConfigError(f"crlft_weights must be two positive numbers (expert, sub-optimal); got {self.crlft_weights!r}")
+            raise BenchConfigError("{crlft_weights} must be two positive numbers (expert, sub-optimal); got {got}",
+                                   ("crlft_weights",), got=repr(self.crlft_weights))
         object.__setattr__(self, "crlft_weights", w)
         object.__setattr__(self, "slippery", bool(self.slippery))
         object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
@@ -171,8 +203,6 @@ class FrozenLakeConfig:
     def record(self) -> dict:
         """The full configuration as plain data, for results.json (``out``/``quiet``/``force`` excluded:
         they do not change a number)."""
-        from dataclasses import asdict
-
         d = asdict(self)
         for name in _NOT_RECORDED:
             d.pop(name)
@@ -208,27 +238,28 @@ class BanditsConfig:
         for name in ("seeds", "steps", "eval_every", "contexts"):
             object.__setattr__(self, name, _check_positive_int(name, getattr(self, name)))
         if _check_positive_int("arms", self.arms) < 2:
-            raise BenchConfigError(f"--arms must be at least 2 (a preference needs two arms); got {self.arms}")
+            raise BenchConfigError("{arms} must be at least 2 (a preference needs two arms); got {got}", ("arms",),
+                                   got=self.arms)
         for name in ("beta", "lr", "reward_scale", "orpo_lambda"):
             object.__setattr__(self, name, _check_positive(name, getattr(self, name)))
         if self.eval_every > self.steps:
-            raise BenchConfigError(f"--eval-every ({self.eval_every}) is larger than --steps ({self.steps})")
+            raise BenchConfigError("{eval_every} ({k}) is larger than {steps} ({n})", ("eval_every", "steps"),
+                                   k=self.eval_every, n=self.steps)
         object.__setattr__(self, "objectives", _check_subset("objectives", self.objectives, BANDIT_OBJECTIVES))
         object.__setattr__(self, "regimes", _check_subset("regimes", self.regimes, BANDIT_REGIMES))
         for name in ("partial_fraction", "expert_fraction"):
             v = float(getattr(self, name))
             if not 0.0 < v < 1.0:
-                raise BenchConfigError(f"{name} must lie in (0, 1); got {v!r}")
+                raise BenchConfigError("{%s} must lie in (0, 1); got {got}" % name, (name,), got=repr(v))
         w = tuple(float(x) for x in self.crlft_weights)
         if len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
-            raise BenchConfigError(f"crlft_weights must be two positive numbers; got {self.crlft_weights!r}")
+            raise BenchConfigError("{crlft_weights} must be two positive numbers; got {got}", ("crlft_weights",),
+                                   got=repr(self.crlft_weights))
         object.__setattr__(self, "crlft_weights", w)
         object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
         object.__setattr__(self, "force", bool(self.force))
 
     def record(self) -> dict:
-        from dataclasses import asdict
-
         d = asdict(self)
         for name in _NOT_RECORDED:
             d.pop(name)

@@ -1,5 +1,6 @@
-"""Shared writing of benchmark reports: a safe, atomic output directory, JSON, Markdown tables and
-matplotlib figures with a mean and a 95% confidence band over seeds.
+"""Shared running and writing of benchmark reports: the runner (:func:`run_report`: single torch thread, a
+progress bar, timing, one atomic write of results.json + report.md + figures), a safe, atomic output directory,
+JSON, Markdown tables and matplotlib figures with a mean and a 95% confidence band over seeds.
 
 Every benchmark writes into a temporary sibling of its output directory and moves it into place
 only when everything is written (:func:`atomic_output_dir`), so an interrupted run leaves no
@@ -10,8 +11,8 @@ file the report wrote, and holds nothing else); anything else is refused before 
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -20,12 +21,26 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from mdpalign.errors import MdpalignError
 
 __all__ = [
+    "Metric",
+    "MeanCI",
+    "Report",
+    "BenchResult",
+    "run_report",
+    "plain",
+    "format_mean_ci",
+    "save_figure",
+    "run_time_line",
     "ReportError",
     "MANIFEST",
     "check_output_dir",
@@ -52,6 +67,99 @@ MANIFEST_VERSION = 1
 class ReportError(MdpalignError, ValueError):
     """The output location cannot hold a report: a path that must never be replaced, a directory that is not a
     previous report of the same kind, a parent that is a file or cannot be written."""
+
+
+class Metric(NamedTuple):
+    """What a benchmark curve measures: its title in the report, which way is better, how to plot it."""
+
+    title: str
+    lower_is_better: bool
+    log_scale: bool
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A final value over seeds: the mean, the half-width of its 95% t-interval (nan for one seed), every seed's."""
+
+    mean: float
+    ci95: float
+    per_seed: list
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "MeanCI":
+        mean, half = mean_ci(values)
+        return cls(float(mean), float(half), np.asarray(values).tolist())
+
+
+def plain(obj):
+    """Dataclasses (and the mappings, lists and tuples holding them) as plain dicts and lists; every other value
+    is kept as it is (numbers stay numbers: :func:`to_jsonable` makes the strict JSON when the file is written)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [plain(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an experiment hands :func:`run_report`: its ``results`` (plain data, published as results.json),
+    how to draw its figures (``write_figures(folder, results) -> {key: file name}``), how to write its
+    report.md (``markdown(results, figures)``, ``results["timing"]`` then set) and the text printed after a run
+    (``summary``; the runner adds where the report is and how long it took)."""
+
+    results: dict
+    write_figures: Callable[[Path, dict], dict]
+    markdown: Callable[[dict, dict], str]
+    summary: str
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """A finished report: where it is, its results (as in results.json, before JSON conversion), the text summary."""
+
+    out: Path
+    results: dict
+    summary: str
+
+
+def run_report(config, experiment: Callable[[tqdm], Report], *, total: int) -> BenchResult:
+    """Run ``experiment(progress)`` and write its report into ``config.out`` atomically.
+
+    ``config`` is a benchmark config (``out``, ``force``, ``quiet``, ``REPORT_KIND``). ``config.out`` must be new,
+    empty or a previous report of the same kind, else :class:`ReportError` before any work (``config.force``
+    moves anything else aside; :func:`check_output_dir`). torch runs single-threaded (tiny matrices: threads only
+    add overhead) and the caller's thread count is restored afterwards. ``progress`` is a tqdm bar of ``total``
+    units on stderr, shown only on a terminal and without ``config.quiet``. Timing (wall and process CPU) covers
+    the experiment and the writing of its figures.
+    """
+    kind = config.REPORT_KIND
+    check_output_dir(config.out, kind=kind, force=config.force)  # before any work
+    with single_torch_thread():
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        show = not config.quiet and _isatty(sys.stderr)
+        progress = tqdm(total=total, desc=kind, unit="run", disable=not show, file=sys.stderr)
+        try:
+            report = experiment(progress)
+        finally:
+            progress.close()
+        results = report.results
+        with atomic_output_dir(config.out, kind=kind, force=config.force) as tmp:
+            figures = report.write_figures(tmp, results)
+            timing = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0}
+            results["timing"] = timing
+            write_json(tmp / "results.json", results)
+            (tmp / "report.md").write_text(report.markdown(results, figures), encoding="utf-8")
+    text = report.summary + f"\n\nreport: {Path(config.out) / 'report.md'} ({timing['wall_s']:.1f} s wall, " \
+        f"{timing['cpu_s']:.1f} s CPU)"
+    return BenchResult(Path(config.out), results, text)
+
+
+def run_time_line(timing: Mapping[str, float]) -> str:
+    """The report's last line."""
+    return f"Run time: {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU (process)."
 
 
 @contextlib.contextmanager
@@ -326,6 +434,8 @@ def to_jsonable(obj):
     Non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"`` so the file stays
     strict JSON.
     """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(plain(obj))
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -386,6 +496,17 @@ def format_number(x: float, digits: int = 3) -> str:
     if 1e-3 <= abs(x) < 1e4:
         return f"{x:.{digits}g}"
     return f"{x:.{digits - 1}e}"
+
+
+def format_mean_ci(entry: Mapping[str, float], fixed_digits: int | None = None) -> str:
+    """``mean ± half`` for a table (``entry`` has "mean" and "ci95"); "—" for a mean that is not finite (nothing
+    was measured), no "±" without an interval (one seed). ``fixed_digits``: the mean in fixed notation with that
+    many decimals (probabilities near 1 need more digits than 3 significant ones)."""
+    mean, half = entry["mean"], entry["ci95"]
+    if not math.isfinite(mean):
+        return "—"
+    head = f"{mean:.{fixed_digits}f}" if fixed_digits is not None else format_number(mean)
+    return head + ("" if not math.isfinite(half) else f" ± {format_number(half, 2)}")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -451,6 +572,23 @@ def plot_curves(
         # A fixed metadata set keeps the PNG free of timestamps.
         fig.savefig(path, metadata={"Software": None})
         plt.close(fig)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported when a report draws: it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Lay out, save (fixed metadata: no timestamp, so identical runs give identical PNGs) and close ``fig``."""
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    pyplot().close(fig)
 
 
 def _isatty(stream=None) -> bool:

@@ -1,14 +1,21 @@
 """``mdpalign bench frozen-lake`` and ``mdpalign bench bandits``.
 
-Only argparse lives here; the experiments are imported when a sub-command runs, so building
-the parser stays cheap. Errors in the settings or the output path (``BenchConfigError``,
-``ReportError``) reach ``mdpalign.cli``, which prints them as one line with exit status 2.
+Only argparse lives here; the experiments (torch) are imported when a sub-command runs, so building
+the parser stays cheap. A benchmark is one entry of :data:`BENCHES`. Errors in the settings or the output path
+(``BenchConfigError``, ``ReportError``) reach ``mdpalign.cli``, which prints them as one line with exit status 2;
+the settings' errors name config fields, which :func:`_config` turns into the flags the user typed.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import sys
 
+from mdpalign.bench.config import (
+    BANDIT_OBJECTIVES, BANDIT_REGIMES, FROZEN_LAKE_METHODS, BanditsConfig, BenchConfigError, FrozenLakeConfig,
+)
+from mdpalign.bench.report import check_output_dir
 from mdpalign.cli.argtypes import non_negative_int, positive_float, positive_int
 
 __all__ = ["register", "main"]
@@ -30,18 +37,18 @@ FORCE_HELP = ("write the report even if --out holds something else: what is ther
 
 
 def register(subparsers) -> None:
-    """Add ``bench`` with its ``frozen-lake`` and ``bandits`` sub-commands."""
-    from mdpalign.bench.config import (
-        BANDIT_OBJECTIVES, BANDIT_REGIMES, FROZEN_LAKE_METHODS, BanditsConfig, FrozenLakeConfig,
-    )
-
+    """Add ``bench`` with one sub-command per entry of :data:`BENCHES`."""
     bench = subparsers.add_parser(
         "bench",
         help="benchmark reports (Markdown + JSON + PNG)",
         description="Run a benchmark and write report.md, results.json and PNG figures into --out.",
     )
-    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="{frozen-lake,bandits}")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="{" + ",".join(BENCHES) + "}")
+    for add in BENCHES.values():
+        add(sub)
 
+
+def _frozen_lake(sub) -> None:
     d = FrozenLakeConfig()
     fl = sub.add_parser(
         "frozen-lake",
@@ -57,7 +64,8 @@ def register(subparsers) -> None:
     fl.add_argument("--steps", type=positive_int, default=d.steps, help="Adam steps per method (full batch)")
     fl.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="evaluate every K steps")
     fl.add_argument("--map", default=d.map, help="'two-path' (the default lake), a gymnasium map name "
-                    "('4x4', '8x8') or comma-separated rows such as SFFG,FHHF,FFFF,HFFH")
+                    "('4x4', '8x8': both refused at once, neither has a unique shortest path) or comma-separated rows "
+                    "such as SFFG,FHHF,FFFF,HFFH")
     fl.add_argument("--slippery", action=argparse.BooleanOptionalAction, default=d.slippery,
                     help="gymnasium's slippery dynamics (the demonstrations stay the deterministic paths)")
     fl.add_argument("--suboptimal", choices=("longer", "hole"), default=d.suboptimal,
@@ -73,11 +81,13 @@ def register(subparsers) -> None:
                     help="C-RLFT weights exp(r_c/beta) for class rewards (1, 0.1); default: OpenChat's constant "
                          "weights 1 and 0.1")
     fl.add_argument("--seed", type=non_negative_int, default=d.seed, help="first seed; seeds are seed, seed+1, ...")
-    fl.add_argument("--out", default=d.out, help=_out_help(FrozenLakeConfig.REPORT_KIND))
-    fl.add_argument("--force", action="store_true", help=FORCE_HELP)
-    fl.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
-    fl.set_defaults(func=_run_frozen_lake)
+    _output_arguments(fl, FrozenLakeConfig)
+    # torch is imported only once the settings are known to be good
+    fl.set_defaults(func=_run, _parser=fl, _config=FrozenLakeConfig,
+                    _bench="mdpalign.bench.frozen_lake:run_frozen_lake_bench")
 
+
+def _bandits(sub) -> None:
     b = BanditsConfig()
     bd = sub.add_parser(
         "bandits",
@@ -96,46 +106,48 @@ def register(subparsers) -> None:
                     help=f"comma-separated subset of {','.join(BANDIT_REGIMES)}")
     bd.add_argument("--lr", type=positive_float, default=b.lr)
     bd.add_argument("--seed", type=non_negative_int, default=b.seed, help="first seed; seeds are seed, seed+1, ...")
-    bd.add_argument("--out", default=b.out, help=_out_help(BanditsConfig.REPORT_KIND))
-    bd.add_argument("--force", action="store_true", help=FORCE_HELP)
-    bd.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
-    bd.set_defaults(func=_run_bandits)
+    _output_arguments(bd, BanditsConfig)
+    bd.set_defaults(func=_run, _parser=bd, _config=BanditsConfig, _bench="mdpalign.bench.bandits:run_bandits_bench")
 
 
-def _config(cls, args, fields):
-    """The validated config, and its output path checked before any work (messages name the flags)."""
-    from mdpalign.bench.report import check_output_dir
+#: sub-command -> the function that adds it (its parser's defaults: func=_run, _parser, _config = the config class,
+#: _bench = "module:function" that runs the config). A new benchmark is one function and one entry here.
+BENCHES = {"frozen-lake": _frozen_lake, "bandits": _bandits}
 
-    config = cls(**{f: getattr(args, f) for f in fields})
+
+def _output_arguments(parser, config_cls) -> None:
+    """--out, --force, --quiet: the same for every benchmark."""
+    parser.add_argument("--out", default=config_cls().out, help=_out_help(config_cls.REPORT_KIND))
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
+
+
+def _flags(parser) -> dict[str, str]:
+    """config field -> the flag that sets it (``eval_every`` -> ``--eval-every``)."""
+    flags = {}
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long:
+            flags[action.dest] = long[0]  # --slippery, not --no-slippery
+    return flags
+
+
+def _config(args, flags: dict[str, str]):
+    """The validated config, and its output path checked before any work."""
+    fields = [f.name for f in dataclasses.fields(args._config) if f.name in flags]
+    config = args._config(**{f: getattr(args, f) for f in fields})
     check_output_dir(config.out, kind=config.REPORT_KIND, force=config.force, cli=True)
     return config
 
 
-def _run_frozen_lake(args) -> int:
-    from mdpalign.bench.config import FrozenLakeConfig
-
-    config = _config(FrozenLakeConfig, args, (
-        "seeds", "steps", "eval_every", "map", "slippery", "suboptimal", "methods", "gamma", "beta_star",
-        "hidden", "lr", "seed", "out", "quiet", "force", "crlft_beta",
-    ))
-    from mdpalign.bench.frozen_lake import run_frozen_lake  # torch: only once the settings are known to be good
-
-    result = run_frozen_lake(config)
-    if not config.quiet:
-        print(result.summary)
-    return 0
-
-
-def _run_bandits(args) -> int:
-    from mdpalign.bench.config import BanditsConfig
-
-    config = _config(BanditsConfig, args, (
-        "seeds", "steps", "eval_every", "arms", "contexts", "beta", "objectives", "regimes", "lr", "seed",
-        "out", "quiet", "force",
-    ))
-    from mdpalign.bench.bandits import run_bandits
-
-    result = run_bandits(config)
+def _run(args) -> int:
+    flags = _flags(args._parser)
+    try:
+        config = _config(args, flags)
+        module, function = args._bench.split(":")
+        result = getattr(importlib.import_module(module), function)(config)
+    except BenchConfigError as exc:  # the library names config fields; the user typed flags
+        raise BenchConfigError(exc.render(lambda field: flags.get(field, field))) from None
     if not config.quiet:
         print(result.summary)
     return 0
