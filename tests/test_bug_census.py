@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-import mdpalign.harness.online as online
 from mdpalign.envs.token_tree import random_token_tree
+from mdpalign.harness import online
 from mdpalign.harness.offline import certified_logit_error, fit_tabular, tabular_policy
 from mdpalign.harness.online import (
     FixedPointError,
