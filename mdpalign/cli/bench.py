@@ -1,4 +1,4 @@
-"""``mdpalign bench frozen-lake`` and ``mdpalign bench bandits``.
+"""``mdpalign bench frozen-lake``, ``mdpalign bench bandits`` and ``mdpalign bench rlhf``.
 
 Only argparse lives here; the experiments are imported when a sub-command runs, so building
 the parser stays cheap. Errors in the settings or the output path (``BenchConfigError``,
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
         help="benchmark reports (Markdown + JSON + PNG)",
         description="Run a benchmark and write report.md, results.json and PNG figures into --out.",
     )
-    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="{frozen-lake,bandits}")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="{frozen-lake,bandits,rlhf}")
 
     d = FrozenLakeConfig()
     fl = sub.add_parser(
@@ -101,6 +101,21 @@ def register(subparsers) -> None:
     bd.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     bd.set_defaults(func=_run_bandits)
 
+    from mdpalign.bench.rlhf.config import RLHF_METHODS, RlhfConfig
+    r = RlhfConfig()
+    rl = sub.add_parser("rlhf", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="online RL, RAFT, Nash-MD, DPO and the RM -> RL pipeline vs their proven fixed points")
+    rl.add_argument("--methods", type=_method_list, default=r.methods,
+                    help=f"comma-separated subset of {','.join(RLHF_METHODS)}")
+    for flag, kind in (("beta", positive_float), ("group-size", positive_int), ("exact-steps", positive_int),
+                       ("sampled-steps", positive_int), ("eval-every", positive_int), ("seeds", positive_int),
+                       ("seed", non_negative_int)):
+        rl.add_argument(f"--{flag}", type=kind, default=getattr(r, flag.replace("-", "_")))
+    rl.add_argument("--out", default=r.out, help=_out_help(RlhfConfig.REPORT_KIND))
+    rl.add_argument("--force", action="store_true", help=FORCE_HELP)
+    rl.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
+    rl.set_defaults(func=_run_rlhf)
+
 
 def _config(cls, args, fields):
     """The validated config, and its output path checked before any work (messages name the flags)."""
@@ -136,6 +151,19 @@ def _run_bandits(args) -> int:
     from mdpalign.bench.bandits import run_bandits
 
     result = run_bandits(config)
+    if not config.quiet:
+        print(result.summary)
+    return 0
+
+
+def _run_rlhf(args) -> int:
+    from mdpalign.bench.rlhf.config import RlhfConfig
+
+    config = _config(RlhfConfig, args, ("methods", "beta", "group_size", "exact_steps", "sampled_steps",
+                                        "eval_every", "seeds", "seed", "out", "quiet", "force"))
+    from mdpalign.bench.rlhf.run import run_rlhf
+
+    result = run_rlhf(config)
     if not config.quiet:
         print(result.summary)
     return 0
