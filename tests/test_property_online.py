@@ -64,7 +64,7 @@ def _err(opt):
 INTERIOR_KL = [("k1", "reward"), ("k2", "loss"), ("k1", "loss_is"), ("k3", "loss_is"), ("k3", "loss")]
 
 
-@settings(max_examples=20)
+@settings(max_examples=15)
 @given(seed=seeds, X=st.integers(1, 2), K=st.integers(2, 4), beta=st.floats(0.3, 2.0),
        kind=st.sampled_from(INTERIOR_KL))
 def test_kl_estimator_placements_land_on_their_proven_fixed_point(seed, X, K, beta, kind):
@@ -106,7 +106,7 @@ TREE_CASES = [("kl_k1_reward", "soft"), ("rloo", "soft"), ("ppo_critic", "soft")
               ("kl_k2_loss", "reverse"), ("kl_k3_loss_is", "reverse"), ("kl_k3_loss", "k3_loss")]
 
 
-@settings(max_examples=12)
+@settings(max_examples=10)
 @given(seed=seeds, shape=st.sampled_from(TREE_SHAPES), beta=st.floats(0.4, 2.0), case=st.sampled_from(TREE_CASES))
 def test_token_tree_sequence_kl_is_soft_optimal_and_local_kl_is_myopic(seed, shape, beta, case):
     """Sequence-level KL in the reward (REINFORCE, RLOO, PPO with a GAE critic) -> the soft-optimal token policy;
