@@ -1,4 +1,4 @@
-"""``mdpalign bench frozen-lake`` and ``mdpalign bench bandits``.
+"""``mdpalign bench frozen-lake``, ``mdpalign bench bandits`` and ``mdpalign bench rlhf``.
 
 Only argparse lives here; the experiments (torch) are imported when a sub-command runs, so building
 the parser stays cheap. A benchmark is one entry of :data:`BENCHES`. Errors in the settings or the output path
@@ -15,6 +15,7 @@ import sys
 from mdpalign.bench.config import (
     BANDIT_OBJECTIVES, BANDIT_REGIMES, FROZEN_LAKE_METHODS, BanditsConfig, BenchConfigError, FrozenLakeConfig,
 )
+from mdpalign.bench.rlhf.config import RLHF_METHODS, RlhfConfig
 from mdpalign.bench.report import check_output_dir
 from mdpalign.cli.argtypes import non_negative_int, positive_float, positive_int
 
@@ -110,9 +111,24 @@ def _bandits(sub) -> None:
     bd.set_defaults(func=_run, _parser=bd, _config=BanditsConfig, _bench="mdpalign.bench.bandits:run_bandits_bench")
 
 
+
+def _rlhf(sub) -> None:
+    r = RlhfConfig()
+    rl = sub.add_parser("rlhf", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="online RL, RAFT, Nash-MD, DPO and the RM -> RL pipeline vs their proven fixed points")
+    rl.add_argument("--methods", type=_method_list, default=r.methods,
+                    help=f"comma-separated subset of {','.join(RLHF_METHODS)}")
+    for flag, kind in (("beta", positive_float), ("group-size", positive_int), ("exact-steps", positive_int),
+                       ("sampled-steps", positive_int), ("eval-every", positive_int), ("seeds", positive_int),
+                       ("seed", non_negative_int)):
+        rl.add_argument(f"--{flag}", type=kind, default=getattr(r, flag.replace("-", "_")))
+    _output_arguments(rl, RlhfConfig)
+    rl.set_defaults(func=_run, _parser=rl, _config=RlhfConfig, _bench="mdpalign.bench.rlhf.run:run_rlhf")
+
+
 #: sub-command -> the function that adds it (its parser's defaults: func=_run, _parser, _config = the config class,
 #: _bench = "module:function" that runs the config). A new benchmark is one function and one entry here.
-BENCHES = {"frozen-lake": _frozen_lake, "bandits": _bandits}
+BENCHES = {"frozen-lake": _frozen_lake, "bandits": _bandits, "rlhf": _rlhf}
 
 
 def _output_arguments(parser, config_cls) -> None:

@@ -1,0 +1,85 @@
+"""Settings of ``mdpalign bench rlhf``: every number the report depends on (published in results.json)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from mdpalign.bench.config import (
+    BenchConfigError,
+    _check_positive,
+    _check_positive_int,
+    _check_seeds,
+    _check_subset,
+)
+
+__all__ = ["RLHF_METHODS", "TREE_METHODS", "RlhfConfig"]
+
+#: Methods in report order (bandit). ``ppo_clip``: PPO-clip with an exact value baseline on the bandit, with a
+#: learned GAE critic on the tree; ``grpo_trl``: TRL's GRPOConfig defaults with β > 0 (k3·ρ, dapo, group std).
+RLHF_METHODS = ("reinforce", "rloo", "remax", "ppo_clip", "grpo_trl", "grpo_bias_corrected", "dr_grpo",
+                "best_of_n_raft", "nash_md", "dpo", "rm_pipeline")
+#: The methods that also run on the token tree (token-level online RL; the others are bandit methods here).
+TREE_METHODS = ("reinforce", "rloo", "remax", "ppo_clip", "grpo_trl", "grpo_bias_corrected", "dr_grpo")
+#: Methods trained through the online harness (also run in sampled mode).
+ONLINE_METHODS = TREE_METHODS
+
+
+@dataclass(frozen=True)
+class RlhfConfig:
+    """Settings of the RLHF benchmark (module docstring of :mod:`mdpalign.bench.rlhf`)."""
+
+    REPORT_KIND: ClassVar[str] = "rlhf"
+
+    methods: tuple[str, ...] = RLHF_METHODS
+    beta: float = 0.5
+    contexts: int = 2
+    arms: int = 4
+    bandit_seed: int = 0
+    tree_vocab: int = 2
+    tree_length: int = 2
+    tree_seed: int = 0
+    group_size: int = 2
+    exact_steps: int = 400
+    exact_lr: float = 1.0
+    eval_every: int = 20
+    raft_n: int = 2
+    raft_rounds: int = 6
+    nash_eta: float = 1.0
+    dpo_lr: float = 0.5
+    seeds: int = 3
+    seed: int = 0
+    sampled_steps: int = 200
+    sampled_lr: float = 0.2
+    n_prompts: int = 8
+    out: str = "reports/rlhf"
+    quiet: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("contexts", "seeds", "exact_steps", "eval_every", "raft_rounds", "sampled_steps",
+                     "n_prompts", "tree_length"):
+            object.__setattr__(self, name, _check_positive_int(name, getattr(self, name)))
+        for name, low in (("arms", 2), ("tree_vocab", 2), ("group_size", 2), ("raft_n", 2)):
+            if _check_positive_int(name, getattr(self, name)) < low:
+                raise BenchConfigError(f"--{name.replace('_', '-')} must be at least {low}; got {getattr(self, name)}")
+        for name in ("beta", "exact_lr", "nash_eta", "dpo_lr", "sampled_lr"):
+            object.__setattr__(self, name, _check_positive(name, getattr(self, name)))
+        if self.nash_eta * self.beta > 1:
+            raise BenchConfigError(f"--nash-eta × --beta must be <= 1 (Nash-MD's geometric mixture weights; the "
+                                   f"proof covers 0 < η·τ <= 1); got {self.nash_eta} × {self.beta}")
+        if self.eval_every > min(self.exact_steps, self.sampled_steps):
+            raise BenchConfigError(f"--eval-every ({self.eval_every}) is larger than the number of steps")
+        if self.arms ** self.group_size * self.contexts > 4096 or self.tree_vocab ** self.tree_length > 64:
+            raise BenchConfigError("problem too large for exact mode: keep arms^group_size·contexts <= 4096 and "
+                                   "tree_vocab^tree_length <= 64")
+        object.__setattr__(self, "methods", _check_subset("methods", self.methods, RLHF_METHODS))
+        for name in ("bandit_seed", "tree_seed"):
+            object.__setattr__(self, name, _check_seeds(getattr(self, name), 1))
+        object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
+        object.__setattr__(self, "force", bool(self.force))
+
+    def record(self) -> dict:
+        d = asdict(self)
+        for name in ("out", "quiet", "force"):
+            d.pop(name)
+        return d
