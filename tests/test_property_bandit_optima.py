@@ -105,7 +105,7 @@ def test_dpo_all_pairs_bt_reaches_kl_rl_optimum(seed, X, K, beta):
     opt = dpo_optimum(b.ref_policy, data, beta)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), beta))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_table(), beta))
     _assert_ok(chk, bound)
     _assert_ok(kl_rl_optimum(b.rewards, b.ref_policy, beta).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound)
 
@@ -148,7 +148,7 @@ def test_dpo_partial_coverage_is_not_unique(seed, X, K, beta):
     reach the same loss (to ~||grad||^2/mu) with different free mass, and both satisfy the pins."""
     b = _bandit(seed, X, K)
     data = preference_pairs(b, coverage="partial", labels="bt", connected=False, seed=seed)
-    W = data.weight_tensor()
+    W = data.weight_table()
     opt = dpo_optimum(b.ref_policy, data, beta)
     assert isinstance(opt, PinnedDifferences)
     probs, losses = [], []
@@ -177,7 +177,7 @@ def test_ipo_reaches_graph_least_squares(seed, X, K, tau, setup):
     opt = ipo_optimum(b.ref_policy, data, tau)
     assert opt.attained
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), tau, "ipo"))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_table(), tau, "ipo"))
     _assert_ok(chk, bound)
 
 

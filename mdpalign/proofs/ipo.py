@@ -46,15 +46,6 @@ from mdpalign.proofs.base import (
 __all__ = ["ipo_optimum", "ipo_mu_optimum", "ipo_scores", "ipo_population_loss"]
 
 
-def _win_table(pairs: Any, X: int, K: int) -> np.ndarray:
-    if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
-        if W.shape != (X, K, K) or (W < 0).any() or not np.isfinite(W).all():
-            raise ProofInputError(f"win table must be finite, >= 0 and (X, K, K) = {(X, K, K)}; got {W.shape}")
-        return W
-    return pair_table(pairs, X, K)
-
-
 def ipo_scores(W_x: Any, tau: float) -> np.ndarray:
     """Minimum-norm least-squares solution ``g = L^+ b`` ``(K,)`` for one context's win table."""
     W = np.asarray(W_x, dtype=np.float64)
@@ -69,7 +60,7 @@ def ipo_population_loss(ref_policy: Any, pairs: Any, tau: float, probs: Any = No
     """Exact population IPO loss ``sum W_ij (g_i - g_j - 1/(2 tau))^2`` (numpy float64)."""
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    W = _win_table(pairs, X, K)
+    W = pair_table(pairs, X, K)
     tau = check_scalar(tau, "tau")
     g = as_log_policy(probs, log_probs=log_probs, shape=(X, K)) - np.log(ref)
     d = g[:, :, None] - g[:, None, :] - 1.0 / (2 * tau)
@@ -84,7 +75,7 @@ def ipo_optimum(ref_policy: Any, pairs: Any, tau: float) -> Optimum:
     """
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    W = _win_table(pairs, X, K)
+    W = pair_table(pairs, X, K)
     tau = check_scalar(tau, "tau")
     log_ref = np.log(ref)
     G = np.zeros((X, K))

@@ -74,15 +74,10 @@ def orpo_two_arm_root(q: float, lam: float) -> float:
 
 
 def orpo_population_loss(pairs: Any, lam: float, probs: Any = None, *, log_probs: Any = None, shape=None) -> float:
-    """Exact population ORPO loss (numpy float64) for a win table ``(X, K, K)`` or pair rows (give ``shape``)."""
+    """Exact population ORPO loss (numpy float64) for a win table ``(X, K, K)`` or :class:`mdpalign.data.PreferenceData`."""
     lam = check_scalar(lam, "lam", allow_zero=True)
-    if isinstance(pairs, np.ndarray):
-        W = pairs
-        shape = W.shape[:2]
-    else:
-        if shape is None:
-            raise ProofInputError("pair rows need shape=(X, K)")
-        W = pair_table(pairs, *shape)
+    W = pair_table(pairs, *(shape if shape is not None else (None, None)))
+    shape = W.shape[:2]
     lp = as_log_policy(probs, log_probs=log_probs, shape=tuple(shape))
     lo = log_odds(lp)
     z = lo[:, :, None] - lo[:, None, :]
@@ -93,19 +88,12 @@ def orpo_population_loss(pairs: Any, lam: float, probs: Any = None, *, log_probs
 def orpo_optimum(pairs: Any, lam: float, n_contexts: int | None = None, n_arms: int | None = None) -> Optimum:
     """Characterise the ORPO minimisers in the cases with a closed form (module docstring, 1-3).
 
-    ``pairs``: win table ``(X, K, K)`` or rows with ``n_contexts``/``n_arms``. Raises
+    ``pairs``: win table ``(X, K, K)`` or :class:`mdpalign.data.PreferenceData`. Raises
     :class:`NoClosedFormError` for a context that is neither disjoint-support nor the two-arm
     contradictory case.
     """
     lam = check_scalar(lam, "lam", allow_zero=True)
-    if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
-        if W.ndim != 3 or W.shape[1] != W.shape[2] or (W < 0).any():
-            raise ProofInputError(f"win table must be (X, K, K) and >= 0, got {W.shape}")
-    else:
-        if n_contexts is None or n_arms is None:
-            raise ProofInputError("pair rows need n_contexts= and n_arms=")
-        W = pair_table(pairs, n_contexts, n_arms)
+    W = pair_table(pairs, n_contexts, n_arms)
     X, K = W.shape[:2]
     policy = np.full((X, K), np.nan)
     constrained = np.zeros(X, bool)

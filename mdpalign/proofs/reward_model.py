@@ -63,8 +63,9 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 
+from mdpalign.checks import to_numpy
 from mdpalign.proofs._certify import gamma
-from mdpalign.proofs.base import CheckResult, ProofInputError, _to_numpy, check_scalar
+from mdpalign.proofs.base import CheckResult, ProofInputError, check_scalar
 from mdpalign.proofs.dpo import bradley_terry_scores, ford_condition
 
 __all__ = [
@@ -111,7 +112,7 @@ class RewardModelOptimum:
         """``max |(s_i - s_j) - pinned|`` over pinned pairs and ``|s - s*|`` over absolute arms; ok iff ``<= tol``."""
         if not (tol >= 0):
             raise ProofInputError(f"tol must be >= 0, got {tol!r}")
-        s = _to_numpy(scores)
+        s = to_numpy(scores)
         if s.ndim == 1:
             s = s[None]
         if s.shape != self.scores.shape:
@@ -144,7 +145,7 @@ def _margins(margin: Any, X: int, K: int) -> np.ndarray:
 
 
 def _win_table(W: Any) -> np.ndarray:
-    W = _to_numpy(W)
+    W = to_numpy(W)
     if W.ndim == 2:
         W = W[None]
     if W.ndim != 3 or W.shape[1] != W.shape[2]:
@@ -160,7 +161,7 @@ def reward_model_loss(W: Any, scores: Any, margin: Any = None, center_coefficien
     """Population loss ``sum_ij W_ij [-log sigma(s_i - s_j - m_ij) + c (s_i + s_j)^2]`` (numpy float64)."""
     W = _win_table(W)
     X, K, _ = W.shape
-    s = _to_numpy(scores).reshape(X, K)
+    s = to_numpy(scores).reshape(X, K)
     m = _margins(margin, X, K)
     c = check_scalar(center_coefficient, "center_coefficient", allow_zero=True)
     d = s[:, :, None] - s[:, None, :]

@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from mdpalign.checks import to_numpy
 from mdpalign.proofs.base import (
     NoClosedFormError,
     ProofInputError,
     UniqueOptimum,
-    _to_numpy,
     check_policy_table,
     check_scalar,
 )
@@ -58,7 +58,7 @@ __all__ = ["rlhf_pipeline_optimum", "pipeline_offsets_of"]
 
 
 def _check_offsets(offsets: Any, comps: list, shape: tuple[int, int]) -> np.ndarray:
-    o = _to_numpy(offsets)
+    o = to_numpy(offsets)
     if o.ndim == 1:
         o = o[None]
     if o.shape != shape or not np.isfinite(o).all():

@@ -36,19 +36,10 @@ def _entropy_rows(p: np.ndarray) -> np.ndarray:
 def sft_optimum(demos: Any, n_contexts: int | None = None, n_arms: int | None = None) -> Optimum:
     """Optimum of weighted maximum likelihood: ``pi*(y|x) = D(x, y) / sum_y' D(x, y')``.
 
-    ``demos``: an ``(X, K)`` (or ``(K,)``) non-negative weight/count table, or demonstration rows
-    with ``context``, ``action``, ``weight`` fields (then ``n_contexts`` and ``n_arms`` are needed).
+    ``demos``: an ``(X, K)`` (or ``(K,)``) non-negative weight/count table, or
+    :class:`mdpalign.data.DemoData`.
     ``infimum`` is the minimal loss ``sum_x n(x) H(p(.|x))``.
     """
-    if n_contexts is None or n_arms is None:
-        if hasattr(demos, "context") or isinstance(demos, dict):
-            raise ProofInputError("demonstration rows need n_contexts= and n_arms= to build the (X, K) table")
-        D = np.asarray(demos, dtype=np.float64)
-        if D.ndim == 1:
-            D = D[None, :]
-        if D.ndim != 2:
-            raise ProofInputError(f"demonstration table must be (X, K), got shape {D.shape}")
-        n_contexts, n_arms = D.shape
     D = demo_table(demos, n_contexts, n_arms)
     n = D.sum(axis=1)
     if not (n > 0).any():
