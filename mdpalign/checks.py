@@ -1,6 +1,6 @@
 """The scalar and array checks every layer uses, so that one rule has one wording.
 
-Each check takes the error class of the calling layer (``error=``, a subclass of
+Each check takes the error class of the calling layer (``error=``, required: a subclass of
 :class:`~mdpalign.errors.MdpalignError` and ``ValueError``), so a caller still catches the specific
 error of the layer it called; the message is the same everywhere: ``"<name> must be a finite number
 > 0, got <value>"``. Plain numpy: a torch tensor is read through ``.detach()`` without importing torch.
@@ -14,11 +14,7 @@ import numpy as np
 
 from mdpalign.errors import MdpalignError
 
-__all__ = ["CheckError", "to_numpy", "check_number", "check_positive", "check_unit_interval"]
-
-
-class CheckError(MdpalignError, ValueError):
-    """Default error of the checks when the caller names none."""
+__all__ = ["to_numpy", "check_number", "check_positive", "check_unit_interval"]
 
 
 def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -28,7 +24,7 @@ def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def check_number(value: Any, name: str, *, error: type[Exception] = CheckError) -> float:
+def check_number(value: Any, name: str, *, error: type[MdpalignError]) -> float:
     """``value`` as a Python float (a one-element tensor or array is accepted), or ``error`` naming ``name``."""
     try:
         return float(value)
@@ -36,7 +32,7 @@ def check_number(value: Any, name: str, *, error: type[Exception] = CheckError) 
         raise error(f"{name} must be a number, got {value!r}") from exc
 
 
-def check_positive(value: Any, name: str, *, allow_zero: bool = False, error: type[Exception] = CheckError) -> float:
+def check_positive(value: Any, name: str, *, allow_zero: bool = False, error: type[MdpalignError]) -> float:
     """``value`` as a float, finite and > 0 (>= 0 with ``allow_zero``), or ``error`` naming ``name``."""
     v = check_number(value, name, error=error)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
@@ -44,7 +40,7 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False, error: ty
     return v
 
 
-def check_unit_interval(value: Any, name: str, *, error: type[Exception] = CheckError) -> float:
+def check_unit_interval(value: Any, name: str, *, error: type[MdpalignError]) -> float:
     """``value`` as a float in the closed interval [0, 1], or ``error`` naming ``name``."""
     v = check_number(value, name, error=error)
     if not 0.0 <= v <= 1.0:  # also refuses nan

@@ -96,7 +96,8 @@ class PreferenceData:
         return self.context.shape[0]
 
     def weight_table(self) -> np.ndarray:
-        """Win weights ``W[x, i, j]`` = total weight of the rows where ``i`` was chosen over ``j`` in ``x``, ``(X, K, K)``."""
+        """Win weights ``W[x, i, j]`` ``(X, K, K)``: total weight of the rows where ``i`` was chosen over ``j`` in
+        ``x``."""
         out = np.zeros((self.n_contexts, self.n_arms, self.n_arms))
         np.add.at(out, (self.context, self.chosen, self.rejected), self.weight)
         return out

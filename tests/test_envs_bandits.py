@@ -10,9 +10,19 @@ from scipy.stats import chisquare
 
 from mdpalign.data import DataError
 from mdpalign.envs import (
-    ContextualBandit, InvalidBanditError, bt_preference_probs, comparison_components,
-    comparison_graph, exact_demonstrations, k_armed_bandit, mixed_quality_demonstrations, preference_pairs,
-    random_contextual_bandit, sample_demonstrations, sample_preference_pairs, win_graph,
+    ContextualBandit,
+    InvalidBanditError,
+    bt_preference_probs,
+    comparison_components,
+    comparison_graph,
+    exact_demonstrations,
+    k_armed_bandit,
+    mixed_quality_demonstrations,
+    preference_pairs,
+    random_contextual_bandit,
+    sample_demonstrations,
+    sample_preference_pairs,
+    win_graph,
 )
 
 # Fixed seeds make every chi-square p-value below deterministic; 1e-3 is the acceptance level,

@@ -35,11 +35,11 @@ from mdpalign.proofs import (
     kl_rl_optimum,
     kl_rl_value,
     leaf_pair_table,
+    optimal_soft_value,
     orpo_optimum,
     orpo_population_loss,
     orpo_two_arm_root,
     sft_optimum,
-    soft_value,
     token_tree_optimum,
 )
 from mdpalign.proofs.dpo import bradley_terry_nll
@@ -63,7 +63,7 @@ def test_kl_rl_gap_identity_and_soft_value():
     beta = 0.37
     opt = kl_rl_optimum(b.rewards, b.ref_policy, beta)
     J_star = kl_rl_value(b.rewards, b.ref_policy, beta, opt.policy)
-    np.testing.assert_allclose(J_star, soft_value(b.rewards, b.ref_policy, beta), atol=EXACT)
+    np.testing.assert_allclose(J_star, optimal_soft_value(b.rewards, b.ref_policy, beta), atol=EXACT)
     for _ in range(5):
         pi = _random_policy(rng, 4, 5)
         J = kl_rl_value(b.rewards, b.ref_policy, beta, pi)
@@ -357,17 +357,26 @@ def test_check_vanishing_mass_is_measured():
         (lambda: kl_rl_optimum(np.zeros((1, 3)), np.full((1, 3), 1 / 3), 0.0), "beta"),
         (lambda: kl_rl_optimum(np.zeros((2, 3)), np.full((1, 3), 1 / 3), 1.0), "shape"),
         # rows are validated by mdpalign.data (tests/test_data.py); the answer keys take its containers or tables
-        (lambda: dpo_optimum(np.full((1, 3), 1 / 3), {"context": [0], "chosen": [1], "rejected": [2], "weight": [1.0]}, 1.0),
-         "PreferenceData or an"),
+        (
+            lambda: dpo_optimum(
+                np.full((1, 3), 1 / 3), {"context": [0], "chosen": [1], "rejected": [2], "weight": [1.0]}, 1.0
+            ),
+            "PreferenceData or an",
+        ),
         (lambda: dpo_optimum(np.full((1, 3), 1 / 3), PreferenceData([0], [0], [3], [1.0], 1, 4), 1.0), "n_arms=4"),
         (lambda: dpo_optimum(np.full((1, 3), 1 / 3), np.zeros((1, 3, 2)), 1.0), "win table must have shape"),
         (lambda: dpo_optimum(np.full((1, 3), 1 / 3), -np.ones((1, 3, 3)), 1.0), "finite and >= 0"),
         (lambda: sft_optimum(DemoData([0], [1], [1.0], 1, 3), n_contexts=2), "n_contexts=1"),
-        (lambda: crlft_optimum(LabeledDemoData([0], [1], [0], [1.0], None, 1, 3), [1.0, 0.5, 0.2], conditioned=True),
-         "2 labels"),
+        (
+            lambda: crlft_optimum(LabeledDemoData([0], [1], [0], [1.0], None, 1, 3), [1.0, 0.5, 0.2], conditioned=True),
+            "2 labels",
+        ),
         (lambda: orpo_two_arm_root(1.0, 0.5), "q must be"),
         (lambda: sft_optimum(np.zeros((2, 3))), "zero total weight"),
-        (lambda: kl_rl_optimum(np.zeros((1, 2)), np.full((1, 2), 0.5), 1.0).check(np.array([[0.5, 0.6]])), "total probability"),
+        (
+            lambda: kl_rl_optimum(np.zeros((1, 2)), np.full((1, 2), 0.5), 1.0).check(np.array([[0.5, 0.6]])),
+            "total probability",
+        ),
         (lambda: kl_rl_optimum(np.zeros((1, 2)), np.full((1, 2), 0.5), 1.0).check(), "exactly one"),
     ],
 )

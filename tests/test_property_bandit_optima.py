@@ -13,6 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdpalign.envs.bandits import preference_pairs, random_contextual_bandit
+from mdpalign.harness.offline import (
+    crlft_loss_closure,
+    dpo_loss_closure,
+    fit_and_check,
+    fit_tabular,
+    kl_rl_loss_closure,
+    orpo_loss_closure,
+    sft_loss_closure,
+    tabular_policy,
+)
 from mdpalign.proofs import (
     NoFiniteOptimum,
     PinnedDifferences,
@@ -24,16 +34,6 @@ from mdpalign.proofs import (
     kl_rl_optimum,
     orpo_optimum,
     sft_optimum,
-)
-from mdpalign.harness.offline import (
-    crlft_loss_closure,
-    dpo_loss_closure,
-    fit_and_check,
-    fit_tabular,
-    kl_rl_loss_closure,
-    orpo_loss_closure,
-    sft_loss_closure,
-    tabular_policy,
 )
 
 GRAD_TOL = 1e-8
@@ -58,7 +58,9 @@ def _assert_ok(chk, bound):
 @given(seed=seeds, X=contexts, K=arms)
 def test_sft_reaches_empirical_distribution(seed, X, K):
     """THEORY SFT: pi(y|x) = D(y|x) (full support: unique, certified tolerance)."""
-    D = np.random.default_rng(seed).dirichlet(np.ones(K), size=X) * np.random.default_rng(seed + 1).uniform(0.5, 1, (X, 1))
+    D = np.random.default_rng(seed).dirichlet(np.ones(K), size=X) * np.random.default_rng(seed + 1).uniform(
+        0.5, 1, (X, 1)
+    )
     opt = sft_optimum(D)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(X, K, seed=seed)
@@ -107,7 +109,9 @@ def test_dpo_all_pairs_bt_reaches_kl_rl_optimum(seed, X, K, beta):
     pol = tabular_policy(X, K, seed=seed)
     _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_table(), beta))
     _assert_ok(chk, bound)
-    _assert_ok(kl_rl_optimum(b.rewards, b.ref_policy, beta).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound)
+    _assert_ok(
+        kl_rl_optimum(b.rewards, b.ref_policy, beta).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound
+    )
 
 
 @settings(max_examples=N)
@@ -236,4 +240,7 @@ def test_crlft_reaches_class_weighted_sft(seed, X, K, beta, conditioned):
     _, chk, bound = fit_and_check(opt, pol, crlft_loss_closure(pol, D, w, conditioned=conditioned))
     _assert_ok(chk, bound)
     if conditioned:  # the weights cancel: the same optimum as with equal weights
-        _assert_ok(crlft_optimum(D, [1.0, 1.0], conditioned=True).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound)
+        _assert_ok(
+            crlft_optimum(D, [1.0, 1.0], conditioned=True).check(log_probs=pol.log_probs_table().detach(), tol=bound),
+            bound,
+        )

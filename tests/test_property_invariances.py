@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from scipy.special import expit, logit
 
 from mdpalign.envs.bandits import k_armed_bandit, preference_pairs, random_contextual_bandit
-from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
 from mdpalign.harness.offline import (
     certified_logit_error,
     crlft_loss_closure,
@@ -22,6 +21,7 @@ from mdpalign.harness.offline import (
     sft_loss_closure,
     tabular_policy,
 )
+from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
 
 seeds = st.integers(0, 2**31 - 1)
 

@@ -8,8 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdpalign.envs.token_tree import TokenTree, random_token_tree
-from mdpalign.proofs import leaf_pair_table, token_tree_optimum
-from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
 from mdpalign.harness.offline import (
     fit_and_check,
     fit_tabular,
@@ -18,6 +16,8 @@ from mdpalign.harness.offline import (
     tabular_policy,
     tree_sft_loss_closure,
 )
+from mdpalign.proofs import leaf_pair_table, token_tree_optimum
+from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
 from mdpalign.proofs.token_tree import tree_sft_optimum
 
 seeds = st.integers(0, 2**31 - 1)

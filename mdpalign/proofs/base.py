@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 import numpy as np
 from scipy.special import logsumexp
 
@@ -329,7 +330,9 @@ class Optimum:
             r = int(np.argmax(dev))
             if dev[r] >= worst:
                 worst = float(dev[r])
-                where = f"pinned difference at context {x[r]}: log pi({i[r]}) - log pi({j[r]}) = {self.pinned[r, 3]:.6g}"
+                where = (
+                    f"pinned difference at context {x[r]}: log pi({i[r]}) - log pi({j[r]}) = {self.pinned[r, 3]:.6g}"
+                )
         van = self.vanishing & self.constrained[:, None]
         if van.any():
             mass = np.where(van, np.exp(lp), 0.0)
@@ -337,7 +340,9 @@ class Optimum:
             if mass[x, y] >= worst:
                 worst, where = float(mass[x, y]), f"mass on vanishing arm {y} of context {x}"
         ok = worst <= tol
-        return CheckResult(ok, worst, f"{self.kind}({self.objective}): max violation {worst:.3e} ({where}); tol {tol:.1e}")
+        return CheckResult(
+            ok, worst, f"{self.kind}({self.objective}): max violation {worst:.3e} ({where}); tol {tol:.1e}"
+        )
 
     def representative(self, fill: np.ndarray | None = None) -> np.ndarray:
         """One member of the optimal set (one limit point for :class:`NoFiniteOptimum`).
@@ -351,8 +356,6 @@ class Optimum:
         base = np.full((X, K), 1.0 / K) if fill is None else check_policy_table(fill, "fill")
         logit = np.log(base)
         # impose pinned differences by a spanning forest walk: each pinned pair fixes j relative to i
-        import networkx as nx
-
         for x in range(X):
             rows = self.pinned[self.pinned[:, 0] == x]
             g = nx.Graph()
@@ -390,13 +393,6 @@ class NoFiniteOptimum(Optimum):
     """The infimum is approached only as some logits diverge; ``policy`` is the limit where unique."""
 
 
-
-def check_scalar(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    """``value`` as a float, or :class:`ProofInputError` unless it is finite and > 0 (>= 0 with ``allow_zero``)."""
-    v = float(value)
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ProofInputError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return v
 
 def pinned_all_pairs(x: int, arms: np.ndarray, log_target: np.ndarray) -> list[tuple[float, float, float, float]]:
     """Rows ``(x, i, j, log_target[i] - log_target[j])`` for every ordered pair ``i < j`` of ``arms``."""

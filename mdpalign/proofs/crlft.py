@@ -1,6 +1,7 @@
 r"""C-RLFT (OpenChat, arXiv 2309.11235): class-weighted SFT, with and without class conditioning.
 
-Data: demonstrations ``(x, y, c)`` (:class:`mdpalign.data.LabeledDemoData`: ``context, action, label``) with population weight ``D[x, c, y]`` (``mu(x) P(c|x) D_c(y|x)``) and
+Data: demonstrations ``(x, y, c)`` (:class:`mdpalign.data.LabeledDemoData`: ``context, action, label``) with population
+weight ``D[x, c, y]`` (``mu(x) P(c|x) D_c(y|x)``) and
 a weight ``w_c > 0`` per class (``exp(r_c/beta)``, or OpenChat's constants 1.0 / 0.1). Loss::
 
     L = - sum_{x,c,y} w_c D[x,c,y] log pi(y | x [, c])

@@ -45,6 +45,7 @@ import networkx as nx
 import numpy as np
 from scipy.special import expit, log_expit, logit
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs.base import (
     NoFiniteOptimum,
     Optimum,
@@ -53,7 +54,6 @@ from mdpalign.proofs.base import (
     UniqueOptimum,
     as_log_policy,
     check_policy_table,
-    check_scalar,
     log_normalise,
     make_optimum,
     optimum_kind,
@@ -65,7 +65,7 @@ from mdpalign.proofs.base import (
 __all__ = [
     "bradley_terry_scores",
     "bradley_terry_nll",
-    "win_graph",
+    "win_table_graph",
     "ford_condition",
     "dpo_optimum",
     "dpo_two_arm_log_ratio",
@@ -132,7 +132,7 @@ def bradley_terry_scores(W: Any, *, tol: float = 1e-13, max_iter: int = 200) -> 
     return s - s[0]
 
 
-def win_graph(W_x: np.ndarray) -> nx.DiGraph:
+def win_table_graph(W_x: np.ndarray) -> nx.DiGraph:
     """Directed win graph of one context: edge ``i -> j`` with ``weight = W[i, j] > 0``."""
     g = nx.DiGraph()
     for i, j in zip(*np.nonzero(W_x > 0)):
@@ -143,7 +143,7 @@ def win_graph(W_x: np.ndarray) -> nx.DiGraph:
 def ford_condition(W_x: Any) -> bool:
     """Zermelo/Ford: a finite BT maximiser exists iff every weakly connected component of the win
     graph is strongly connected (every bipartition of a comparison component has wins both ways)."""
-    g = win_graph(np.asarray(W_x, dtype=np.float64))
+    g = win_table_graph(np.asarray(W_x, dtype=np.float64))
     return all(nx.is_strongly_connected(g.subgraph(c)) for c in nx.weakly_connected_components(g))
 
 
@@ -171,7 +171,7 @@ def _dpo_context(W_x: np.ndarray, log_ref_x: np.ndarray, beta: float, x: int) ->
     """One context of :func:`dpo_optimum`: BT scores per strongly connected component, the components beaten
     from outside (they vanish), the pinned differences and, where it is one policy, the limit row."""
     K = len(log_ref_x)
-    g = win_graph(W_x)
+    g = win_table_graph(W_x)
     if g.number_of_edges() == 0:
         return None
     sccs = [sorted(c) for c in nx.strongly_connected_components(g)]
@@ -224,7 +224,7 @@ def dpo_optimum(ref_policy: Any, pairs: Any, beta: float) -> Optimum:
     """
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     W = pair_table(pairs, X, K)
     log_ref = np.log(ref)
     scores = np.full((X, K), np.nan)

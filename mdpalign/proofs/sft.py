@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.proofs.base import Optimum, ProofInputError, demo_table, optimum_from_target
+from mdpalign.proofs.base import Optimum, ProofInputError, as_log_policy, demo_table, optimum_from_target
 
 __all__ = ["sft_optimum", "length_normalised_sft_optimum", "sft_population_loss"]
 
@@ -59,8 +59,6 @@ def sft_optimum(demos: Any, n_contexts: int | None = None, n_arms: int | None = 
 
 def sft_population_loss(demos: np.ndarray, probs: Any = None, *, log_probs: Any = None) -> float:
     """``- sum_{x,y} D(x,y) log pi(y|x)`` (float64; ``0 * log 0 = 0``) for an ``(X, K)`` table ``D``."""
-    from mdpalign.proofs.base import as_log_policy
-
     D = np.asarray(demos, dtype=np.float64)
     if D.ndim == 1:
         D = D[None, :]
