@@ -9,7 +9,7 @@ finite_horizon (H = 25), each at its default tol (value iterations capped at 20,
 rational arithmetic (policy iteration in
 Fractions from the solver's policy, stopped when no action is strictly better, which proves optimality; the first
 20 MDPs per gamma are cross-checked against enumerating every deterministic policy), finite horizon by exact
-backward induction, the soft optimum in 50-digit decimal arithmetic (tests/exact_oracles.py).
+backward induction, the soft optimum in 50-digit decimal arithmetic (tests/support/exact_oracles.py).
 
 A *violation* is ``max|values - V*| > error_bound``. The table gives, per gamma and solver: violations, the
 median and maximum of bound / true error, the median bound, how many bounds exceed 1e-10 (the default tol),
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from exact_oracles import (
     exact_finite_horizon,

@@ -9,7 +9,7 @@ Divergence", 2020, http://joschu.net/blog/kl-approx.html):
   ``expm1(−h) + h``: no cancellation against the 1, so small ``|h|`` keeps its relative precision.
 
 **Which gradient each one gives** (exact expectation over a softmax policy, verified with autograd in
-``tests/test_objectives_kl.py``; ``∇KL`` below is ``∇_θ KL(pi_θ‖ref)``, ``∇rKL`` is ``∇_θ KL(ref‖pi_θ)``):
+``tests/objectives/test_kl.py``; ``∇KL`` below is ``∇_θ KL(pi_θ‖ref)``, ``∇rKL`` is ``∇_θ KL(ref‖pi_θ)``):
 
 =========  ==========================================  ==============================  ===========================
 estimator  in the reward (detached, ``−β·Σ_t k`` added   as a loss ``β·k`` (sampling     as a loss ``β·k·ρ``,

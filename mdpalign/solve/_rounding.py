@@ -10,7 +10,7 @@
 (F3) Sterbenz: ``a - b`` is exact when ``b/2 <= a <= 2b``; hence ``1 - gamma`` is exact for ``gamma >= 1/2``.
 (F4) numpy's float64 ``exp``, ``expm1``, ``log``, ``log1p`` are accurate to ``TRANSCENDENTAL_ULPS`` ulps,
      i.e. a relative error below ``2 * TRANSCENDENTAL_ULPS * u`` (an assumption about the library; tested
-     against ``decimal`` in tests/test_solve_certificates.py).
+     against ``decimal`` in tests/solve/test_certificates.py).
 
 Every bound below is "first order plus a safety factor": products of ``(1 + e_i)`` are replaced by the sum of
 the ``e_i`` and the result is multiplied by ``SAFETY = 1.01``, which covers the neglected higher-order terms

@@ -1,6 +1,6 @@
 """Certified bounds against exact arithmetic, float64's floor, and the soft solver at gamma = 1 (issue 9).
 
-The answer keys (tests/exact_oracles.py) never call the solvers: V* by enumerating every deterministic policy in
+The answer keys (tests/support/exact_oracles.py) never call the solvers: V* by enumerating every deterministic policy in
 exact rationals, finite horizons by exact backward induction, soft optima in 50-digit decimal arithmetic.
 """
 from __future__ import annotations

@@ -361,7 +361,7 @@ def test_finite_horizon_matches_brute_force(seed, H, gamma):
     assert sol.values.shape == (H + 1, 3) and sol.policy.shape == (H, 3) and sol.q_values.shape == (H, 3, 2)
     np.testing.assert_allclose(sol.values[0], _brute_force_horizon(mdp, H), atol=1e-12)
     np.testing.assert_allclose(evaluate(mdp, sol.policy, horizon=H), sol.values, atol=1e-12)
-    # the recursion is exact; the bound is its float64 rounding (tests/test_solve_certificates.py checks it
+    # the recursion is exact; the bound is its float64 rounding (tests/solve/test_certificates.py checks it
     # against exact rational backward induction)
     assert np.all(sol.values[H] == 0.0) and 0.0 < sol.error_bound <= 1e-13
 

@@ -189,7 +189,7 @@ def test_ipo_reaches_graph_least_squares(seed, X, K, tau, setup):
 @given(q=st.floats(0.05, 0.95), lam=st.floats(0.05, 3.0), seed=seeds)
 def test_orpo_two_arm_contradictory_reaches_root(q, lam, seed):
     """THEORY ORPO K=2, contradictory rate q: optimum u* with sigma(u) + 2 lam sigma(2u) = q(1 + 2 lam)
-    (it flattens q; see tests/test_proofs_closed_forms.py)."""
+    (it flattens q; see tests/proofs/test_closed_forms.py)."""
     W = np.array([[[0.0, q], [1 - q, 0.0]]])
     opt = orpo_optimum(W, lam)
     assert isinstance(opt, UniqueOptimum)

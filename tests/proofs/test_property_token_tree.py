@@ -1,7 +1,7 @@
 """Property tests on token trees: sequence-level objectives over a token-factored TabularPolicy
 (one logit per (prefix, token)), trained with the library's losses, reach the closed forms of
 mdpalign.proofs.token_tree / mdpalign.proofs.ift. Tolerances: the certified 4 ||grad||/mu of
-mdpalign.harness.offline (see tests/test_property_bandit_optima.py)."""
+mdpalign.harness.offline (see tests/proofs/test_property_bandit_optima.py)."""
 import numpy as np
 import torch
 from hypothesis import given, settings
