@@ -5,10 +5,11 @@
 Per gamma in (0.9, 0.99, 0.999, 0.9999): 250 MDPs (S in 2..5, A in 2..3, rewards U(0, 10) or U(0, 1e3), dense or
 sparse P, a terminal state in a quarter of them, seeds fixed), plus 100 all-proper MDPs at gamma = 1. Solvers:
 value_iteration, policy_iteration, linear_program, soft_value_iteration (beta cycling through 0.01, 1, 100) and
-finite_horizon (H = 25), each at its default tol (value iterations capped at 20,000 sweeps). Answers: V* in exact rational arithmetic (policy iteration in
+finite_horizon (H = 25), each at its default tol (value iterations capped at 20,000 sweeps). Answers: V* in exact
+rational arithmetic (policy iteration in
 Fractions from the solver's policy, stopped when no action is strictly better, which proves optimality; the first
 20 MDPs per gamma are cross-checked against enumerating every deterministic policy), finite horizon by exact
-backward induction, the soft optimum in 50-digit decimal arithmetic (tests/exact_oracles.py).
+backward induction, the soft optimum in 50-digit decimal arithmetic (tests/support/exact_oracles.py).
 
 A *violation* is ``max|values - V*| > error_bound``. The table gives, per gamma and solver: violations, the
 median and maximum of bound / true error, the median bound, how many bounds exceed 1e-10 (the default tol),
@@ -26,13 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from exact_oracles import (
-    exact_finite_horizon, exact_optimum, exact_optimum_by_improvement, max_error, random_small_mdp, soft_optimum,
+    exact_finite_horizon,
+    exact_optimum,
+    exact_optimum_by_improvement,
+    max_error,
+    random_small_mdp,
+    soft_optimum,
 )
+
 from mdpalign.solve import (
-    finite_horizon, linear_program, policy_iteration, soft_value_iteration, value_iteration,
+    finite_horizon,
+    linear_program,
+    policy_iteration,
+    soft_value_iteration,
+    value_iteration,
 )
 
 GAMMAS = (0.9, 0.99, 0.999, 0.9999)

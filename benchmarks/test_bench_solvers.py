@@ -148,10 +148,10 @@ def table(problems=PROBLEMS, big: bool = False) -> str:
             lp = linear_program(mdp)
             assert np.max(np.abs(lp.values - v_star)) <= 1e-9, "LP and PI disagree"
         P, R = toolbox_inputs(mdp)
-        t_pi, s_pi = best_time(lambda: policy_iteration(mdp))
-        t_vi, s_vi = best_time(lambda: value_iteration(mdp))
-        t_tpi, v_tpi = best_time(lambda: toolbox_pi(P, R, GAMMA), repeat=2)
-        t_tvi, v_tvi = best_time(lambda: toolbox_vi(P, R, GAMMA), repeat=2)
+        t_pi, s_pi = best_time(lambda mdp=mdp: policy_iteration(mdp))
+        t_vi, s_vi = best_time(lambda mdp=mdp: value_iteration(mdp))
+        t_tpi, v_tpi = best_time(lambda P=P, R=R: toolbox_pi(P, R, GAMMA), repeat=2)
+        t_tvi, v_tvi = best_time(lambda P=P, R=R: toolbox_vi(P, R, GAMMA), repeat=2)
         eps = accuracy_matched_epsilon(P, R, v_star)
         rows = [
             ("ours: policy_iteration", t_pi, np.max(np.abs(s_pi.values - v_star)), f"bound {s_pi.error_bound:.1e}"),
@@ -161,7 +161,7 @@ def table(problems=PROBLEMS, big: bool = False) -> str:
              f"{t_tvi / t_vi:.1f}x (vs our VI)"),
         ]
         if eps is not None:
-            t_tvi2, v_tvi2 = best_time(lambda: toolbox_vi(P, R, GAMMA, eps), repeat=2)
+            t_tvi2, v_tvi2 = best_time(lambda P=P, R=R, eps=eps: toolbox_vi(P, R, GAMMA, eps), repeat=2)
             rows.append((f"mdptoolbox ValueIteration eps={eps:g} (accuracy-matched)", t_tvi2,
                          np.max(np.abs(v_tvi2 - v_star)),
                          f"{t_tvi2 / t_vi:.1f}x (vs our VI), {t_tvi2 / t_pi:.1f}x (vs our PI)"))
@@ -172,9 +172,11 @@ def table(problems=PROBLEMS, big: bool = False) -> str:
     if big:
         for nrow, ncol in ((316, 316),):
             mdp = grid_world(nrow, ncol)
-            for label, fn in (("ours: policy_iteration (SuperLU)", lambda: policy_iteration(mdp, linear_solver="direct")),
-                              ("ours: policy_iteration (GMRES+ILU)", lambda: policy_iteration(mdp, linear_solver="gmres")),
-                              ("ours: value_iteration", lambda: value_iteration(mdp))):
+            for label, fn in (
+                ("ours: policy_iteration (SuperLU)", lambda mdp=mdp: policy_iteration(mdp, linear_solver="direct")),
+                ("ours: policy_iteration (GMRES+ILU)", lambda mdp=mdp: policy_iteration(mdp, linear_solver="gmres")),
+                ("ours: value_iteration", lambda mdp=mdp: value_iteration(mdp)),
+            ):
                 t, s = best_time(fn, repeat=1)
                 lines.append(f"| grid-{mdp.n_states}x4 (S={mdp.n_states}, A=4) | {label} | {t:.3f} | "
                              f"bound {s.error_bound:.1e} | {s.iterations} iterations |")

@@ -18,7 +18,6 @@ with probability 1 from every state — is guaranteed to exist.
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -26,6 +25,8 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order
+
+from mdpalign.errors import MdpalignError
 
 __all__ = ["TabularMDP", "InvalidMDPError", "ROW_SUM_TOL", "reachable_mask"]
 
@@ -98,6 +99,102 @@ def _where(mask: np.ndarray, limit: int = 5) -> str:
     return shown + more
 
 
+def _flat_transitions(P, S: int, A: int, r_shape: tuple) -> ArrayOrSparse:
+    """``P`` validated (finite, non-negative, row-stochastic) as a float64 ``(S*A, S)`` array or CSR matrix."""
+    if sp.issparse(P):
+        flat = sp.csr_matrix(P, dtype=np.float64, copy=True)
+        if flat.shape != (S * A, S):
+            raise InvalidMDPError(
+                f"sparse P must have shape (S*A, S) = ({S * A}, {S}) to match R of shape {r_shape}; "
+                f"got {flat.shape}"
+            )
+        flat.sum_duplicates()
+        flat.eliminate_zeros()
+        data = flat.data
+        for bad, what in ((~np.isfinite(data), "non-finite"), (data < 0, "negative")):
+            if np.any(bad):
+                rows = np.repeat(np.arange(S * A), np.diff(flat.indptr))[bad]
+                raise InvalidMDPError(
+                    f"P has {what} probabilities at (state, action) "
+                    + ", ".join(str(divmod(int(r), A)) for r in rows[:5])
+                )
+        row_sums = np.asarray(flat.sum(axis=1)).ravel().reshape(S, A)
+    else:
+        dense = _float_array(P, "P")
+        if dense.shape != (S, A, S):
+            raise InvalidMDPError(
+                f"P must have shape (S, A, S) = ({S}, {A}, {S}) to match R of shape {r_shape}; got {dense.shape}"
+            )
+        if not np.all(np.isfinite(dense)):
+            raise InvalidMDPError(
+                f"P has non-finite probabilities at (state, action, next state) {_where(~np.isfinite(dense))}"
+            )
+        if np.any(dense < 0):
+            raise InvalidMDPError(f"P has negative probabilities at (state, action, next state) {_where(dense < 0)}")
+        row_sums = dense.sum(axis=2)
+        flat = np.array(dense.reshape(S * A, S), dtype=np.float64, order="C", copy=True)
+    off = row_sums - 1.0
+    bad = np.abs(off) > ROW_SUM_TOL
+    if np.any(bad):
+        s, a = (int(i) for i in np.argwhere(bad)[0])
+        raise InvalidMDPError(
+            f"P is not row-stochastic: row (state {s}, action {a}) sums to {row_sums[s, a]:.12g} "
+            f"(off by {off[s, a]:+.3g}); {int(bad.sum())} of {S * A} rows are off by more than {ROW_SUM_TOL:g}"
+        )
+    return flat
+
+
+def _terminal_mask(terminal, flat: ArrayOrSparse, R: np.ndarray) -> np.ndarray:
+    """``(S,)`` bool; every terminal state must be absorbing (each action stays with probability 1) with reward 0."""
+    S, A = R.shape
+    if terminal is None:
+        return np.zeros(S, dtype=bool)
+    terminal = np.asarray(terminal)
+    if terminal.shape != (S,):
+        raise InvalidMDPError(f"terminal must have shape ({S},); got {terminal.shape}")
+    terminal = terminal.astype(bool)
+    # Rows are already stochastic and non-negative, so P(s|s,a) = 1 means nothing leaves s.
+    term_states = np.repeat(np.flatnonzero(terminal), A)
+    term_actions = np.tile(np.arange(A), int(terminal.sum()))
+    stay = np.ones(0)
+    if term_states.size:  # (an empty fancy index on a sparse matrix returns a sparse matrix)
+        stay = np.asarray(flat[term_states * A + term_actions, term_states]).ravel()
+    leaking = np.abs(stay - 1.0) > ROW_SUM_TOL
+    if np.any(leaking):
+        i = int(np.argmax(leaking))
+        raise InvalidMDPError(
+            f"terminal state {term_states[i]} has transitions leaving it: action {term_actions[i]} stays with "
+            f"probability {float(stay[i]):.6g}, not 1"
+        )
+    if np.any(R[terminal] != 0.0):
+        s, a = (int(i) for i in np.argwhere(terminal[:, None] & (R != 0.0))[0])
+        raise InvalidMDPError(
+            f"terminal state {s} has a non-zero reward {R[s, a]:g} for action {a}; "
+            "terminal states are absorbing with value 0 (put the reward on the transition into them)"
+        )
+    return terminal
+
+
+def _initial_distribution(initial, terminal: np.ndarray) -> np.ndarray:
+    """``(S,)`` float64 start distribution; default uniform over the non-terminal states."""
+    S = terminal.shape[0]
+    if initial is None:
+        if terminal.all():
+            raise InvalidMDPError("every state is terminal; there is nothing to decide")
+        initial = (~terminal).astype(np.float64)
+        initial /= initial.sum()
+        return initial
+    initial = np.asarray(initial, dtype=np.float64)
+    if initial.shape != (S,):
+        raise InvalidMDPError(f"initial must have shape ({S},); got {initial.shape}")
+    if not np.all(np.isfinite(initial)) or np.any(initial < 0):
+        raise InvalidMDPError(f"initial has negative or non-finite entries at {_where(~(initial >= 0))}")
+    total = initial.sum()
+    if abs(total - 1.0) > ROW_SUM_TOL:
+        raise InvalidMDPError(f"initial distribution sums to {total:.12g} (off by {total - 1.0:+.3g}), not 1")
+    return initial
+
+
 @dataclass(frozen=True, eq=False)
 class TabularMDP:
     """A finite MDP; see the module docstring for the meaning of each field.
@@ -136,106 +233,14 @@ class TabularMDP:
         S, A = R.shape
         if S == 0 or A == 0:
             raise InvalidMDPError(f"an MDP needs at least one state and one action; R has shape {R.shape}")
-
-        if sp.issparse(self.P):
-            flat = sp.csr_matrix(self.P, dtype=np.float64, copy=True)
-            if flat.shape != (S * A, S):
-                raise InvalidMDPError(
-                    f"sparse P must have shape (S*A, S) = ({S * A}, {S}) to match R of shape {R.shape}; "
-                    f"got {flat.shape}"
-                )
-            flat.sum_duplicates()
-            flat.eliminate_zeros()
-            data = flat.data
-            if not np.all(np.isfinite(data)):
-                rows = np.repeat(np.arange(S * A), np.diff(flat.indptr))[~np.isfinite(data)]
-                raise InvalidMDPError(
-                    "P has non-finite probabilities at (state, action) "
-                    + ", ".join(str(divmod(int(r), A)) for r in rows[:5])
-                )
-            if np.any(data < 0):
-                rows = np.repeat(np.arange(S * A), np.diff(flat.indptr))[data < 0]
-                raise InvalidMDPError(
-                    "P has negative probabilities at (state, action) "
-                    + ", ".join(str(divmod(int(r), A)) for r in rows[:5])
-                )
-            row_sums = np.asarray(flat.sum(axis=1)).ravel().reshape(S, A)
-        else:
-            dense = _float_array(self.P, "P")
-            if dense.shape != (S, A, S):
-                raise InvalidMDPError(
-                    f"P must have shape (S, A, S) = ({S}, {A}, {S}) to match R of shape {R.shape}; got {dense.shape}"
-                )
-            if not np.all(np.isfinite(dense)):
-                raise InvalidMDPError(
-                    f"P has non-finite probabilities at (state, action, next state) {_where(~np.isfinite(dense))}"
-                )
-            if np.any(dense < 0):
-                raise InvalidMDPError(
-                    f"P has negative probabilities at (state, action, next state) {_where(dense < 0)}"
-                )
-            row_sums = dense.sum(axis=2)
-            flat = np.array(dense.reshape(S * A, S), dtype=np.float64, order="C", copy=True)
-        off = row_sums - 1.0
-        bad = np.abs(off) > ROW_SUM_TOL
-        if np.any(bad):
-            s, a = (int(i) for i in np.argwhere(bad)[0])
-            raise InvalidMDPError(
-                f"P is not row-stochastic: row (state {s}, action {a}) sums to {row_sums[s, a]:.12g} "
-                f"(off by {off[s, a]:+.3g}); {int(bad.sum())} of {S * A} rows are off by more than {ROW_SUM_TOL:g}"
-            )
-
+        flat = _flat_transitions(self.P, S, A, R.shape)
         if not np.all(np.isfinite(R)):
             raise InvalidMDPError(f"R has non-finite rewards at (state, action) {_where(~np.isfinite(R))}")
-
         gamma = float(self.gamma)
         if not (0.0 <= gamma <= 1.0) or not np.isfinite(gamma):
             raise InvalidMDPError(f"gamma must lie in [0, 1]; got {self.gamma!r}")
-
-        if self.terminal is None:
-            terminal = np.zeros(S, dtype=bool)
-        else:
-            terminal = np.asarray(self.terminal)
-            if terminal.shape != (S,):
-                raise InvalidMDPError(f"terminal must have shape ({S},); got {terminal.shape}")
-            terminal = terminal.astype(bool)
-        # Rows are already stochastic and non-negative, so P(s|s,a) = 1 means nothing leaves s.
-        term_states = np.repeat(np.flatnonzero(terminal), A)
-        term_actions = np.tile(np.arange(A), int(terminal.sum()))
-        stay = np.ones(0)
-        if term_states.size:  # (an empty fancy index on a sparse matrix returns a sparse matrix)
-            stay = np.asarray(flat[term_states * A + term_actions, term_states]).ravel()
-        leaking = np.abs(stay - 1.0) > ROW_SUM_TOL
-        if np.any(leaking):
-            i = int(np.argmax(leaking))
-            raise InvalidMDPError(
-                f"terminal state {term_states[i]} has transitions leaving it: action {term_actions[i]} stays with "
-                f"probability {float(stay[i]):.6g}, not 1"
-            )
-        if np.any(R[terminal] != 0.0):
-            s, a = (int(i) for i in np.argwhere(terminal[:, None] & (R != 0.0))[0])
-            raise InvalidMDPError(
-                f"terminal state {s} has a non-zero reward {R[s, a]:g} for action {a}; "
-                "terminal states are absorbing with value 0 (put the reward on the transition into them)"
-            )
-
-        if self.initial is None:
-            if terminal.all():
-                raise InvalidMDPError("every state is terminal; there is nothing to decide")
-            initial = (~terminal).astype(np.float64)
-            initial /= initial.sum()
-        else:
-            initial = np.asarray(self.initial, dtype=np.float64)
-            if initial.shape != (S,):
-                raise InvalidMDPError(f"initial must have shape ({S},); got {initial.shape}")
-            if not np.all(np.isfinite(initial)) or np.any(initial < 0):
-                raise InvalidMDPError(f"initial has negative or non-finite entries at {_where(~(initial >= 0))}")
-            total = initial.sum()
-            if abs(total - 1.0) > ROW_SUM_TOL:
-                raise InvalidMDPError(
-                    f"initial distribution sums to {total:.12g} (off by {total - 1.0:+.3g}), not 1"
-                )
-
+        terminal = _terminal_mask(self.terminal, flat, R)
+        initial = _initial_distribution(self.initial, terminal)
         for name, labels, n in (("state_labels", self.state_labels, S), ("action_labels", self.action_labels, A)):
             if labels is not None and len(labels) != n:
                 raise InvalidMDPError(f"{name} has {len(labels)} entries for {n} {name.split('_')[0]}s")

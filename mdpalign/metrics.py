@@ -20,12 +20,14 @@ near-deterministic target the loss keeps pushing logits outward, so the MSE to a
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from mdpalign.mdp import TabularMDP
+from mdpalign.checks import check_positive, to_numpy
+from mdpalign.errors import MdpalignError
+from mdpalign.mdp import InvalidMDPError, TabularMDP
+from mdpalign.solve import evaluate, occupancy, soft_value_iteration, state_success_probabilities
 
 __all__ = [
     "MetricError",
@@ -48,12 +50,6 @@ class MetricError(MdpalignError, ValueError):
 
 
 # --------------------------------------------------------------------------- helpers
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def _policy(mdp: TabularMDP, policy, name: str) -> np.ndarray:
     """``(S, A)`` float64 policy matrix (validated by the MDP)."""
     arr = policy.detach().cpu().numpy() if hasattr(policy, "detach") else np.asarray(policy)
@@ -68,8 +64,8 @@ def state_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
     Exact zero where ``p == q`` row-wise; ``+inf`` where ``q`` puts no mass on ``p``'s support.
     """
-    p = _to_numpy(p)
-    q = _to_numpy(q)
+    p = to_numpy(p)
+    q = to_numpy(q)
     if p.shape != q.shape:
         raise MetricError(f"state_kl: shapes differ: p {p.shape} vs q {q.shape}")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -82,15 +78,15 @@ def state_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def _flatten_params(params, name: str) -> tuple[list[str], list[np.ndarray]]:
     if isinstance(params, Mapping):
         keys = list(params.keys())
-        return keys, [_to_numpy(params[k]) for k in keys]
+        return keys, [to_numpy(params[k]) for k in keys]
     if hasattr(params, "state_dict") and callable(params.state_dict):
         sd = params.state_dict()
         keys = list(sd.keys())
-        return keys, [_to_numpy(sd[k]) for k in keys]
+        return keys, [to_numpy(sd[k]) for k in keys]
     if hasattr(params, "shape"):
-        return ["0"], [_to_numpy(params)]
+        return ["0"], [to_numpy(params)]
     if isinstance(params, Iterable):
-        arrs = [_to_numpy(p) for p in params]
+        arrs = [to_numpy(p) for p in params]
         return [str(i) for i in range(len(arrs))], arrs
     raise MetricError(f"{name}: expected a module, a state dict or a sequence of arrays; got {type(params).__name__}")
 
@@ -148,7 +144,7 @@ def _weights(mdp: TabularMDP, pi_star: np.ndarray, pi: np.ndarray, weights) -> n
             w = (~mdp.terminal).astype(np.float64)
             return w / w.sum()
         raise MetricError(f"weights must be 'pi_star', 'pi', 'uniform' or an (S,) array; got {weights!r}")
-    w = _to_numpy(weights)
+    w = to_numpy(weights)
     if w.shape != (mdp.n_states,):
         raise MetricError(f"weights must have shape ({mdp.n_states},); got {w.shape}")
     if np.any(w < 0) or not np.all(np.isfinite(w)) or not w.sum() > 0:
@@ -247,7 +243,7 @@ def soft_value(mdp: TabularMDP, beta: float, ref, pi) -> np.ndarray:
     R(s, a) - beta (log pi(a|s) - log ref(a|s)) at non-terminal states (no penalty at terminal
     states: the episode is over). ``ref=None`` is uniform.
     """
-    beta = _check_beta(beta)
+    beta = check_positive(beta, "beta", error=MetricError)
     p = _policy(mdp, pi, "pi")
     r = _checked_ref(mdp, ref)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -267,23 +263,14 @@ def soft_value_gap(mdp: TabularMDP, beta: float, ref, pi) -> float:
     beta * sum_t gamma^t E_{d_t^pi}[KL(pi(.|s) || pi*_beta(.|s))] >= 0, zero iff pi = pi*_beta
     on the states pi visits.
     """
-    beta = _check_beta(beta)
+    beta = check_positive(beta, "beta", error=MetricError)
     v_star = _soft_optimal_values(mdp, beta, _checked_ref(mdp, ref))
     return float(mdp.initial @ (v_star - soft_value(mdp, beta, ref, pi)))
-
-
-def _check_beta(beta: float) -> float:
-    beta = float(beta)
-    if not np.isfinite(beta) or beta <= 0:
-        raise MetricError(f"beta must be a positive finite number; got {beta!r}")
-    return beta
 
 
 # --------------------------------------------------------------------------- solver access
 # Every number comes from mdpalign.solve; these adapters only pick the fields we need.
 def _values(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
-    from mdpalign.solve import evaluate
-
     return _as_values(evaluate(mdp, pi))
 
 
@@ -293,19 +280,17 @@ def _as_values(result) -> np.ndarray:
 
 
 def _state_occupancy(mdp: TabularMDP, pi: np.ndarray, horizon: int | None = None) -> np.ndarray:
-    from mdpalign.solve import occupancy
-
     occ = occupancy(mdp, pi) if horizon is None else occupancy(mdp, pi, horizon=horizon)
     occ = np.asarray(getattr(occ, "state_action", occ), dtype=np.float64)
     return occ.sum(axis=1) if occ.ndim == 2 else occ
 
 
 def _expected_visits_until_termination(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
-    from mdpalign.solve import success_probability as _sp
-
     undiscounted = mdp if mdp.gamma == 1.0 else _with_gamma_one(mdp)
     # Termination with probability 1 is what makes the undiscounted sum finite.
-    p_term = mdp.initial @ np.asarray(_sp(undiscounted, pi, np.flatnonzero(mdp.terminal)), dtype=np.float64)
+    p_term = mdp.initial @ np.asarray(
+        state_success_probabilities(undiscounted, pi, np.flatnonzero(mdp.terminal)), dtype=np.float64
+    )
     if not p_term > 1.0 - 1e-9:
         raise MetricError(
             f"trajectory_kl(horizon=None): pi_star terminates with probability {p_term:.6g} < 1; give a horizon"
@@ -314,8 +299,6 @@ def _expected_visits_until_termination(mdp: TabularMDP, pi: np.ndarray) -> np.nd
 
 
 def _with_gamma_one(mdp: TabularMDP) -> TabularMDP:
-    from mdpalign.mdp import InvalidMDPError
-
     try:
         return mdp.with_gamma(1.0)
     except InvalidMDPError as exc:
@@ -323,13 +306,11 @@ def _with_gamma_one(mdp: TabularMDP) -> TabularMDP:
 
 
 def _success(mdp: TabularMDP, pi: np.ndarray, goals: np.ndarray, horizon: int | None) -> np.ndarray:
-    from mdpalign.solve import success_probability as _sp
-
-    res = _sp(mdp, pi, goals) if horizon is None else _sp(mdp, pi, goals, horizon=horizon)
+    if horizon is None:
+        return _as_values(state_success_probabilities(mdp, pi, goals))
+    res = state_success_probabilities(mdp, pi, goals, horizon=horizon)
     return _as_values(res)
 
 
 def _soft_optimal_values(mdp: TabularMDP, beta: float, ref: np.ndarray) -> np.ndarray:
-    from mdpalign.solve import soft_value_iteration
-
     return _as_values(soft_value_iteration(mdp, beta, ref_policy=ref))

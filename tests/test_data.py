@@ -1,70 +1,64 @@
+"""The tabular data layer: containers validate on entry (naming field and rows), and each builds one weight table
+with the context first and the arm last."""
 import numpy as np
 import pytest
-import torch
 
-from mdpalign.data import DataError, Demonstrations, LabeledDemonstrations, Preferences
+from mdpalign.data import DataError, DemoData, LabeledDemoData, PreferenceData
 from mdpalign.envs import bandits
+from mdpalign.errors import MdpalignError
 
 
-def test_demonstrations_normalise_types_and_defaults():
-    d = Demonstrations(np.array([[0, 1], [2, 0]]), [[1, 1], [0, 0]], mask=[[1, 1], [1, 0]], n_states=3, n_actions=2)
-    assert d.states.dtype == torch.int64 and d.mask.dtype == torch.bool and d.weight.dtype == torch.float64
-    assert d.weight.tolist() == [1.0, 1.0] and len(d) == 2 and d.horizon == 2
-    one = Demonstrations([0, 2], [1, 0])  # bandit rows become (N, 1)
-    assert one.states.shape == (2, 1) and bool(one.mask.all())
+def test_containers_normalise_types_and_are_read_only():
+    d = DemoData(np.array([0, 2], dtype=np.int32), [1, 0], [0.25, 0.75], 3, 2)
+    assert d.context.dtype == np.int64 and d.action.dtype == np.int64 and d.weight.dtype == np.float64
+    assert len(d) == 2 and d.weight.tolist() == [0.25, 0.75]
+    with pytest.raises(ValueError):
+        d.context[0] = 1  # read-only: a table built once stays the table of the data
+    assert issubclass(DataError, MdpalignError) and issubclass(DataError, ValueError)
+
+
+def test_weight_tables_sum_rows_in_context_first_order():
+    p = PreferenceData([1, 1, 0], [2, 2, 0], [0, 0, 1], [0.5, 0.25, 0.25], 2, 3)
+    W = p.weight_table()
+    assert W.shape == (2, 3, 3) and W[1, 2, 0] == 0.75 and W[0, 0, 1] == 0.25 and W.sum() == 1.0
+    d = DemoData([1, 1, 0], [2, 2, 0], [0.5, 0.25, 0.25], 2, 3)
+    D = d.weight_table()
+    assert D.shape == (2, 3) and D[1, 2] == 0.75 and D[0, 0] == 0.25 and D.sum() == 1.0
+    lab = LabeledDemoData([1, 1, 0], [2, 2, 0], [1, 0, 1], [0.5, 0.25, 0.25], (1.0, 0.1), 2, 3)
+    L = lab.weight_table()  # (X, C, K): the same order as proofs.crlft and the harness
+    assert L.shape == (2, 2, 3) and L[1, 1, 2] == 0.5 and L[1, 0, 2] == 0.25 and L[0, 1, 0] == 0.25
+    np.testing.assert_array_equal(L.sum(axis=1), D)
+
+
+def test_bandit_builders_keep_mass_and_ids():
+    b = bandits.random_contextual_bandit(3, 4, seed=0)
+    prefs = bandits.preference_pairs(b)
+    assert isinstance(prefs, PreferenceData) and prefs.n_contexts == 3 and prefs.n_arms == 4
+    np.testing.assert_allclose(prefs.weight_table().sum(axis=(1, 2)), b.context_probs, atol=1e-15)
+    demo = bandits.exact_demonstrations(b, np.full((3, 4), 0.25))
+    np.testing.assert_allclose(demo.weight_table(), np.repeat(b.context_probs[:, None] * 0.25, 4, axis=1), atol=1e-15)
+    mixed = bandits.mixed_quality_demonstrations(b, np.full((3, 4), 0.25), np.full((3, 4), 0.25), expert_fraction=0.3)
+    assert mixed.class_rewards == (1.0, 0.1) and mixed.n_labels == 2
+    np.testing.assert_allclose(mixed.weight_table().sum(axis=(0, 2)), [0.3, 0.7], atol=1e-15)
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "make, match",
     [
-        (dict(states=np.zeros((0, 2), int), actions=np.zeros((0, 2), int)), "empty"),
-        (dict(states=[[0, 1]], actions=[[0, 1], [1, 1]]), "rows; expected 1"),
-        (dict(states=[[0, 1]], actions=[[0, 1]], mask=[[0, 0]]), "row 0 counts no step"),
-        (dict(states=[[0, 3]], actions=[[0, 1]], n_states=3), r"states out of range \[0, 3\) at row 0, step 1"),
-        (dict(states=[[0, -1]], actions=[[0, 1]]), "negative at row 0, step 1"),
-        (dict(states=[[0], [1]], actions=[[0], [1]], weight=[1.0, -0.5]), "row 1"),
-        (dict(states=[[0], [1]], actions=[[0], [1]], weight=[0.0, 0.0]), "zero on every row"),
-        (dict(states=[[0.5]], actions=[[0]]), "integer"),
+        (lambda: PreferenceData([0], [1], [1], [1.0], 1, 3), r"chosen equals rejected at rows \[0\]"),
+        (lambda: PreferenceData([0], [1], [3], [1.0], 1, 3), r"rejected holds values outside \[0, 3\) at rows \[0\]"),
+        (lambda: PreferenceData([0, 0], [1, 2], [2, 0], [1.0, -0.5], 1, 3), r"non-negative; bad at rows \[1\]"),
+        (lambda: PreferenceData([0, 0], [1], [2], [1.0], 1, 3), "chosen has 1 rows; expected 2"),
+        (lambda: PreferenceData([0.5], [1], [2], [1.0], 1, 3), "context must hold integers"),
+        (lambda: DemoData([[0, 1]], [[0, 1]], [1.0], 2, 2), "context must be one-dimensional"),
+        (lambda: DemoData([0, 3], [0, 1], [1.0, 1.0], 3, 2), r"context holds values outside \[0, 3\) at rows \[1\]"),
+        (lambda: DemoData([0], [0], [1.0, 1.0], 1, 2), r"weight must have shape \(1,\)"),
+        (lambda: LabeledDemoData([0], [0], [2], [1.0], None, 1, 2), r"label holds values outside \[0, 2\)"),
+        (lambda: LabeledDemoData([0], [0], [0], [1.0], (1.0, 0.1, 0.0), 1, 2), "class_rewards must be 2 finite"),
+        (lambda: LabeledDemoData([0], [0], [0], [1.0], (1.0, np.inf), 1, 2), "class_rewards"),
+        (lambda: LabeledDemoData([0], [0], [0], [1.0], None, 1, 2, n_labels=0), "n_labels must be >= 1"),
     ],
 )
-def test_demonstration_errors_name_field_and_row(kwargs, match):
+def test_errors_name_field_and_rows(make, match):
     with pytest.raises(DataError, match=match):
-        Demonstrations(**kwargs)
-    assert issubclass(DataError, ValueError)
-
-
-def test_from_bandit_constructors_keep_mass_and_ids():
-    b = bandits.random_contextual_bandit(3, 4, seed=0)
-    prefs = bandits.preference_pairs(b)
-    p = Preferences.from_bandit(prefs)
-    assert len(p) == len(prefs) and p.n_states == 3 and p.n_actions == 4
-    assert p.chosen_states[:, 0].tolist() == prefs.context.tolist()
-    assert p.rejected_actions[:, 0].tolist() == prefs.rejected.tolist()
-    assert p.weight.tolist() == pytest.approx(prefs.weight.tolist())
-    demo = bandits.exact_demonstrations(b, np.full((3, 4), 0.25))
-    d = Demonstrations.from_bandit(demo)
-    assert d.actions[:, 0].tolist() == demo.action.tolist()
-    mixed = bandits.mixed_quality_demonstrations(b, np.full((3, 4), 0.25), np.full((3, 4), 0.25))
-    lab = LabeledDemonstrations.from_bandit(mixed)
-    assert lab.classes.tolist() == mixed.cls.tolist() and lab.class_rewards == (1.0, 0.1) and lab.n_classes == 2
-    w = lab.class_weights_per_row([1.0, 0.1])
-    assert w.tolist() == pytest.approx([m * (1.0 if c == 0 else 0.1) for m, c in zip(mixed.weight, mixed.cls)])
-
-
-def test_preference_errors():
-    with pytest.raises(DataError, match="same trajectory"):
-        Preferences([[0]], [[1]], None, [[0]], [[1]], None)
-    with pytest.raises(DataError, match="rejected_actions out of range"):
-        Preferences([[0]], [[1]], None, [[0]], [[5]], None, n_actions=3)
-    with pytest.raises(DataError, match="rejected_mask"):
-        Preferences([[0, 1]], [[1, 1]], None, [[0, 1]], [[0, 0]], [[0, 0]])
-    # different horizons are allowed
-    p = Preferences([[0, 1, 2]], [[1, 1, 1]], None, [[0]], [[0]], None)
-    assert p.chosen_states.shape == (1, 3) and p.rejected_states.shape == (1, 1)
-
-
-def test_labeled_errors():
-    with pytest.raises(DataError, match="classes out of range"):
-        LabeledDemonstrations([[0]], [[0]], [2], n_classes=2)
-    with pytest.raises(DataError, match="class_rewards has 3 entries"):
-        LabeledDemonstrations([[0]], [[0]], [0], n_classes=2, class_rewards=(1.0, 0.1, 0.0))
+        make()

@@ -117,7 +117,9 @@ def test_initial_distribution_must_sum_to_one():
 def test_terminal_state_with_leaving_transitions():
     P, R, gamma, terminal = chain()
     terminal[1] = True  # state 1 moves on to 2 under action 0
-    with pytest.raises(InvalidMDPError, match="terminal state 1 has transitions leaving it: action 0 stays with probability 0"):
+    with pytest.raises(
+        InvalidMDPError, match="terminal state 1 has transitions leaving it: action 0 stays with probability 0"
+    ):
         TabularMDP(P, R, gamma, terminal=terminal)
 
 

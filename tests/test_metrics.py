@@ -294,7 +294,9 @@ def test_soft_value_gap_identity(seed, beta):
     assert gap == pytest.approx(expected, rel=0, abs=eps * (1 + 2 * occ.sum()) + 1e-12)
     assert gap > 0
     occ_star = occupancy_by_power_series(mdp, pi_star)
-    assert metrics.soft_value_gap(mdp, beta, ref, pi_star) == pytest.approx(0.0, abs=eps * (1 + 2 * occ_star.sum()) + 1e-12)
+    assert metrics.soft_value_gap(mdp, beta, ref, pi_star) == pytest.approx(
+        0.0, abs=eps * (1 + 2 * occ_star.sum()) + 1e-12
+    )
 
 
 def test_soft_value_of_the_reference_policy_is_its_plain_value():

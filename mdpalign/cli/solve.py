@@ -1,28 +1,21 @@
 """``mdpalign solve frozen-lake ...``: solve a Frozen Lake exactly and draw the policy."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
 
-from mdpalign.cli.argtypes import non_negative_int, positive_float, unit_interval
+from mdpalign.cli.argtypes import lake_map_parser, non_negative_int, positive_float, unit_interval
+from mdpalign.envs.frozen_lake import InvalidMapError, frozen_lake
+from mdpalign.solve import SolverError, finite_horizon, solve
 
-_METHOD_NAMES = {"pi": "policy_iteration", "vi": "value_iteration", "lp": "linear_program", "soft": "soft_value_iteration"}
-
-
-def _map(text: str):
-    """'4x4' / '8x8', or rows separated by commas (e.g. SFFF,FHFH,FFFH,HFFG)."""
-    text = text.strip()
-    if "," in text:
-        return [row.strip() for row in text.split(",")]
-    if text in ("4x4", "8x8"):
-        return text
-    if text and set(text) <= set("SFHG"):
-        return [text]
-    raise argparse.ArgumentTypeError(
-        f"--map must be '4x4', '8x8' or comma-separated rows over S,F,H,G (e.g. SFFF,FHFH,FFFH,HFFG); got {text!r}")
+_METHOD_NAMES = {
+    "pi": "policy_iteration",
+    "vi": "value_iteration",
+    "lp": "linear_program",
+    "soft": "soft_value_iteration",
+}
 
 
 def _available_memory() -> int | None:
@@ -75,7 +68,7 @@ def register(subparsers) -> None:
     fl = problems.add_parser(
         "frozen-lake", help="gymnasium's Frozen Lake",
         description="Solve Frozen Lake exactly: start-state value, certified error bound, policy as arrows.")
-    fl.add_argument("--map", type=_map, default="4x4",
+    fl.add_argument("--map", type=lake_map_parser(), default="4x4",
                     help="'4x4' (default), '8x8', or comma-separated rows, e.g. SFFF,FHFH,FFFH,HFFG")
     fl.add_argument("--no-slippery", dest="slippery", action="store_false", help="deterministic moves")
     fl.add_argument("--gamma", type=unit_interval, default=0.99, help="discount in [0, 1] (default 0.99)")
@@ -91,9 +84,6 @@ def register(subparsers) -> None:
 
 
 def run_frozen_lake(args) -> int:
-    from mdpalign.envs.frozen_lake import InvalidMapError, frozen_lake
-    from mdpalign.solve import SolverError, finite_horizon, solve
-
     parser = args._parser
     if args.method == "soft" and args.beta is None:
         parser.error("--method soft needs --beta")

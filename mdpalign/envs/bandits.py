@@ -4,7 +4,7 @@ A bandit has contexts x ~ mu (``context_probs``), arms y (a response is one arm)
 r(x, y) (``rewards``, shape ``(X, K)``) and a reference policy pi_ref(y | x) (``ref_policy``,
 strictly positive rows summing to 1, so that log pi_ref is finite).
 
-Two kinds of data, with the same containers:
+Two kinds of data, with the same containers (:mod:`mdpalign.data`):
 
 * **exact (population) data** — one row per distinct (context, arm[, arm]) with its probability
   as ``weight``; a loss summed with these weights *is* the population loss, which is what the
@@ -18,7 +18,6 @@ Plain numpy; no torch here.
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -26,8 +25,11 @@ import networkx as nx
 import numpy as np
 from scipy.special import expit
 
+from mdpalign.data import DemoData, LabeledDemoData, PreferenceData
+from mdpalign.errors import MdpalignError
+
 __all__ = [
-    "InvalidBanditError", "ContextualBandit", "PreferenceData", "DemoData", "LabeledDemoData",
+    "InvalidBanditError", "ContextualBandit",
     "k_armed_bandit", "random_contextual_bandit", "bt_preference_probs",
     "preference_pairs", "sample_preference_pairs", "comparison_graph", "comparison_components", "win_graph",
     "exact_demonstrations", "sample_demonstrations", "mixed_quality_demonstrations",
@@ -216,141 +218,6 @@ def _deterministic_preference_probs(bandit: ContextualBandit) -> np.ndarray:
     return np.where(d > 0, 1.0, np.where(d < 0, 0.0, 0.5))
 
 
-# --------------------------------------------------------------------------- data containers
-def _int_array(name: str, a, n: int | None) -> np.ndarray:
-    arr = np.asarray(a)
-    if arr.ndim != 1:
-        raise InvalidBanditError(f"{name} must be one-dimensional; got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise InvalidBanditError(f"{name} must hold integers; got dtype {arr.dtype}")
-    if n is not None and arr.shape[0] != n:
-        raise InvalidBanditError(f"{name} has {arr.shape[0]} rows; expected {n}")
-    arr = arr.astype(np.int64, copy=True)
-    arr.setflags(write=False)
-    return arr
-
-
-def _check_range(name: str, a: np.ndarray, upper: int) -> None:
-    bad = (a < 0) | (a >= upper)
-    if np.any(bad):
-        raise InvalidBanditError(f"{name} holds values outside [0, {upper}) at rows {np.flatnonzero(bad)[:5].tolist()}")
-
-
-def _weights(w, n: int) -> np.ndarray:
-    w = np.array(w, dtype=np.float64)
-    if w.shape != (n,):
-        raise InvalidBanditError(f"weight must have shape ({n},); got {w.shape}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise InvalidBanditError(f"weight must be finite and non-negative; bad at rows {np.flatnonzero(~(w >= 0))[:5].tolist()}")
-    w.setflags(write=False)
-    return w
-
-
-@dataclass(frozen=True, eq=False)
-class PreferenceData:
-    """Preference pairs: in context ``context[n]`` arm ``chosen[n]`` was preferred to
-    ``rejected[n]``; ``weight[n]`` is the row's probability mass (exact data) or 1/N (samples).
-
-    A population DPO loss is ``sum_n weight[n] * -log sigma(beta * (g[chosen] - g[rejected]))``.
-    """
-
-    context: np.ndarray
-    chosen: np.ndarray
-    rejected: np.ndarray
-    weight: np.ndarray
-    n_contexts: int
-    n_arms: int
-
-    def __post_init__(self) -> None:
-        c = _int_array("context", self.context, None)
-        n = c.shape[0]
-        w = _int_array("chosen", self.chosen, n)
-        lo = _int_array("rejected", self.rejected, n)
-        _check_range("context", c, self.n_contexts)
-        _check_range("chosen", w, self.n_arms)
-        _check_range("rejected", lo, self.n_arms)
-        if np.any(w == lo):
-            raise InvalidBanditError(f"chosen equals rejected at rows {np.flatnonzero(w == lo)[:5].tolist()}")
-        for name, a in (("context", c), ("chosen", w), ("rejected", lo), ("weight", _weights(self.weight, n))):
-            object.__setattr__(self, name, a)
-
-    def __len__(self) -> int:
-        return self.context.shape[0]
-
-    def weight_tensor(self) -> np.ndarray:
-        """Total weight per (context, chosen, rejected), ``(X, K, K)``."""
-        out = np.zeros((self.n_contexts, self.n_arms, self.n_arms))
-        np.add.at(out, (self.context, self.chosen, self.rejected), self.weight)
-        return out
-
-
-@dataclass(frozen=True, eq=False)
-class DemoData:
-    """Demonstrations: arm ``action[n]`` in context ``context[n]`` with mass ``weight[n]``."""
-
-    context: np.ndarray
-    action: np.ndarray
-    weight: np.ndarray
-    n_contexts: int
-    n_arms: int
-
-    def __post_init__(self) -> None:
-        c = _int_array("context", self.context, None)
-        a = _int_array("action", self.action, c.shape[0])
-        _check_range("context", c, self.n_contexts)
-        _check_range("action", a, self.n_arms)
-        for name, v in (("context", c), ("action", a), ("weight", _weights(self.weight, c.shape[0]))):
-            object.__setattr__(self, name, v)
-
-    def __len__(self) -> int:
-        return self.context.shape[0]
-
-    def weight_matrix(self) -> np.ndarray:
-        """Total weight per (context, arm), ``(X, K)`` — the (unnormalised) empirical distribution."""
-        out = np.zeros((self.n_contexts, self.n_arms))
-        np.add.at(out, (self.context, self.action), self.weight)
-        return out
-
-
-@dataclass(frozen=True, eq=False)
-class LabeledDemoData:
-    """Class-labelled demonstrations (C-RLFT, OpenChat): ``cls[n]`` is 0 for expert, 1 for
-    sub-optimal; ``class_rewards[c]`` the reward of class c (None: left to the caller)."""
-
-    context: np.ndarray
-    action: np.ndarray
-    cls: np.ndarray
-    weight: np.ndarray
-    class_rewards: tuple[float, float] | None
-    n_contexts: int
-    n_arms: int
-
-    def __post_init__(self) -> None:
-        c = _int_array("context", self.context, None)
-        n = c.shape[0]
-        a = _int_array("action", self.action, n)
-        k = _int_array("cls", self.cls, n)
-        _check_range("context", c, self.n_contexts)
-        _check_range("action", a, self.n_arms)
-        _check_range("cls", k, 2)
-        for name, v in (("context", c), ("action", a), ("cls", k), ("weight", _weights(self.weight, n))):
-            object.__setattr__(self, name, v)
-        if self.class_rewards is not None:
-            cr = tuple(float(v) for v in self.class_rewards)
-            if len(cr) != 2 or not all(np.isfinite(cr)):
-                raise InvalidBanditError(f"class_rewards must be two finite numbers (expert, sub-optimal); got {self.class_rewards}")
-            object.__setattr__(self, "class_rewards", cr)
-
-    def __len__(self) -> int:
-        return self.context.shape[0]
-
-    def weight_tensor(self) -> np.ndarray:
-        """Total weight per (class, context, arm), ``(2, X, K)``."""
-        out = np.zeros((2, self.n_contexts, self.n_arms))
-        np.add.at(out, (self.cls, self.context, self.action), self.weight)
-        return out
-
-
 # --------------------------------------------------------------------------- pair coverage
 Coverage = Literal["all", "partial"] | Sequence
 
@@ -520,7 +387,7 @@ def sample_preference_pairs(
     """n sampled preference rows (weight 1/n each): x ~ mu, {i, j} ~ w_·(x) (normalised over the
     compared pairs), winner ~ P(· ≻ ·) from ``labels``. With ``coverage="partial"`` the compared
     pairs are drawn from ``rng`` first (as in :func:`preference_pairs`). The expectation of the
-    returned ``weight_tensor()`` is the exact data's when the pair weights sum to 1 per context."""
+    returned ``weight_table()`` is the exact data's when the pair weights sum to 1 per context."""
     n = int(n)
     if n < 1:
         raise InvalidBanditError(f"n must be a positive number of samples; got {n}")

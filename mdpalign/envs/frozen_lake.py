@@ -26,14 +26,16 @@ trajectory" without giving the map; :func:`two_path_lake` makes that precise.
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
+from gymnasium.envs.toy_text.frozen_lake import MAPS, FrozenLakeEnv, generate_random_map
+from gymnasium.wrappers import TimeLimit
 
+from mdpalign.errors import MdpalignError
 from mdpalign.mdp import TabularMDP
 
 __all__ = [
@@ -57,8 +59,6 @@ class InvalidMapError(MdpalignError, ValueError):
 
 
 def _named_maps() -> dict[str, tuple[str, ...]]:
-    from gymnasium.envs.toy_text.frozen_lake import MAPS
-
     return {name: tuple(rows) for name, rows in MAPS.items()}
 
 
@@ -91,7 +91,8 @@ def _validate_map(rows: Sequence[str]) -> tuple[str, ...]:
         bad = sorted(set(r) - _LETTERS)
         if bad:
             raise InvalidMapError(
-                f"map {shown!r}: row {i} ({r!r}) holds {bad}; only S (start), F (frozen), H (hole), G (goal) are allowed"
+                f"map {shown!r}: row {i} ({r!r}) holds {bad}; only S (start), F (frozen), H (hole), G (goal) are "
+                "allowed"
             )
     n_start = sum(r.count("S") for r in desc)
     if n_start != 1:
@@ -129,8 +130,6 @@ def _walkable_graph(desc: Sequence[str]) -> nx.Graph:
 
 
 def _gymnasium_env(desc: Sequence[str], slippery: bool, success_rate: float | None):
-    from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
-
     kw = {} if success_rate is None else {"success_rate": success_rate}
     # rows as lists of letters: gymnasium's np.asarray(desc, "c") turns one-letter row strings into a 1-D array
     return FrozenLakeEnv(desc=[list(r) for r in desc], is_slippery=slippery, **kw)
@@ -243,9 +242,6 @@ class FrozenLake:
         ``kwargs`` go to ``FrozenLakeEnv`` (e.g. ``render_mode="ansi"``); ``max_episode_steps``
         may be overridden.
         """
-        from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
-        from gymnasium.wrappers import TimeLimit
-
         steps = kwargs.pop("max_episode_steps", self.max_episode_steps)
         if self.success_rate is not None:
             kwargs.setdefault("success_rate", self.success_rate)
@@ -333,8 +329,6 @@ def frozen_lake(
         default_steps = _NAMED_STEPS.get(map_name, 100 if max(len(desc), len(desc[0])) <= 4 else 200)
     else:
         if map_name is None:
-            from gymnasium.envs.toy_text.frozen_lake import generate_random_map
-
             if int(size) < 2:
                 raise InvalidMapError(f"a random map needs size >= 2; got {size}")
             if not 0.0 < p_frozen <= 1.0:

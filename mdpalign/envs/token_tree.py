@@ -28,7 +28,6 @@ sum_{d=1..L} m^(d−1) (ending in EOS) + m^L (truncated); n_prefixes = 1 + V · 
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
+from mdpalign.errors import MdpalignError
 from mdpalign.mdp import TabularMDP
 
 __all__ = ["InvalidTokenTreeError", "TokenTree", "TokenPaths", "random_token_tree", "token_tree_counts"]
@@ -153,19 +153,26 @@ class TokenTree:
         else:
             rewards = np.array(self.leaf_rewards, dtype=np.float64)
             if rewards.shape != (n_leaves,):
-                raise InvalidTokenTreeError(f"leaf_rewards must have shape ({n_leaves},) (one per leaf); got {rewards.shape}")
+                raise InvalidTokenTreeError(
+                    f"leaf_rewards must have shape ({n_leaves},) (one per leaf); got {rewards.shape}"
+                )
             if not np.all(np.isfinite(rewards)):
-                raise InvalidTokenTreeError(f"leaf_rewards has non-finite values at leaves {np.flatnonzero(~np.isfinite(rewards))[:5].tolist()}")
+                raise InvalidTokenTreeError(
+                    f"leaf_rewards has non-finite values at leaves {np.flatnonzero(~np.isfinite(rewards))[:5].tolist()}"
+                )
         if self.ref_logits is None:
             logits = np.zeros((n, V))
         else:
             logits = np.array(self.ref_logits, dtype=np.float64)
             if logits.shape != (n, V):
-                raise InvalidTokenTreeError(f"ref_logits must have shape (n_prefixes, vocab_size) = ({n}, {V}); got {logits.shape}")
+                raise InvalidTokenTreeError(
+                    f"ref_logits must have shape (n_prefixes, vocab_size) = ({n}, {V}); got {logits.shape}"
+                )
             logits[complete] = 0.0
             if not np.all(np.isfinite(logits)):
                 raise InvalidTokenTreeError(
-                    f"ref_logits has non-finite values at (prefix, token) {np.argwhere(~np.isfinite(logits))[:5].tolist()}"
+                    "ref_logits has non-finite values at (prefix, token) "
+                    f"{np.argwhere(~np.isfinite(logits))[:5].tolist()}"
                 )
         for name, arr in (("vocab_size", V), ("max_length", L), ("leaf_rewards", rewards), ("ref_logits", logits),
                           ("parent", parent), ("depth", depth), ("last_token", last), ("children", children),
@@ -222,7 +229,9 @@ class TokenTree:
         for t, tok in enumerate(tokens):
             tok = int(tok)
             if not 0 <= tok < self.vocab_size:
-                raise InvalidTokenTreeError(f"token {tok} at position {t} is outside the vocabulary [0, {self.vocab_size})")
+                raise InvalidTokenTreeError(
+                    f"token {tok} at position {t} is outside the vocabulary [0, {self.vocab_size})"
+                )
             if self.is_complete[p]:
                 raise InvalidTokenTreeError(
                     f"tokens {tuple(tokens)} continue after the sequence completed at position {t} "
@@ -269,7 +278,8 @@ class TokenTree:
         lp = np.asarray(log_probs, dtype=np.float64)
         if lp.shape != (self.n_prefixes, self.vocab_size):
             raise InvalidTokenTreeError(
-                f"log_probs must have shape (n_prefixes, vocab_size) = ({self.n_prefixes}, {self.vocab_size}); got {lp.shape}"
+                f"log_probs must have shape (n_prefixes, vocab_size) = ({self.n_prefixes}, {self.vocab_size}); got "
+                f"{lp.shape}"
             )
         return lp
 

@@ -3,7 +3,8 @@ r"""Train a tabular policy with the *library's* objective code and certify how c
 This is the bridge between the closed forms (pure numpy, the rest of :mod:`mdpalign.proofs`) and
 the torch objectives in :mod:`mdpalign.objectives`: each ``*_loss_closure`` below builds the exact
 population loss of a tabular problem out of the public loss functions (``dpo_loss``, ``sft_loss``, ...) as a
-torch closure (the numpy *values* of some of these losses are ``mdpalign.proofs.*_population_loss``) — so a test that fits it and compares with a closed form tests the loss code itself.
+torch closure (the numpy *values* of some of these losses are ``mdpalign.proofs.*_population_loss``) — so a test that
+fits it and compares with a closed form tests the loss code itself.
 
 Tolerance certificate (:func:`certified_logit_error`). Near a minimiser ``theta*`` of a loss whose
 Hessian ``H`` is positive definite (modulus ``mu``) on the complement of its structural null space
@@ -62,7 +63,8 @@ def tabular_policy(n_states: int, n_actions: int, *, init_scale: float = 0.1, se
 def fit_tabular(policy: TabularPolicy, loss_fn: Callable[[], torch.Tensor], *, tol: float = 1e-10,
                 max_iter: int = 2000, require_convergence: bool = True, **kw) -> FitResult:
     """Full-batch L-BFGS (strong Wolfe) to ``||grad||_2 <= tol``; raises ``NotConvergedError`` if it stalls."""
-    return fit(policy, loss_fn, method="lbfgs", tol=tol, max_iter=max_iter, require_convergence=require_convergence, **kw)
+    return fit(policy, loss_fn, method="lbfgs", tol=tol, max_iter=max_iter, require_convergence=require_convergence,
+               **kw)
 
 
 def _hessian_and_gradient(loss_fn: Callable[[], torch.Tensor], policy: TabularPolicy) -> tuple[np.ndarray, np.ndarray]:
@@ -107,9 +109,11 @@ def certified_logit_error(loss_fn: Callable[[], torch.Tensor], policy: TabularPo
         n_null = null_dim
         null, rest = ev[:null_dim], ev[null_dim:]
         if rest.size == 0 or rest[0] <= 0.0:
-            raise AssertionError(f"Hessian has no positive curvature off the structural {null_dim}-dim null space: {ev[:null_dim + 2]}")
+            raise AssertionError(f"Hessian has no positive curvature off the structural {null_dim}-dim null space: "
+                                 f"{ev[:null_dim + 2]}")
         if null.size and float(np.abs(null).max()) > max(rel_null * lmax, 1e-6 * float(rest[0])):
-            raise AssertionError(f"Hessian's {null_dim} smallest eigenvalues are not a structural null space: {ev[:null_dim + 2]}")
+            raise AssertionError(f"Hessian's {null_dim} smallest eigenvalues are not a structural null space: "
+                                 f"{ev[:null_dim + 2]}")
         mu = float(rest[0])
     # + 1e-12: float64 rounding of log-softmax differences of O(10)-sized logits (a few ulp of 10)
     return 4.0 * float(np.linalg.norm(g)) / mu + 1e-12, mu, n_null
@@ -231,14 +235,15 @@ def kl_rl_loss_closure(policy: TabularPolicy, ref_policy: np.ndarray, rewards: n
 
 def _paths(tree):
     p = tree.leaf_token_paths()
-    return (torch.as_tensor(np.array(p.states)), torch.as_tensor(np.array(p.actions)), torch.as_tensor(np.array(p.mask)))
+    return tuple(torch.as_tensor(np.array(a)) for a in (p.states, p.actions, p.mask))
 
 
 def _seq_logps(policy, states, actions, mask):
     return torch.where(mask, policy.token_logps(states, actions), torch.zeros((), dtype=_f64)).sum(-1)
 
 
-def sequence_dpo_loss_closure(policy: TabularPolicy, tree: Any, W: np.ndarray, beta: float) -> Callable[[], torch.Tensor]:
+def sequence_dpo_loss_closure(policy: TabularPolicy, tree: Any, W: np.ndarray,
+                              beta: float) -> Callable[[], torch.Tensor]:
     """Sequence-level DPO over leaves: ``sum W[0,i,j] dpo_loss(log pi(y_i), log pi(y_j), ref...)``, where
     ``log pi(y)`` is the *sum* of per-token log-probs along the leaf path (token-factored policy)."""
     states, actions, mask = _paths(tree)

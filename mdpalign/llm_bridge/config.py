@@ -199,7 +199,7 @@ class TrainConfig(TrainingArguments):
                           "(TRL GRPOTrainer): k1 does not regularise (expected gradient 0), k3 lands on "
                           "beta·pi_ref/(lambda - r) (the gradient of KL(ref||pi)), k2 and k3 with "
                           "use_bias_correction_kl on the optimum, but only per token: on completions of more than "
-                          "one token a KL loss lands on the myopic policy (tests/test_harness_online.py)."})
+                          "one token a KL loss lands on the myopic policy (tests/harness/test_harness_online.py)."})
     use_bias_correction_kl: bool = field(
         default=False,
         metadata={"help": "kl_placement loss only: multiply the per-token KL by pi/pi_old (TRL's name; TRL 1.16 "
@@ -462,7 +462,7 @@ class FixedPointWarning(UserWarning):
     """An online-RL configuration whose fixed point is not the KL-regularised optimum ``pi_ref·exp(r/β)/Z``."""
 
 
-_HARNESS = "tests/test_harness_online.py::"
+_HARNESS = "tests/harness/test_harness_online.py::"
 
 
 def resolve_objective_defaults(cfg: TrainConfig) -> None:

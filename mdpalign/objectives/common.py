@@ -13,10 +13,12 @@ Conventions (see ARCHITECTURE.md):
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 import math
 
 import torch
+
+from mdpalign import checks
+from mdpalign.errors import MdpalignError
 
 __all__ = [
     "ShapeError",
@@ -150,7 +152,9 @@ def check_same_shape(**tensors: torch.Tensor) -> None:
     for name, t in items[1:]:
         if t.shape != ref.shape:
             shapes = ", ".join(f"{n}{tuple(x.shape)}" for n, x in items)
-            raise ShapeError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)} ({shapes})")
+            raise ShapeError(
+                f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)} ({shapes})"
+            )
 
 
 def check_token_inputs(token_logps: torch.Tensor, mask: torch.Tensor, name: str = "token_logps",
@@ -214,23 +218,19 @@ def check_sequence_inputs(**tensors: torch.Tensor) -> None:
 
 def check_number(value, name: str) -> float:
     """``value`` as a Python float (a tensor of one element is accepted); :class:`ObjectiveArgumentError` naming
-    ``name`` when it is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ObjectiveArgumentError(f"{name} must be a number, got {value!r}") from exc
+    ``name`` when it is not a number (:func:`mdpalign.checks.check_number` with this layer's error)."""
+    return checks.check_number(value, name, error=ObjectiveArgumentError)
 
 
 def check_beta(beta: float, name: str = "beta") -> float:
-    """``beta`` must be a finite number > 0 (a tensor of one element is accepted)."""
-    b = check_number(beta, name)
-    if not math.isfinite(b) or b <= 0.0:
-        raise ObjectiveArgumentError(f"{name} must be a finite number > 0, got {b}")
-    return b
+    """``beta`` must be a finite number > 0 (a tensor of one element is accepted):
+    :func:`mdpalign.checks.check_positive`."""
+    return checks.check_positive(beta, name, error=ObjectiveArgumentError)
 
 
 def masked_token_values(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``token_values`` with non-counted positions set to exactly 0 (``where``, so ``-inf`` there cannot leak as nan)."""
+    """``token_values`` with non-counted positions set to exactly 0 (``where``, so ``-inf`` there cannot leak as
+    nan)."""
     return torch.where(mask, token_values, torch.zeros((), dtype=token_values.dtype, device=token_values.device))
 
 
@@ -254,7 +254,9 @@ def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, average: bool 
     return total
 
 
-def token_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def token_logps_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-token log-probabilities ``log softmax(logits)[labels]`` -> ``(B, T)``.
 
     ``logits`` is ``(B, T, V)`` and ``labels`` ``(B, T)`` integer ids *already aligned* with the logits (for a causal
@@ -267,7 +269,9 @@ def token_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: to
     if not logits.is_floating_point():
         raise ShapeError(f"logits must be floating point, got {_describe(logits)}")
     if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:2]:
-        raise ShapeError(f"labels must have shape {tuple(logits.shape[:2])} (logits without vocab), got {_describe(labels)}")
+        raise ShapeError(
+            f"labels must have shape {tuple(logits.shape[:2])} (logits without vocab), got {_describe(labels)}"
+        )
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ShapeError(f"labels must be integer ids, got {_describe(labels)}")
     m = (labels != -100) if mask is None else as_bool_mask(mask, "mask")

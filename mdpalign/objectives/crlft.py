@@ -67,7 +67,9 @@ def crlft_loss(
     m = check_token_inputs(token_logps, mask, check_logps=check_logps)
     if not isinstance(weights, torch.Tensor) or weights.ndim != 1 or weights.shape[0] != token_logps.shape[0]:
         shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-        raise ShapeError(f"weights must be a 1-D tensor of length {token_logps.shape[0]} (one per sequence), got {shape}")
+        raise ShapeError(
+            f"weights must be a 1-D tensor of length {token_logps.shape[0]} (one per sequence), got {shape}"
+        )
     w = weights.to(token_logps.dtype)
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ObjectiveArgumentError(f"weights must be finite and >= 0, got {w.tolist()[:10]}")

@@ -97,7 +97,9 @@ def dpo_loss(
             f"label_smoothing must lie in [0, 0.5) for loss_type={loss_type!r}, got {eps} (at 0.5 the loss ignores "
             "which response was preferred, above it prefers the rejected one)")
     if loss_type in ("ipo", "hinge") and eps != 0.0:
-        raise ObjectiveArgumentError(f"label_smoothing has no meaning for loss_type={loss_type!r}; got {eps}, expected 0")
+        raise ObjectiveArgumentError(
+            f"label_smoothing has no meaning for loss_type={loss_type!r}; got {eps}, expected 0"
+        )
     if (chosen_token_counts is None) != (rejected_token_counts is None):
         raise ObjectiveArgumentError("pass both chosen_token_counts and rejected_token_counts, or neither")
     if chosen_token_counts is not None and loss_type != "ipo":

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 
+from mdpalign.checks import check_unit_interval
 from mdpalign.objectives.common import (
     ObjectiveArgumentError,
     ShapeError,
     as_bool_mask,
-    check_number,
     check_token_inputs,
     masked_token_values,
     token_logps_from_logits,
@@ -62,26 +62,25 @@ IFT_DEFAULT_DECAY = 0.95
 #: Positions per block of the propagation-weight recursion (see :func:`propagation_weights`).
 _PROPAGATION_BLOCK = 128
 
-def _check_unit_interval(value: float, name: str) -> float:
-    v = check_number(value, name)
-    if not 0.0 <= v <= 1.0:
-        raise ObjectiveArgumentError(f"{name} must lie in [0, 1], got {v}")
-    return v
-
-
-def fuse_embeddings(true_embeds: torch.Tensor, pred_embeds: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+def fuse_embeddings(
+    true_embeds: torch.Tensor, pred_embeds: torch.Tensor, mask: torch.Tensor, lam: float
+) -> torch.Tensor:
     """Temporal residual connection: ``(1−λ)·e(y) + λ·e(ŷ)`` where ``mask`` (B, T) is true, ``e(y)`` unchanged
     elsewhere -> ``(B, T, D)``.
 
     ``mask`` marks the *input* positions to fuse (for a causal LM: completion tokens among the inputs; see
     :func:`shift_mask_to_inputs`). ``λ ∈ [0, 1]``; at ``λ = 0`` the output equals ``true_embeds`` exactly.
     """
-    lam = _check_unit_interval(lam, "lam")
+    lam = check_unit_interval(lam, "lam", error=ObjectiveArgumentError)
     if true_embeds.shape != pred_embeds.shape:
-        raise ShapeError(f"pred_embeds shape {tuple(pred_embeds.shape)} differs from true_embeds {tuple(true_embeds.shape)}")
+        raise ShapeError(
+            f"pred_embeds shape {tuple(pred_embeds.shape)} differs from true_embeds {tuple(true_embeds.shape)}"
+        )
     m = as_bool_mask(mask, "mask")
     if m.shape != true_embeds.shape[:-1]:
-        raise ShapeError(f"mask must have shape {tuple(true_embeds.shape[:-1])} (embeds without last dim), got {tuple(m.shape)}")
+        raise ShapeError(
+            f"mask must have shape {tuple(true_embeds.shape[:-1])} (embeds without last dim), got {tuple(m.shape)}"
+        )
     fused = (1.0 - lam) * true_embeds + lam * pred_embeds
     return torch.where(m.unsqueeze(-1), fused, true_embeds)
 
@@ -99,7 +98,7 @@ def propagation_weights(token_nll: torch.Tensor, mask: torch.Tensor, decay: floa
     ``detach=True`` stops the gradient through ``v`` (the reference code does **not** detach).
     """
     m = check_token_inputs(token_nll, mask, "token_nll")
-    decay = _check_unit_interval(decay, "decay")
+    decay = check_unit_interval(decay, "decay", error=ObjectiveArgumentError)
     l = masked_token_values(token_nll, m)
     if detach:
         l = l.detach()
@@ -159,7 +158,7 @@ def ift_loss(
     """
     if form not in IFT_FORMS:
         raise ObjectiveArgumentError(f"unknown form {form!r}; valid: {', '.join(IFT_FORMS)}")
-    decay = _check_unit_interval(decay, "decay")
+    decay = check_unit_interval(decay, "decay", error=ObjectiveArgumentError)
     m = check_token_inputs(token_logps, mask, check_logps=check_logps)
     nll_sum, count = sft_pieces(token_logps, m, check_logps=False)  # checked above
     nll_mean = nll_sum / count
@@ -209,7 +208,9 @@ def successor_from_table(next_state: torch.Tensor) -> PredictedInputs:
     """:func:`successor_predicted_inputs` for a deterministic next-state table ``next_state[s, a]`` (S, A) of ids."""
     table = torch.as_tensor(next_state)
     if table.ndim != 2 or table.is_floating_point():
-        raise ShapeError(f"next_state must be an integer (S, A) table, got shape {tuple(table.shape)}, dtype {table.dtype}")
+        raise ShapeError(
+            f"next_state must be an integer (S, A) table, got shape {tuple(table.shape)}, dtype {table.dtype}"
+        )
     return successor_predicted_inputs(lambda s, a: table.to(s.device)[s.long(), a.long()])
 
 
@@ -262,10 +263,13 @@ def ift_two_pass(
     language model compute both without its (B, T, vocab) logits (the LLM adapter chunks the LM head). Their
     outputs are checked for shape (B, T).
     """
-    lam = _check_unit_interval(lam, "lam")
+    lam = check_unit_interval(lam, "lam", error=ObjectiveArgumentError)
     m = as_bool_mask(mask, "mask")
     if inputs.shape != targets.shape or m.shape != targets.shape:
-        raise ShapeError(f"inputs {tuple(inputs.shape)}, targets {tuple(targets.shape)} and mask {tuple(m.shape)} must share one (B, T) shape")
+        raise ShapeError(
+            f"inputs {tuple(inputs.shape)}, targets {tuple(targets.shape)} and mask {tuple(m.shape)} must share one "
+            "(B, T) shape"
+        )
     fm = shift_mask_to_inputs(m) if fuse_mask is None else as_bool_mask(fuse_mask, "fuse_mask")
     if fm.shape != m.shape:
         raise ShapeError(f"fuse_mask must have shape {tuple(m.shape)}, got {tuple(fm.shape)}")
@@ -287,7 +291,9 @@ def ift_two_pass(
     if hasattr(policy, "token_logps_from_embeds"):
         token_logps = policy.token_logps_from_embeds(build_fused, targets, m, **forward_kwargs)
         if token_logps.shape != m.shape:
-            raise ShapeError(f"token_logps_from_embeds returned shape {tuple(token_logps.shape)}, expected {tuple(m.shape)}")
+            raise ShapeError(
+                f"token_logps_from_embeds returned shape {tuple(token_logps.shape)}, expected {tuple(m.shape)}"
+            )
     else:
         token_logps = token_logps_from_logits(policy.forward_embeds(build_fused(policy.embed), **forward_kwargs),
                                               targets, m)

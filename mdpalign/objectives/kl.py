@@ -9,7 +9,7 @@ Divergence", 2020, http://joschu.net/blog/kl-approx.html):
   ``expm1(−h) + h``: no cancellation against the 1, so small ``|h|`` keeps its relative precision.
 
 **Which gradient each one gives** (exact expectation over a softmax policy, verified with autograd in
-``tests/test_objectives_kl.py``; ``∇KL`` below is ``∇_θ KL(pi_θ‖ref)``, ``∇rKL`` is ``∇_θ KL(ref‖pi_θ)``):
+``tests/objectives/test_kl.py``; ``∇KL`` below is ``∇_θ KL(pi_θ‖ref)``, ``∇rKL`` is ``∇_θ KL(ref‖pi_θ)``):
 
 =========  ==========================================  ==============================  ===========================
 estimator  in the reward (detached, ``−β·Σ_t k`` added   as a loss ``β·k`` (sampling     as a loss ``β·k·ρ``,
@@ -96,7 +96,8 @@ def kl_penalised_rewards(rewards: torch.Tensor, token_logps: torch.Tensor, ref_t
     Shapes: ``rewards (..., B)``, token tensors ``(..., B, T)``. Reduction: a **sum** over the counted tokens of each
     sequence (the sequence-level KL ``log pi(y) − log pi_ref(y)`` for ``k1``), no mean. A reward is a constant of the
     policy-gradient loss: pass the log-probs of the policy that *sampled* the batch (``old_token_logps``, computed
-    without gradient — this function does not detach, see :mod:`~mdpalign.objectives.token_batches`), as TRL's ``RLOOTrainer`` does (``per_token_kl = old_per_token_logps − ref_per_token_logps``,
+    without gradient — this function does not detach, see :mod:`~mdpalign.objectives.token_batches`), as TRL's
+    ``RLOOTrainer`` does (``per_token_kl = old_per_token_logps − ref_per_token_logps``,
     ``rewards − β·kl.sum(-1)``) and as InstructGPT-style PPO does per token. With ``k1`` this is the unbiased
     placement (Gibbs fixed point); ``k3`` here is the trl PR#3240 bug (module docstring).
     """

@@ -70,7 +70,10 @@ def kl_rl_objective(
     beta = check_beta(beta)
     lp, lr, r = _as_2d("log_pi", log_pi), _as_2d("log_ref", log_ref), _as_2d("rewards", rewards)
     if not (lp.shape == lr.shape == r.shape):
-        raise ShapeError(f"log_pi {tuple(log_pi.shape)}, log_ref {tuple(log_ref.shape)} and rewards {tuple(rewards.shape)} must share a shape")
+        raise ShapeError(
+            f"log_pi {tuple(log_pi.shape)}, log_ref {tuple(log_ref.shape)} and rewards {tuple(rewards.shape)} must "
+            "share a shape"
+        )
     if check_logps:
         lse = torch.logsumexp(lp.detach(), dim=-1)
         tol = normalisation_tolerance(lp.dtype, lp.shape[-1])
@@ -89,7 +92,9 @@ def kl_rl_objective(
                 idx = _first_bad(bad)
                 v = t[idx].item()
                 kind = "nan" if math.isnan(v) else ("+inf" if v > 0 else "-inf")
-                raise InvalidLogProbError(f"{name} has {kind} at index {idx}; pass check_logps=False to skip this check")
+                raise InvalidLogProbError(
+                    f"{name} has {kind} at index {idx}; pass check_logps=False to skip this check"
+                )
     n_ctx = lp.shape[0]
     if context_probs is None:
         mu = torch.full((n_ctx,), 1.0 / n_ctx, dtype=lp.dtype, device=lp.device)
@@ -109,7 +114,8 @@ def kl_rl_objective(
 
 
 def kl_rl_optimal_log_policy(log_ref: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
-    """``log pi*(y|x) = log pi_ref(y|x) + r(x,y)/β − log Z(x)``, ``Z(x) = Σ_y pi_ref·exp(r/β)`` (same shape as input)."""
+    """``log pi*(y|x) = log pi_ref(y|x) + r(x,y)/β − log Z(x)``, ``Z(x) = Σ_y pi_ref·exp(r/β)`` (same shape as
+    input)."""
     beta = check_beta(beta)
     if log_ref.shape != rewards.shape:
         raise ShapeError(f"log_ref {tuple(log_ref.shape)} and rewards {tuple(rewards.shape)} must share a shape")

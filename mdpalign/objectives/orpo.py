@@ -6,10 +6,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from mdpalign.checks import check_positive
 from mdpalign.objectives.common import (
     ObjectiveArgumentError,
     ShapeError,
-    check_number,
     check_sequence_logps,
     check_token_inputs,
     log1mexp,
@@ -96,10 +96,10 @@ def orpo_loss(
     mc = check_token_inputs(chosen_token_logps, chosen_mask, "chosen_token_logps", check_logps=check_logps)
     mr = check_token_inputs(rejected_token_logps, rejected_mask, "rejected_token_logps", check_logps=check_logps)
     if chosen_token_logps.shape[0] != rejected_token_logps.shape[0]:
-        raise ShapeError(f"chosen and rejected batch sizes differ: {chosen_token_logps.shape[0]} vs {rejected_token_logps.shape[0]}")
-    lam = check_number(lam, "lam")
-    if not lam >= 0.0 or lam == float("inf"):
-        raise ObjectiveArgumentError(f"lam must be a finite number >= 0, got {lam}")
+        raise ShapeError(
+            f"chosen and rejected batch sizes differ: {chosen_token_logps.shape[0]} vs {rejected_token_logps.shape[0]}"
+        )
+    lam = check_positive(lam, "lam", allow_zero=True, error=ObjectiveArgumentError)
     dtype = chosen_token_logps.dtype
     a_c = masked_token_values(chosen_token_logps, mc).sum(-1) / token_counts(mc, dtype)
     a_r = masked_token_values(rejected_token_logps, mr).sum(-1) / token_counts(mr, rejected_token_logps.dtype)
@@ -112,7 +112,10 @@ def orpo_loss(
     else:
         mn = check_token_inputs(nll_token_logps, nll_mask, "nll_token_logps", check_logps=check_logps)
         if nll_token_logps.shape[0] != chosen_token_logps.shape[0]:
-            raise ShapeError(f"nll_token_logps batch size {nll_token_logps.shape[0]} differs from chosen {chosen_token_logps.shape[0]}")
+            raise ShapeError(
+                f"nll_token_logps batch size {nll_token_logps.shape[0]} differs from chosen "
+                f"{chosen_token_logps.shape[0]}"
+            )
         nll_sum = -masked_token_values(nll_token_logps, mn).sum(-1)
         nll_count = token_counts(mn, nll_token_logps.dtype)
     nll = nll_sum / nll_count

@@ -5,7 +5,8 @@ Per token (Schulman et al., PPO, arXiv 1707.06347, Eq. 7, as a loss to minimise)
     l_t = −min(ρ_t·A, clip(ρ_t, 1 − ε, 1 + ε_high)·A),   ρ_t = exp(log pi(y_t|s_t) − log pi_old(y_t|s_t))
 
 with ``pi_old`` the policy that sampled the batch (a constant of the loss). **REINFORCE** is the on-policy case
-``old = current.detach()``: ``ρ = 1`` in value, ``∇ρ = ∇log pi``, so ``∇l_t = −A·∇log pi(y_t)`` and the clip is inactive.
+``old = current.detach()``: ``ρ = 1`` in value, ``∇ρ = ∇log pi``, so ``∇l_t = −A·∇log pi(y_t)`` and the clip is
+inactive.
 A sequence-level ratio (TRL's ``RLOOTrainer``: ``exp(log pi(y) − log pi_old(y))`` on summed log-probs) is this
 function applied to ``(B, 1)`` summed log-probs with a ``(B, 1)`` mask.
 
@@ -55,7 +56,8 @@ def ppo_clip_loss(token_logps: torch.Tensor, old_token_logps: torch.Tensor | Non
     ``(..., B)`` (broadcast over its tokens, TRL's GRPO) or per token ``(..., B, T)`` (GAE). ``old_token_logps`` and
     ``advantages`` are constants of the loss, used as given (compute them without gradient);
     ``old_token_logps=None`` is the on-policy ``token_logps.detach()`` (REINFORCE), and passing ``token_logps``
-    itself is an error (``ρ ≡ 1`` with zero gradient). ``epsilon_high`` defaults to ``epsilon`` (DAPO's clip-higher uses 0.28).
+    itself is an error (``ρ ≡ 1`` with zero gradient). ``epsilon_high`` defaults to ``epsilon`` (DAPO's clip-higher uses
+    0.28).
     Reduction: none — see :func:`aggregate_token_loss`.
 
     TRL 1.16 ``GRPOTrainer._compute_loss`` (``loss_type`` grpo/bnpo/dr_grpo/dapo, ``importance_sampling_level=

@@ -17,11 +17,10 @@ Metrics in the outputs (ratios, margins, accuracies, clip flags) are detached.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from mdpalign.objectives.common import ShapeError, as_bool_mask
+from mdpalign.checks import check_positive
+from mdpalign.objectives.common import ObjectiveArgumentError, ShapeError, as_bool_mask
 
 __all__ = ["check_batched_tokens", "check_float_tensor", "check_option", "check_nonnegative", "zero_where_masked"]
 
@@ -70,14 +69,8 @@ def check_option(value, options: tuple, name: str):
 
 
 def check_nonnegative(value, name: str, *, strict: bool = False) -> float:
-    """A finite number ``>= 0`` (``> 0`` when ``strict``)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a finite number, got {value!r}") from exc
-    if not math.isfinite(v) or v < 0 or (strict and v == 0):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v}")
-    return v
+    """A finite number ``>= 0`` (``> 0`` when ``strict``): :func:`mdpalign.checks.check_positive`."""
+    return check_positive(value, name, allow_zero=not strict, error=ObjectiveArgumentError)
 
 
 def zero_where_masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,8 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     steps (verl's ``compute_gae_advantage_return`` does the same); TRL's ``PPOTrainer`` steps through every
     position and keeps one padding position alive (``padding_mask_p1``), which is where trl#3750 put the reward.
 
-    Inputs ``(..., B, T)``, constants of the loss (not detached here). Rewards at non-counted positions are an **error** (they would be silently
+    Inputs ``(..., B, T)``, constants of the loss (not detached here). Rewards at non-counted positions are an **error**
+    (they would be silently
     dropped: the trl#3750 class of bug); build them with :func:`place_sequence_rewards`. ``γ = 1, λ = 1`` gives
     ``Â_k = Σ_{j>=k} r_j − V_k`` (Monte-Carlo return minus a baseline: unbiased for any values); at ``V = V^pi``
     every ``λ`` is unbiased. TRL and verl then whiten the advantages over the batch (``masked_whiten``); this

@@ -24,11 +24,11 @@ from mdpalign.proofs.dpo import (
     dpo_population_loss,
     dpo_two_arm_log_ratio,
     ford_condition,
-    win_graph,
+    win_table_graph,
 )
-from mdpalign.proofs.ift import ift_deterministic_optimum, ift_depth2_optimum, ift_sft_limit_optimum
+from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
 from mdpalign.proofs.ipo import ipo_mu_optimum, ipo_optimum, ipo_population_loss, ipo_scores
-from mdpalign.proofs.kl_rl import greedy_limit, kl_rl_gap, kl_rl_optimum, kl_rl_value, soft_value
+from mdpalign.proofs.kl_rl import greedy_limit, kl_rl_gap, kl_rl_optimum, kl_rl_value, optimal_soft_value
 from mdpalign.proofs.orpo import log_odds, orpo_optimum, orpo_population_loss, orpo_two_arm_root
 from mdpalign.proofs.sft import length_normalised_sft_optimum, sft_optimum, sft_population_loss
 from mdpalign.proofs.token_tree import leaf_pair_table, soft_backward_recursion, token_tree_optimum, tree_sft_optimum
@@ -38,10 +38,10 @@ __all__ = [
     "UniqueOptimum", "as_log_policy", "pair_table",
     "crlft_optimum", "crlft_table",
     "bradley_terry_nll", "bradley_terry_scores", "dpo_optimum", "dpo_population_loss", "dpo_two_arm_log_ratio",
-    "ford_condition", "win_graph",
+    "ford_condition", "win_table_graph",
     "ift_deterministic_optimum", "ift_depth2_optimum", "ift_sft_limit_optimum",
     "ipo_mu_optimum", "ipo_optimum", "ipo_population_loss", "ipo_scores",
-    "greedy_limit", "kl_rl_gap", "kl_rl_optimum", "kl_rl_value", "soft_value",
+    "greedy_limit", "kl_rl_gap", "kl_rl_optimum", "kl_rl_value", "optimal_soft_value",
     "log_odds", "orpo_optimum", "orpo_population_loss", "orpo_two_arm_root",
     "length_normalised_sft_optimum", "sft_optimum", "sft_population_loss",
     "leaf_pair_table", "soft_backward_recursion", "token_tree_optimum", "tree_sft_optimum",

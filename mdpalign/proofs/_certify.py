@@ -97,7 +97,9 @@ def _certify(F, J, x0, lipschitz, *, what, max_iter):
     g = gamma(n + 2)
     eta = np.abs(M @ f).max() * (1 + g) + nM * (np.abs(df).max() + g * np.abs(f).max())
     R = np.eye(n) - M @ Jx
-    kappa0 = np.abs(R).sum(axis=1).max() + nM * np.abs(dJ).sum(axis=1).max() + g * (np.abs(M) @ np.abs(Jx)).sum(axis=1).max()
+    kappa0 = (
+        np.abs(R).sum(axis=1).max() + nM * np.abs(dJ).sum(axis=1).max() + g * (np.abs(M) @ np.abs(Jx)).sum(axis=1).max()
+    )
     if not (kappa0 < 0.5) or not np.isfinite(eta):
         raise NoClosedFormError(f"{what}: Newton did not converge to a certifiable root (kappa0 = {kappa0:.3g})")
     base = eta / (1 - kappa0)

@@ -28,12 +28,16 @@ tolerance serves both.
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 import numpy as np
 from scipy.special import logsumexp
+
+from mdpalign.checks import to_numpy
+from mdpalign.data import DemoData, PreferenceData
+from mdpalign.errors import MdpalignError
 
 __all__ = [
     "ProofInputError",
@@ -49,6 +53,8 @@ __all__ = [
     "pair_table",
     "demo_table",
     "optimum_from_target",
+    "optimum_kind",
+    "make_optimum",
     "pinned_all_pairs",
     "pinned_array",
 ]
@@ -65,12 +71,6 @@ class NoClosedFormError(MdpalignError, ValueError):
 # --------------------------------------------------------------------------- small numpy helpers
 
 
-def _to_numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):  # torch tensor, without importing torch here
-        a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
 def log_normalise(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """``log softmax`` along ``axis`` in float64: ``logits - logsumexp(logits)``."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -79,7 +79,7 @@ def log_normalise(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def check_policy_table(policy: Any, name: str = "ref_policy", *, allow_zero: bool = False) -> np.ndarray:
     """Validate an ``(X, K)`` row-stochastic table (a 1-D ``(K,)`` vector is read as ``X = 1``)."""
-    p = _to_numpy(policy)
+    p = to_numpy(policy)
     if p.ndim == 1:
         p = p[None, :]
     if p.ndim != 2:
@@ -109,10 +109,10 @@ def as_log_policy(probs: Any = None, *, log_probs: Any = None, shape: tuple[int,
     if (probs is None) == (log_probs is None):
         raise ProofInputError("give exactly one of probs= or log_probs=")
     if log_probs is not None:
-        lp = _to_numpy(log_probs)
+        lp = to_numpy(log_probs)
         name = "log_probs"
     else:
-        p = _to_numpy(probs)
+        p = to_numpy(probs)
         if (p < 0).any():
             raise ProofInputError(f"probs has negative entries at {np.argwhere(p < 0)[:5].tolist()}")
         with np.errstate(divide="ignore"):
@@ -134,89 +134,66 @@ def as_log_policy(probs: Any = None, *, log_probs: Any = None, shape: tuple[int,
     return lp
 
 
-def _rows_attr(data: Any, *names: str) -> tuple[np.ndarray, ...]:
-    out = []
-    for n in names:
-        if isinstance(data, dict):
-            v = data[n]
-        else:
-            v = getattr(data, n)
-        out.append(_to_numpy(v).reshape(-1))
-    return tuple(out)
+def table_array(table: Any, name: str, expect: tuple[int, ...]) -> np.ndarray:
+    """``table`` as float64 of shape ``expect``, finite and >= 0, or :class:`ProofInputError`."""
+    T = to_numpy(table)
+    if T.shape != expect:
+        raise ProofInputError(f"{name} must have shape {expect}, got {T.shape}")
+    if not np.isfinite(T).all() or (T < 0).any():
+        raise ProofInputError(f"{name} must be finite and >= 0")
+    return T
 
 
-def pair_table(pairs: Any, n_contexts: int, n_arms: int) -> np.ndarray:
+def data_sizes(data: Any, name: str, n_contexts: int | None, n_arms: int | None) -> tuple[int, int]:
+    """``(n_contexts, n_arms)`` of a :mod:`mdpalign.data` container, checked against the sizes a caller gave."""
+    for what, given, own in (("n_contexts", n_contexts, data.n_contexts), ("n_arms", n_arms, data.n_arms)):
+        if given is not None and int(given) != own:
+            raise ProofInputError(f"{name} has {what}={own}, the problem has {given}")
+    if len(data) == 0:
+        raise ProofInputError(f"{name} is empty")
+    return data.n_contexts, data.n_arms
+
+
+def pair_table(pairs: Any, n_contexts: int | None = None, n_arms: int | None = None) -> np.ndarray:
     """Win-weight table ``W[x, i, j]`` = total weight of rows where ``i`` was chosen over ``j`` in ``x``.
 
-    ``pairs`` is anything with 1-D ``context``, ``chosen``, ``rejected``, ``weight`` fields (attribute
-    or key): :class:`mdpalign.envs.bandits.PreferenceData` qualifies. Population data (weights
-    ``mu(x) w_ij P(i > j)``) give the population loss ``sum_x sum_ij W[x,i,j] * loss(i over j)``.
+    ``pairs``: :class:`mdpalign.data.PreferenceData` (its :meth:`~mdpalign.data.PreferenceData.weight_table`)
+    or an ``(X, K, K)`` table (validated; then ``n_contexts``/``n_arms`` are required). Population data
+    (weights ``mu(x) w_ij P(i > j)``) give the population loss ``sum_x sum_ij W[x,i,j] * loss(i over j)``.
     """
-    ctx, ch, rj, w = _rows_attr(pairs, "context", "chosen", "rejected", "weight")
-    if not (len(ctx) == len(ch) == len(rj) == len(w)):
-        raise ProofInputError(
-            f"pairs fields differ in length: context {len(ctx)}, chosen {len(ch)}, rejected {len(rj)}, weight {len(w)}"
-        )
-    if len(w) == 0:
-        raise ProofInputError("pairs is empty")
-    for name, v, hi in (("context", ctx, n_contexts), ("chosen", ch, n_arms), ("rejected", rj, n_arms)):
-        bad = (v < 0) | (v >= hi) | (v != np.round(v))
-        if bad.any():
-            r = int(np.argmax(bad))
-            raise ProofInputError(f"pairs.{name}[{r}] = {v[r]!r} is not an index in [0, {hi})")
-    if (ch == rj).any():
-        r = int(np.argmax(ch == rj))
-        raise ProofInputError(f"pairs row {r} compares arm {int(ch[r])} with itself")
-    if (~np.isfinite(w)).any() or (w < 0).any():
-        r = int(np.argmax((~np.isfinite(w)) | (w < 0)))
-        raise ProofInputError(f"pairs.weight[{r}] = {w[r]!r} must be finite and >= 0")
-    W = np.zeros((n_contexts, n_arms, n_arms))
-    np.add.at(W, (ctx.astype(int), ch.astype(int), rj.astype(int)), w)
-    return W
+    if isinstance(pairs, PreferenceData):
+        data_sizes(pairs, "pairs", n_contexts, n_arms)
+        return pairs.weight_table()
+    if not isinstance(pairs, np.ndarray) and not hasattr(pairs, "detach"):
+        raise ProofInputError(f"pairs must be a mdpalign.data.PreferenceData or an (X, K, K) win table; "
+                              f"got {type(pairs).__name__}")
+    if n_contexts is None or n_arms is None:
+        W = to_numpy(pairs)
+        if W.ndim != 3 or W.shape[1] != W.shape[2]:
+            raise ProofInputError(f"win table must have shape (X, K, K), got {W.shape}")
+        n_contexts, n_arms = W.shape[:2]
+    return table_array(pairs, "win table", (n_contexts, n_arms, n_arms))
 
 
-def demo_table(demos: Any, n_contexts: int, n_arms: int, *, cls_field: str | None = None, n_classes: int = 0) -> np.ndarray:
-    """Weight table of demonstrations: ``(X, K)`` or ``(X, C, K)`` when ``cls_field`` is given.
+def demo_table(demos: Any, n_contexts: int | None = None, n_arms: int | None = None) -> np.ndarray:
+    """Demonstration weight table ``D[x, y]`` ``(X, K)``.
 
-    ``demos`` has 1-D ``context``, ``action``, ``weight`` fields (and ``cls`` for labelled data);
-    an ``(X, K)`` array is returned unchanged (after validation) so callers may pass a distribution.
+    ``demos``: :class:`mdpalign.data.DemoData` (its :meth:`~mdpalign.data.DemoData.weight_table`) or an
+    ``(X, K)`` (or ``(K,)``) non-negative table, returned validated so callers may pass a distribution.
     """
-    if isinstance(demos, np.ndarray) or hasattr(demos, "detach"):
-        D = _to_numpy(demos)
-        if D.ndim == 1:
-            D = D[None, :]
-        expect = (n_contexts, n_arms) if cls_field is None else (n_contexts, n_classes, n_arms)
-        if D.shape != expect:
-            raise ProofInputError(f"demonstration table has shape {D.shape}, expected {expect}")
-        if (D < 0).any() or not np.isfinite(D).all():
-            raise ProofInputError("demonstration table must be finite and >= 0")
-        return D
-    names = ("context", "action", "weight") + ((cls_field,) if cls_field else ())
-    fields = _rows_attr(demos, *names)
-    n = {len(f) for f in fields}
-    if len(n) != 1:
-        raise ProofInputError(f"demonstration fields differ in length: {[len(f) for f in fields]}")
-    if n == {0}:
-        raise ProofInputError("demonstrations are empty")
-    ctx, act, w = fields[:3]
-    checks = [("context", ctx, n_contexts), ("action", act, n_arms)]
-    if cls_field:
-        checks.append((cls_field, fields[3], n_classes))
-    for name, v, hi in checks:
-        bad = (v < 0) | (v >= hi) | (v != np.round(v))
-        if bad.any():
-            r = int(np.argmax(bad))
-            raise ProofInputError(f"demonstrations.{name}[{r}] = {v[r]!r} is not an index in [0, {hi})")
-    if (~np.isfinite(w)).any() or (w < 0).any():
-        r = int(np.argmax((~np.isfinite(w)) | (w < 0)))
-        raise ProofInputError(f"demonstrations.weight[{r}] = {w[r]!r} must be finite and >= 0")
-    if cls_field:
-        D = np.zeros((n_contexts, n_classes, n_arms))
-        np.add.at(D, (ctx.astype(int), fields[3].astype(int), act.astype(int)), w)
-    else:
-        D = np.zeros((n_contexts, n_arms))
-        np.add.at(D, (ctx.astype(int), act.astype(int)), w)
-    return D
+    if isinstance(demos, DemoData):
+        data_sizes(demos, "demonstrations", n_contexts, n_arms)
+        return demos.weight_table()
+    if not isinstance(demos, np.ndarray) and not hasattr(demos, "detach"):
+        raise ProofInputError(f"demonstrations must be a mdpalign.data.DemoData or an (X, K) table; "
+                              f"got {type(demos).__name__}")
+    D = to_numpy(demos)
+    if D.ndim == 1:
+        D = D[None, :]
+    if D.ndim != 2:
+        raise ProofInputError(f"demonstration table must be (X, K), got shape {D.shape}")
+    expect = D.shape if n_contexts is None or n_arms is None else (n_contexts, n_arms)
+    return table_array(D, "demonstration table", expect)
 
 
 # --------------------------------------------------------------------------- results
@@ -353,7 +330,9 @@ class Optimum:
             r = int(np.argmax(dev))
             if dev[r] >= worst:
                 worst = float(dev[r])
-                where = f"pinned difference at context {x[r]}: log pi({i[r]}) - log pi({j[r]}) = {self.pinned[r, 3]:.6g}"
+                where = (
+                    f"pinned difference at context {x[r]}: log pi({i[r]}) - log pi({j[r]}) = {self.pinned[r, 3]:.6g}"
+                )
         van = self.vanishing & self.constrained[:, None]
         if van.any():
             mass = np.where(van, np.exp(lp), 0.0)
@@ -361,7 +340,9 @@ class Optimum:
             if mass[x, y] >= worst:
                 worst, where = float(mass[x, y]), f"mass on vanishing arm {y} of context {x}"
         ok = worst <= tol
-        return CheckResult(ok, worst, f"{self.kind}({self.objective}): max violation {worst:.3e} ({where}); tol {tol:.1e}")
+        return CheckResult(
+            ok, worst, f"{self.kind}({self.objective}): max violation {worst:.3e} ({where}); tol {tol:.1e}"
+        )
 
     def representative(self, fill: np.ndarray | None = None) -> np.ndarray:
         """One member of the optimal set (one limit point for :class:`NoFiniteOptimum`).
@@ -375,8 +356,6 @@ class Optimum:
         base = np.full((X, K), 1.0 / K) if fill is None else check_policy_table(fill, "fill")
         logit = np.log(base)
         # impose pinned differences by a spanning forest walk: each pinned pair fixes j relative to i
-        import networkx as nx
-
         for x in range(X):
             rows = self.pinned[self.pinned[:, 0] == x]
             g = nx.Graph()
@@ -415,13 +394,6 @@ class NoFiniteOptimum(Optimum):
 
 
 
-def check_scalar(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    """``value`` as a float, or :class:`ProofInputError` unless it is finite and > 0 (>= 0 with ``allow_zero``)."""
-    v = float(value)
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ProofInputError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return v
-
 def pinned_all_pairs(x: int, arms: np.ndarray, log_target: np.ndarray) -> list[tuple[float, float, float, float]]:
     """Rows ``(x, i, j, log_target[i] - log_target[j])`` for every ordered pair ``i < j`` of ``arms``."""
     arms = [int(a) for a in arms]
@@ -430,6 +402,43 @@ def pinned_all_pairs(x: int, arms: np.ndarray, log_target: np.ndarray) -> list[t
 
 def pinned_array(rows: list) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def optimum_kind(vanishing: np.ndarray, free: np.ndarray) -> type[Optimum]:
+    """Which kind of optimum: not attained if any arm vanishes, else a set if any context is free, else unique."""
+    if vanishing.any():
+        return NoFiniteOptimum
+    return PinnedDifferences if free.any() else UniqueOptimum
+
+
+def make_optimum(
+    objective: str,
+    policy: np.ndarray | None,
+    pinned: np.ndarray,
+    vanishing: np.ndarray,
+    constrained: np.ndarray,
+    free: np.ndarray,
+    *,
+    diverging: str,
+    derivation: str = "",
+    infimum: float | None = None,
+    extras: dict | None = None,
+) -> Optimum:
+    """The :class:`Optimum` of :func:`optimum_kind` (``diverging`` is kept only when the optimum is not attained)."""
+    kind = optimum_kind(vanishing, free)
+    return kind(
+        objective=objective,
+        shape=vanishing.shape,
+        policy=policy,
+        pinned=pinned,
+        vanishing=vanishing,
+        constrained=constrained,
+        attained=kind is not NoFiniteOptimum,
+        diverging=diverging if kind is NoFiniteOptimum else None,
+        infimum=infimum,
+        derivation=derivation,
+        extras=extras or {},
+    )
 
 
 def optimum_from_target(
@@ -469,26 +478,11 @@ def optimum_from_target(
     constrained = np.ones(X, bool) if constrained is None else np.asarray(constrained, bool)
     policy = np.where(constrained[:, None], target, np.nan)
     vanishing = constrained[:, None] & ~positive
-    attained = not vanishing.any()
     rows: list = []
     for x in np.flatnonzero(constrained):
         sup = np.flatnonzero(positive[x])
         rows += pinned_all_pairs(int(x), sup, np.where(positive[x], log_target[x], 0.0))
-    common = dict(
-        objective=objective,
-        shape=(X, K),
-        policy=policy,
-        pinned=pinned_array(rows),
-        vanishing=vanishing,
-        constrained=constrained,
-        attained=attained,
-        infimum=infimum,
-        derivation=derivation,
-        extras=extras or {},
-    )
-    if not attained:
-        return NoFiniteOptimum(diverging=diverging_if_zero or "logits of zero-target arms -> -inf", **common)
     free = ~constrained if free is None else np.asarray(free, bool)
-    if free.any():
-        return PinnedDifferences(**common)
-    return UniqueOptimum(**common)
+    return make_optimum(objective, policy, pinned_array(rows), vanishing, constrained, free, infimum=infimum,
+                        derivation=derivation, extras=extras,
+                        diverging=diverging_if_zero or "logits of zero-target arms -> -inf")

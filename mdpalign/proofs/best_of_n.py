@@ -42,7 +42,14 @@ from mdpalign.proofs.base import (
 )
 from mdpalign.proofs.kl_rl import _check_rewards
 
-__all__ = ["best_of_n_policy", "best_of_n_kl", "best_of_n_kl_bound", "best_of_n_win_rate", "raft_iterates", "raft_limit"]
+__all__ = [
+    "best_of_n_policy",
+    "best_of_n_kl",
+    "best_of_n_kl_bound",
+    "best_of_n_win_rate",
+    "raft_iterates",
+    "raft_limit",
+]
 
 
 def _check_n(n: Any, name: str = "n") -> int:
@@ -143,7 +150,9 @@ def raft_limit(rewards: Any, policy: Any) -> Optimum:
     return optimum_from_target(
         "raft",
         target,
-        derivation="best-of-n then perfect SFT: the top class mass follows q -> 1 - (1 - q)^n; within-class ratios fixed.",
-        diverging_if_zero="log-probability gaps to the lower reward classes grow like n^t (doubly exponential mass decay)",
+        derivation="best-of-n then perfect SFT: the top class mass follows q -> 1 - (1 - q)^n; within-class ratios "
+                   "fixed.",
+        diverging_if_zero="log-probability gaps to the lower reward classes grow like n^t (doubly exponential mass "
+                          "decay)",
         extras={"start": p},
     )

@@ -1,6 +1,7 @@
 r"""C-RLFT (OpenChat, arXiv 2309.11235): class-weighted SFT, with and without class conditioning.
 
-Data: demonstrations ``(x, y, c)`` with population weight ``D[x, c, y]`` (``mu(x) P(c|x) D_c(y|x)``) and
+Data: demonstrations ``(x, y, c)`` (:class:`mdpalign.data.LabeledDemoData`: ``context, action, label``) with population
+weight ``D[x, c, y]`` (``mu(x) P(c|x) D_c(y|x)``) and
 a weight ``w_c > 0`` per class (``exp(r_c/beta)``, or OpenChat's constants 1.0 / 0.1). Loss::
 
     L = - sum_{x,c,y} w_c D[x,c,y] log pi(y | x [, c])
@@ -23,19 +24,35 @@ Conditioned policies are indexed ``state = x * C + c`` (row-major over ``(X, C)`
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from mdpalign.proofs.base import Optimum, ProofInputError, demo_table
+from mdpalign.checks import to_numpy
+from mdpalign.data import LabeledDemoData
+from mdpalign.proofs.base import Optimum, ProofInputError, data_sizes, table_array
 from mdpalign.proofs.sft import sft_optimum
 
 __all__ = ["crlft_optimum", "crlft_table"]
 
 
-def crlft_table(demos: Any, n_contexts: int, n_arms: int, n_classes: int) -> np.ndarray:
-    """``D[x, c, y]`` from labelled rows (``context, action, cls, weight``) or an ``(X, C, K)`` array."""
-    return demo_table(demos, n_contexts, n_arms, cls_field="cls", n_classes=n_classes)
+def crlft_table(demos: Any, n_contexts: int | None, n_arms: int | None, n_classes: int) -> np.ndarray:
+    """``D[x, c, y]`` ``(X, C, K)``: :class:`mdpalign.data.LabeledDemoData` (its
+    :meth:`~mdpalign.data.LabeledDemoData.weight_table`) or an ``(X, C, K)`` non-negative table."""
+    if isinstance(demos, LabeledDemoData):
+        data_sizes(demos, "demonstrations", n_contexts, n_arms)
+        if demos.n_labels != n_classes:
+            raise ProofInputError(f"demonstrations have {demos.n_labels} labels, class_weights give {n_classes}")
+        return demos.weight_table()
+    if not isinstance(demos, np.ndarray) and not hasattr(demos, "detach"):
+        raise ProofInputError(f"demonstrations must be a mdpalign.data.LabeledDemoData or an (X, C, K) table; "
+                              f"got {type(demos).__name__}")
+    D = to_numpy(demos)
+    if D.ndim != 3 or D.shape[1] != n_classes:
+        raise ProofInputError(f"demonstration table must be (X, C={n_classes}, K), got {D.shape}")
+    expect = D.shape if n_contexts is None or n_arms is None else (n_contexts, n_classes, n_arms)
+    return table_array(D, "demonstration table", expect)
 
 
 def crlft_optimum(
@@ -46,7 +63,7 @@ def crlft_optimum(
     n_contexts: int | None = None,
     n_arms: int | None = None,
 ) -> Optimum:
-    """Optimum of C-RLFT. ``demos``: ``(X, C, K)`` table or labelled rows (then give the sizes).
+    """Optimum of C-RLFT. ``demos``: ``(X, C, K)`` table or :class:`mdpalign.data.LabeledDemoData`.
 
     ``conditioned=True`` returns an optimum over ``X * C`` states (``state = x * C + c``);
     ``conditioned=False`` over ``X`` states.
@@ -55,18 +72,8 @@ def crlft_optimum(
     C = len(w)
     if C < 1 or not np.isfinite(w).all() or (w <= 0).any():
         raise ProofInputError(f"class_weights must be finite and > 0, got {w}")
-    if isinstance(demos, np.ndarray):
-        D = np.asarray(demos, dtype=np.float64)
-        if D.ndim != 3 or D.shape[1] != C:
-            raise ProofInputError(f"demonstration table must be (X, C={C}, K), got {D.shape}")
-        n_contexts, _, n_arms = D.shape
-    elif n_contexts is None or n_arms is None:
-        raise ProofInputError("labelled rows need n_contexts= and n_arms=")
     D = crlft_table(demos, n_contexts, n_arms, C)
+    X, _, K = D.shape
     if conditioned:
-        opt = sft_optimum(D.reshape(n_contexts * C, n_arms))
-        object.__setattr__(opt, "objective", "crlft_conditioned")
-        return opt
-    opt = sft_optimum(np.einsum("c,xck->xk", w, D))
-    object.__setattr__(opt, "objective", "crlft")
-    return opt
+        return replace(sft_optimum(D.reshape(X * C, K)), objective="crlft_conditioned")
+    return replace(sft_optimum(np.einsum("c,xck->xk", w, D)), objective="crlft")

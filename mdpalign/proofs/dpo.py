@@ -45,15 +45,18 @@ import networkx as nx
 import numpy as np
 from scipy.special import expit, log_expit, logit
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs.base import (
-    check_scalar,
     NoFiniteOptimum,
     Optimum,
     PinnedDifferences,
     ProofInputError,
     UniqueOptimum,
+    as_log_policy,
     check_policy_table,
     log_normalise,
+    make_optimum,
+    optimum_kind,
     pair_table,
     pinned_all_pairs,
     pinned_array,
@@ -62,7 +65,7 @@ from mdpalign.proofs.base import (
 __all__ = [
     "bradley_terry_scores",
     "bradley_terry_nll",
-    "win_graph",
+    "win_table_graph",
     "ford_condition",
     "dpo_optimum",
     "dpo_two_arm_log_ratio",
@@ -129,7 +132,7 @@ def bradley_terry_scores(W: Any, *, tol: float = 1e-13, max_iter: int = 200) -> 
     return s - s[0]
 
 
-def win_graph(W_x: np.ndarray) -> nx.DiGraph:
+def win_table_graph(W_x: np.ndarray) -> nx.DiGraph:
     """Directed win graph of one context: edge ``i -> j`` with ``weight = W[i, j] > 0``."""
     g = nx.DiGraph()
     for i, j in zip(*np.nonzero(W_x > 0)):
@@ -140,7 +143,7 @@ def win_graph(W_x: np.ndarray) -> nx.DiGraph:
 def ford_condition(W_x: Any) -> bool:
     """Zermelo/Ford: a finite BT maximiser exists iff every weakly connected component of the win
     graph is strongly connected (every bipartition of a comparison component has wins both ways)."""
-    g = win_graph(np.asarray(W_x, dtype=np.float64))
+    g = win_table_graph(np.asarray(W_x, dtype=np.float64))
     return all(nx.is_strongly_connected(g.subgraph(c)) for c in nx.weakly_connected_components(g))
 
 
@@ -155,34 +158,74 @@ def dpo_two_arm_log_ratio(p: float, beta: float, ref_a: float = 0.5, ref_b: floa
 
 def dpo_population_loss(ref_policy: Any, pairs: Any, beta: float, probs: Any = None, *, log_probs: Any = None) -> float:
     """Exact population DPO loss (numpy float64) — an implementation independent of the torch code."""
-    from mdpalign.proofs.base import as_log_policy
 
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    W = pair_table(pairs, X, K) if not isinstance(pairs, np.ndarray) else pairs
+    W = pair_table(pairs, X, K)
     g = as_log_policy(probs, log_probs=log_probs, shape=(X, K)) - np.log(ref)
     d = beta * (g[:, :, None] - g[:, None, :])
     return float(-(W * log_expit(d)).sum())
 
 
+def _dpo_context(W_x: np.ndarray, log_ref_x: np.ndarray, beta: float, x: int) -> dict | None:
+    """One context of :func:`dpo_optimum`: BT scores per strongly connected component, the components beaten
+    from outside (they vanish), the pinned differences and, where it is one policy, the limit row."""
+    K = len(log_ref_x)
+    g = win_table_graph(W_x)
+    if g.number_of_edges() == 0:
+        return None
+    sccs = [sorted(c) for c in nx.strongly_connected_components(g)]
+    member = {a: k for k, c in enumerate(sccs) for a in c}
+    beaten, cross = set(), []
+    for w, l in g.edges:
+        if member[w] != member[l]:
+            beaten.add(member[l])
+            cross.append((x, w, l))
+    scores = np.full(K, np.nan)
+    vanishing = np.zeros(K, bool)
+    rows: list = []
+    for k, c in enumerate(sccs):
+        scores[c] = bradley_terry_scores(W_x[np.ix_(c, c)])
+        rows += pinned_all_pairs(x, np.asarray(c), np.where(np.isnan(scores), 0.0, log_ref_x + scores / beta))
+        if k in beaten:
+            vanishing[c] = True
+    weak = list(nx.weakly_connected_components(g))
+    policy = np.full(K, np.nan)
+    sources = [k for k in range(len(sccs)) if k not in beaten]
+    if len(weak) == 1 and len(weak[0]) == K and len(sources) == 1:
+        c = sccs[sources[0]]
+        row = np.full(K, -np.inf)
+        row[c] = log_ref_x[c] + scores[c] / beta
+        policy = np.exp(log_normalise(row))
+    return {"sccs": sccs, "cross": cross, "scores": scores, "vanishing": vanishing, "rows": rows, "policy": policy,
+            "ford": all(nx.is_strongly_connected(g.subgraph(c)) for c in weak)}
+
+
+_DPO_DERIVATIONS = {
+    NoFiniteOptimum: "Ford's condition fails: SCCs beaten from outside vanish; within-SCC BT scores pinned.",
+    UniqueOptimum: "one strongly connected comparison component per context: beta*g = BT MLE.",
+    PinnedDifferences: "Ford's condition holds; only compared differences beta*(g_i - g_j) are pinned "
+    "(one free offset per comparison component, uncompared arms free).",
+}
+
+
 def dpo_optimum(ref_policy: Any, pairs: Any, beta: float) -> Optimum:
     """Characterise the minimisers of population DPO (see the module docstring).
 
-    ``ref_policy`` ``(X, K)``; ``pairs``: rows ``context, chosen, rejected, weight`` (e.g.
-    :class:`mdpalign.envs.bandits.PreferenceData`) or a win table ``W`` ``(X, K, K)``.
+    ``ref_policy`` ``(X, K)``; ``pairs``: :class:`mdpalign.data.PreferenceData` or a win table ``W``
+    ``(X, K, K)``.
     ``extras``: ``scores`` (BT scores per strongly connected component, ``nan`` for uncompared arms,
     gauge: 0 at each SCC's smallest arm), ``sccs``, ``cross_wins`` (``(x, winner, loser)`` whose
     ``beta (g_w - g_l)`` diverges), ``ford`` (per context: does a finite optimum exist?).
+
+    The pinned set is per comparison component, not every pair of a support, so the result is not a target
+    policy for :func:`~mdpalign.proofs.base.optimum_from_target`; both share its tail,
+    :func:`~mdpalign.proofs.base.make_optimum`.
     """
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    beta = check_scalar(beta, "beta")
-    if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
-        if W.shape != (X, K, K) or (W < 0).any():
-            raise ProofInputError(f"win table must be (X, K, K) = {(X, K, K)} and >= 0, got {W.shape}")
-    else:
-        W = pair_table(pairs, X, K)
+    beta = check_positive(beta, "beta", error=ProofInputError)
+    W = pair_table(pairs, X, K)
     log_ref = np.log(ref)
     scores = np.full((X, K), np.nan)
     vanishing = np.zeros((X, K), bool)
@@ -191,59 +234,24 @@ def dpo_optimum(ref_policy: Any, pairs: Any, beta: float) -> Optimum:
     rows: list = []
     sccs_all, cross, ford = [], [], []
     for x in range(X):
-        g = win_graph(W[x])
-        if g.number_of_edges() == 0:
+        ctx = _dpo_context(W[x], log_ref[x], beta, x)
+        if ctx is None:
             sccs_all.append([])
             ford.append(True)
             continue
         constrained[x] = True
-        sccs = [sorted(c) for c in nx.strongly_connected_components(g)]
-        sccs_all.append(sccs)
-        member = {a: k for k, c in enumerate(sccs) for a in c}
-        beaten = set()
-        for w, l in g.edges:
-            if member[w] != member[l]:
-                beaten.add(member[l])
-                cross.append((x, w, l))
-        for k, c in enumerate(sccs):
-            s = bradley_terry_scores(W[x][np.ix_(c, c)])
-            scores[x, c] = s
-            rows += pinned_all_pairs(x, np.asarray(c), np.where(np.isnan(scores[x]), 0.0, log_ref[x] + scores[x] / beta))
-            if k in beaten:
-                vanishing[x, c] = True
-        weak = list(nx.weakly_connected_components(g))
-        ford.append(all(nx.is_strongly_connected(g.subgraph(c)) for c in weak))
-        sources = [k for k in range(len(sccs)) if k not in beaten]
-        if len(weak) == 1 and len(weak[0]) == K and len(sources) == 1:
-            c = sccs[sources[0]]
-            row = np.full(K, -np.inf)
-            row[c] = log_ref[x, c] + scores[x, c] / beta
-            policy[x] = np.exp(log_normalise(row))
-    attained = not vanishing.any()
+        sccs_all.append(ctx["sccs"])
+        cross += ctx["cross"]
+        ford.append(ctx["ford"])
+        scores[x], vanishing[x], policy[x] = ctx["scores"], ctx["vanishing"], ctx["policy"]
+        rows += ctx["rows"]
     determined = np.isfinite(policy).all(axis=1) | ~constrained
-    pol = policy if determined.all() else None
-    extras = {"scores": scores, "sccs": sccs_all, "cross_wins": cross, "ford": ford, "win_table": W, "beta": beta}
-    common = dict(
-        objective="dpo",
-        shape=(X, K),
-        policy=pol,
-        pinned=pinned_array(rows),
-        vanishing=vanishing,
-        constrained=constrained,
-        attained=attained,
-        extras=extras,
-    )
-    if not attained:
-        where = ", ".join(f"x={x}: {w}>{l}" for x, w, l in cross[:6]) + (" ..." if len(cross) > 6 else "")
-        return NoFiniteOptimum(
-            diverging=f"beta*(g_w - g_l) -> +inf on cross-component wins ({where}); ~log(steps)/beta under GD",
-            derivation="Ford's condition fails: SCCs beaten from outside vanish; within-SCC BT scores pinned.",
-            **common,
-        )
-    if pol is not None and constrained.all():
-        return UniqueOptimum(derivation="one strongly connected comparison component per context: beta*g = BT MLE.", **common)
-    return PinnedDifferences(
-        derivation="Ford's condition holds; only compared differences beta*(g_i - g_j) are pinned "
-        "(one free offset per comparison component, uncompared arms free).",
-        **common,
+    free = ~constrained | ~determined.all()
+    kind = optimum_kind(vanishing, free)
+    where = ", ".join(f"x={x}: {w}>{l}" for x, w, l in cross[:6]) + (" ..." if len(cross) > 6 else "")
+    return make_optimum(
+        "dpo", policy if determined.all() else None, pinned_array(rows), vanishing, constrained, free,
+        diverging=f"beta*(g_w - g_l) -> +inf on cross-component wins ({where}); ~log(steps)/beta under GD",
+        derivation=_DPO_DERIVATIONS[kind],
+        extras={"scores": scores, "sccs": sccs_all, "cross_wins": cross, "ford": ford, "win_table": W, "beta": beta},
     )

@@ -17,7 +17,8 @@ expected negative gradient is ``E[A_1 (e_{y_1} - pi)] = pi ⊙ (P_G - E_pi P_G)`
 
 computed here exactly by enumerating the ``K^(G-1)`` tuples of the other draws
 (:func:`grpo_expected_advantage`); a group of equal rewards gets advantage exactly 0 (with ``eps = 0``
-the float mean can miss the common value by an ulp and ``ulp/ulp`` would give a spurious +-1). ``sum_y pi_y P_G(y|pi) = 0`` for *any* nonnegative weights ``pi``:
+the float mean can miss the common value by an ulp and ``ulp/ulp`` would give a spurious +-1). ``sum_y pi_y P_G(y|pi) =
+0`` for *any* nonnegative weights ``pi``:
 it is ``(1/G) E[sum_i A_i]`` over a group drawn from the (unnormalised) product measure, and
 ``sum_i (r_i - mean) = 0``. With ddof 1, ``|A_i| <= (G - 1)/sqrt(G)`` (Cauchy–Schwarz:
 ``sum_{j != i} (r_j - m)^2 >= (r_i - m)^2/(G - 1)``), so ``|P_G| < (G - 1)/sqrt(G)``.
@@ -63,13 +64,13 @@ from typing import Any
 
 import numpy as np
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs._certify import certified_newton, gamma
 from mdpalign.proofs.base import (
     NoClosedFormError,
     ProofInputError,
     UniqueOptimum,
     check_policy_table,
-    check_scalar,
     optimum_from_target,
 )
 from mdpalign.proofs.kl_rl import _check_rewards, kl_rl_optimum
@@ -136,7 +137,7 @@ def grpo_expected_advantage(rewards: Any, policy: Any, group_size: int, scale_re
     r = _check_rewards(rewards, pol.shape)
     G = _check_group(group_size, pol.shape[1])
     scale = _check_scale(scale_rewards)
-    eps = check_scalar(eps, "eps", allow_zero=True)
+    eps = check_positive(eps, "eps", allow_zero=True, error=ProofInputError)
     out = np.zeros(pol.shape)
     for x in range(pol.shape[0]):
         T, A, _ = _group_tables(r[x], G, scale, eps)
@@ -182,7 +183,8 @@ def _solve_group_row(r, q, beta, G, kl, eps):
             u, c = z[:K], z[K]
             P, _, Pabs, _ = P_and_grad(u)
             val = np.concatenate([u - lq - P / beta - c, [np.exp(u).sum() - 1.0]])
-            err = gamma(n_terms) * np.concatenate([np.abs(u) + np.abs(lq) + Pabs / beta + abs(c), [np.exp(u).sum() + 1]])
+            err = gamma(n_terms) * np.concatenate([np.abs(u) + np.abs(lq) + Pabs / beta + abs(c),
+                                                   [np.exp(u).sum() + 1]])
             return val, err
 
         def J(z):
@@ -241,11 +243,11 @@ def grpo_optimum(rewards: Any, ref_policy: Any, beta: float, group_size: int, sc
     """
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     X, K = ref.shape
     G = _check_group(group_size, K)
     scale = _check_scale(scale_rewards)
-    eps = check_scalar(eps, "eps", allow_zero=True)
+    eps = check_positive(eps, "eps", allow_zero=True, error=ProofInputError)
     if kl not in GRPO_KL:
         raise ProofInputError(f"kl must be one of {GRPO_KL}, got {kl!r}")
     if kl == "k1_reward":
@@ -260,7 +262,8 @@ def grpo_optimum(rewards: Any, ref_policy: Any, beta: float, group_size: int, sc
         else:
             o = kl_rl_optimum(r, ref, b)
         o.extras.update(beta_effective=b, group_size=G, scale_rewards=scale)
-        return _renamed(o, f"dr_grpo_{kl}", f"Dr. GRPO: P_G = (G-1)/G (r - E r), so the {kl} fixed point at beta G/(G-1).")
+        return _renamed(o, f"dr_grpo_{kl}", f"Dr. GRPO: P_G = (G-1)/G (r - E r), so the {kl} fixed point at beta "
+                                            "G/(G-1).")
     log_pi = np.zeros((X, K))
     bound = np.zeros(X)
     resid = np.zeros(X)
@@ -276,7 +279,14 @@ def grpo_optimum(rewards: Any, ref_policy: Any, beta: float, group_size: int, sc
         log_target=log_pi,
         derivation=("pi = pi_ref/(1 - P_G(y|pi)/beta)" if kl == "k3_loss" else "pi ∝ pi_ref exp(P_G(y|pi)/beta)")
         + ", P_G the exact group-normalised advantage (Vojnovic & Yun, arXiv 2502.18548).",
-        extras={"error_bound": bound, "residual": resid, "beta": beta, "group_size": G, "scale_rewards": scale, "eps": eps},
+        extras={
+            "error_bound": bound,
+            "residual": resid,
+            "beta": beta,
+            "group_size": G,
+            "scale_rewards": scale,
+            "eps": eps,
+        },
     )
     assert isinstance(opt, UniqueOptimum)
     return opt

@@ -32,6 +32,7 @@ token ``argmax theta_{s_{t-1}}`` (no gradient through the argmax).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -44,9 +45,7 @@ __all__ = ["ift_sft_limit_optimum", "ift_deterministic_optimum", "ift_depth2_opt
 
 def ift_sft_limit_optimum(tree: Any, leaf_weights: Any) -> Optimum:
     """``lam = 0``, ``decay = 0``: the per-sequence-mean SFT optimum ``pi*(y) ∝ D(y)/|y|`` on ``tree``."""
-    opt = tree_sft_optimum(tree, leaf_weights, length_normalised=True)
-    object.__setattr__(opt, "objective", "ift(lam=0, decay=0)")
-    return opt
+    return replace(tree_sft_optimum(tree, leaf_weights, length_normalised=True), objective="ift(lam=0, decay=0)")
 
 
 def ift_deterministic_optimum(tree: Any, leaf: int) -> Optimum:
@@ -55,9 +54,7 @@ def ift_deterministic_optimum(tree: Any, leaf: int) -> Optimum:
         raise ProofInputError(f"leaf {leaf} outside [0, {tree.n_leaves})")
     w = np.zeros(tree.n_leaves)
     w[int(leaf)] = 1.0
-    opt = tree_sft_optimum(tree, w)
-    object.__setattr__(opt, "objective", "ift(deterministic)")
-    return opt
+    return replace(tree_sft_optimum(tree, w), objective="ift(deterministic)")
 
 
 def ift_depth2_optimum(tree: Any, joint: Any, lam: float) -> Optimum:

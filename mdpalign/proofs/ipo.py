@@ -29,8 +29,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs.base import (
-    check_scalar,
     Optimum,
     PinnedDifferences,
     ProofInputError,
@@ -46,19 +46,10 @@ from mdpalign.proofs.base import (
 __all__ = ["ipo_optimum", "ipo_mu_optimum", "ipo_scores", "ipo_population_loss"]
 
 
-def _win_table(pairs: Any, X: int, K: int) -> np.ndarray:
-    if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
-        if W.shape != (X, K, K) or (W < 0).any() or not np.isfinite(W).all():
-            raise ProofInputError(f"win table must be finite, >= 0 and (X, K, K) = {(X, K, K)}; got {W.shape}")
-        return W
-    return pair_table(pairs, X, K)
-
-
 def ipo_scores(W_x: Any, tau: float) -> np.ndarray:
     """Minimum-norm least-squares solution ``g = L^+ b`` ``(K,)`` for one context's win table."""
     W = np.asarray(W_x, dtype=np.float64)
-    tau = check_scalar(tau, "tau")
+    tau = check_positive(tau, "tau", error=ProofInputError)
     N = W + W.T
     L = np.diag(N.sum(axis=1)) - N
     b = (W - W.T).sum(axis=1) / (2 * tau)
@@ -69,8 +60,8 @@ def ipo_population_loss(ref_policy: Any, pairs: Any, tau: float, probs: Any = No
     """Exact population IPO loss ``sum W_ij (g_i - g_j - 1/(2 tau))^2`` (numpy float64)."""
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    W = _win_table(pairs, X, K)
-    tau = check_scalar(tau, "tau")
+    W = pair_table(pairs, X, K)
+    tau = check_positive(tau, "tau", error=ProofInputError)
     g = as_log_policy(probs, log_probs=log_probs, shape=(X, K)) - np.log(ref)
     d = g[:, :, None] - g[:, None, :] - 1.0 / (2 * tau)
     return float((W * d**2).sum())
@@ -84,8 +75,8 @@ def ipo_optimum(ref_policy: Any, pairs: Any, tau: float) -> Optimum:
     """
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
-    W = _win_table(pairs, X, K)
-    tau = check_scalar(tau, "tau")
+    W = pair_table(pairs, X, K)
+    tau = check_positive(tau, "tau", error=ProofInputError)
     log_ref = np.log(ref)
     G = np.zeros((X, K))
     constrained = np.zeros(X, bool)
@@ -123,7 +114,9 @@ def ipo_optimum(ref_policy: Any, pairs: Any, tau: float) -> Optimum:
         extras={"g": G, "components": comps_all, "tau": tau, "win_table": W},
     )
     if unique:
-        return UniqueOptimum(derivation="convex quadratic; connected comparison graph: g = L^+ b up to a constant.", **common)
+        return UniqueOptimum(
+            derivation="convex quadratic; connected comparison graph: g = L^+ b up to a constant.", **common
+        )
     return PinnedDifferences(
         derivation="convex quadratic; g = L^+ b up to one constant per comparison component, uncompared arms free.",
         **common,
@@ -147,4 +140,4 @@ def ipo_mu_optimum(ref_policy: Any, mu: Any, pref_probs: Any, tau: float) -> np.
     P = P.copy()
     P[:, np.arange(K), np.arange(K)] = 0.5
     p_vs_mu = np.einsum("xij,xj->xi", P, mu)
-    return np.exp(log_normalise(np.log(ref) + p_vs_mu / check_scalar(tau, "tau")))
+    return np.exp(log_normalise(np.log(ref) + p_vs_mu / check_positive(tau, "tau", error=ProofInputError)))

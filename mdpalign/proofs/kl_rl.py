@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs.base import (
-    check_scalar,
     ProofInputError,
     UniqueOptimum,
     as_log_policy,
@@ -37,7 +37,7 @@ from mdpalign.proofs.base import (
     optimum_from_target,
 )
 
-__all__ = ["kl_rl_optimum", "soft_value", "kl_rl_value", "kl_rl_gap", "greedy_limit"]
+__all__ = ["kl_rl_optimum", "optimal_soft_value", "kl_rl_value", "kl_rl_gap", "greedy_limit"]
 
 
 def _check_rewards(rewards: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -51,11 +51,11 @@ def _check_rewards(rewards: Any, shape: tuple[int, int]) -> np.ndarray:
     return r
 
 
-def soft_value(rewards: Any, ref_policy: Any, beta: float) -> np.ndarray:
+def optimal_soft_value(rewards: Any, ref_policy: Any, beta: float) -> np.ndarray:
     """``V*(x) = beta * log sum_y pi_ref(y|x) exp(r(x,y)/beta)`` ``(X,)``, computed with logsumexp."""
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     return beta * logsumexp(np.log(ref) + r / beta, axis=1)
 
 
@@ -67,7 +67,7 @@ def kl_rl_optimum(rewards: Any, ref_policy: Any, beta: float) -> UniqueOptimum:
     """
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     log_pi = log_normalise(np.log(ref) + r / beta)
     opt = optimum_from_target(
         "kl_rl",
@@ -96,7 +96,7 @@ def kl_rl_value(
     """
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     lp = as_log_policy(probs, log_probs=log_probs, shape=ref.shape)
     p = np.exp(lp)
     term = np.where(p > 0, p * (r - beta * (lp - np.log(ref))), 0.0)

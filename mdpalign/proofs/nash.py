@@ -22,13 +22,14 @@ Solved by damped Newton in ``(log pi, c)`` and certified (:mod:`mdpalign.proofs.
 Differs from Gibbs: even for Bradley–Terry preferences ``P(y > y') = sigma(r_y - r_y')`` the "reward"
 ``P(y > pi*)`` is bounded in ``[0, 1]`` and depends on ``pi*`` itself; e.g. ``r = [1, .5, .2, 0]``,
 ``mu = [.1, .2, .3, .4]``, ``tau = .2``: ``pi* = [.2220, .2475, .2585, .2719]`` against the KL-RL optimum at
-``beta = tau`` ``[.8025, .1318, .0441, .0216]`` — the top arm keeps *less* mass than the worst one. (THEORY.md's ".435 vs .727 in a 4-arm example" could
-not be reproduced: its data were not recorded.)
+``beta = tau`` ``[.8025, .1318, .0441, .0216]`` — the top arm keeps *less* mass than the worst one. (THEORY.md's
+".435 vs .727 in a 4-arm example" could not be reproduced: its data were not recorded.)
 
 Nash-MD (the paper's Section on Nash-MD): with step ``eta`` (``0 < eta tau <= 1``) and the geometric
 mixture ``pi_t^mu ∝ pi_t^{1 - eta tau} mu^{eta tau}``,
 
-    pi_{t+1} = argmax_pi [ eta P(pi > pi_t^mu) - KL(pi || pi_t^mu) ],   i.e.  pi_{t+1} ∝ pi_t^mu exp(eta P(y > pi_t^mu)).
+    pi_{t+1} = argmax_pi [ eta P(pi > pi_t^mu) - KL(pi || pi_t^mu) ],
+    i.e.  pi_{t+1} ∝ pi_t^mu exp(eta P(y > pi_t^mu)).
 
 Its fixed point is **not** ``pi*`` for ``eta > 0``: ``log pi = (1 - eta tau) log pi + eta tau log mu + eta P pi^mu + c``
 gives ``pi ∝ mu exp(P(y > pi^mu)/tau)`` — the equilibrium condition evaluated against the mixture
@@ -44,13 +45,13 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs._certify import certified_newton, gamma
 from mdpalign.proofs.base import (
     NoClosedFormError,
     ProofInputError,
     UniqueOptimum,
     check_policy_table,
-    check_scalar,
     log_normalise,
     optimum_from_target,
 )
@@ -63,13 +64,15 @@ def _check_preferences(preference_matrix: Any, X: int, K: int) -> np.ndarray:
     if P.ndim == 2:
         P = P[None]
     if P.shape != (X, K, K):
-        raise ProofInputError(f"preference_matrix must be (X, K, K) = {(X, K, K)} or (K, K), got {np.shape(preference_matrix)}")
+        raise ProofInputError(f"preference_matrix must be (X, K, K) = {(X, K, K)} or (K, K), got "
+                              f"{np.shape(preference_matrix)}")
     if not np.isfinite(P).all() or (P < 0).any() or (P > 1).any():
         raise ProofInputError("preference_matrix entries must be probabilities in [0, 1]")
     off = ~np.eye(K, dtype=bool)
     bad = np.abs(P + np.swapaxes(P, 1, 2) - 1)[:, off]
     if bad.size and bad.max() > 1e-9:
-        raise ProofInputError(f"preference_matrix must satisfy P(i > j) + P(j > i) = 1 off the diagonal (off by {bad.max():.3g})")
+        raise ProofInputError("preference_matrix must satisfy P(i > j) + P(j > i) = 1 off the diagonal (off by "
+                              f"{bad.max():.3g})")
     P = P.copy()
     P[:, np.arange(K), np.arange(K)] = 0.5
     return P
@@ -78,7 +81,7 @@ def _check_preferences(preference_matrix: Any, X: int, K: int) -> np.ndarray:
 def _inputs(preference_matrix, mu, tau):
     m = check_policy_table(mu, "mu")
     X, K = m.shape
-    return _check_preferences(preference_matrix, X, K), m, check_scalar(tau, "tau")
+    return _check_preferences(preference_matrix, X, K), m, check_positive(tau, "tau", error=ProofInputError)
 
 
 def preference_against(preference_matrix: Any, policy: Any) -> np.ndarray:
@@ -151,7 +154,12 @@ def regularised_nash_optimum(preference_matrix: Any, mu: Any, tau: float) -> Uni
         None,
         log_target=log_pi,
         derivation="symmetric regularised preference game: pi ∝ mu exp(P(y > pi)/tau), unique (strong monotonicity).",
-        extras={"error_bound": bound, "residual": resid, "tau": tau, "preference_against": np.einsum("xij,xj->xi", P, pi)},
+        extras={
+            "error_bound": bound,
+            "residual": resid,
+            "tau": tau,
+            "preference_against": np.einsum("xij,xj->xi", P, pi),
+        },
     )
     assert isinstance(opt, UniqueOptimum)
     return opt
@@ -163,14 +171,16 @@ def _md_step(P, lmu, tau, eta, lp):
 
 
 def nash_md_iterate(preference_matrix: Any, mu: Any, tau: float, eta: float, pi: Any) -> np.ndarray:
-    """One Nash-MD step: ``pi' ∝ pi^mu exp(eta P(y > pi^mu))`` with ``pi^mu ∝ pi^{1 - eta tau} mu^{eta tau}`` ``(X, K)``.
+    """One Nash-MD step: ``pi' ∝ pi^mu exp(eta P(y > pi^mu))`` with ``pi^mu ∝ pi^{1 - eta tau} mu^{eta tau}``
+    ``(X, K)``.
 
     Requires ``0 < eta tau <= 1`` (the mixture's exponents are weights). ``pi`` positive rows summing to 1.
     """
     P, m, tau = _inputs(preference_matrix, mu, tau)
-    eta = check_scalar(eta, "eta")
+    eta = check_positive(eta, "eta", error=ProofInputError)
     if eta * tau > 1:
-        raise ProofInputError(f"eta must satisfy eta * tau <= 1 (the geometric mixture's weights), got eta={eta!r}, tau={tau!r}")
+        raise ProofInputError(f"eta must satisfy eta * tau <= 1 (the geometric mixture's weights), got eta={eta!r}, "
+                              f"tau={tau!r}")
     p = check_policy_table(pi, "pi")
     if p.shape != m.shape:
         raise ProofInputError(f"pi has shape {p.shape}, mu has shape {m.shape}")
@@ -184,7 +194,7 @@ def nash_md_fixed_point(preference_matrix: Any, mu: Any, tau: float, eta: float,
     from ``mu`` until the sup-norm change of ``log pi`` is below ``tol`` (``residual`` per context is that
     change: a residual, not a certified distance). It solves ``pi ∝ mu exp(P(y > pi^mu)/tau)``."""
     P, m, tau = _inputs(preference_matrix, mu, tau)
-    eta = check_scalar(eta, "eta")
+    eta = check_positive(eta, "eta", error=ProofInputError)
     if eta * tau > 1:
         raise ProofInputError(f"eta must satisfy eta * tau <= 1, got eta={eta!r}, tau={tau!r}")
     X, K = m.shape
@@ -200,6 +210,7 @@ def nash_md_fixed_point(preference_matrix: Any, mu: Any, tau: float, eta: float,
             if res[x] <= tol:
                 break
         else:
-            raise NoClosedFormError(f"Nash-MD step did not settle in {max_iter} iterations (context {x}, change {res[x]:.2e})")
+            raise NoClosedFormError(f"Nash-MD step did not settle in {max_iter} iterations (context {x}, change "
+                                    f"{res[x]:.2e})")
         out[x] = np.exp(lp)
     return out, res

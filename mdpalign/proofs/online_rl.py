@@ -66,7 +66,8 @@ Fixed points: ``A - E_pi A = 0`` on the support, i.e. ``k_eff(h_y) = (r_y - lamb
   ``h < -1`` (k2·rho) or ``h < 0`` (k2, k3 in the reward) and tends to ``+inf`` as ``h -> -inf``. An arm
   pushed below its reference is penalised *more* the lower it goes, so it runs away (under the
   natural-gradient flow its logit reaches ``-inf`` in finite time, ``d theta_y/dt ~ -beta e^{-h}`` for k3;
-  under the plain gradient flow ``pi_y A_y -> -beta q_y`` for k3, an exponential decay of ``pi_y``). The Hessian of ``Phi`` in ``pi`` is ``diag(-beta k_eff'(h_y)/pi_y)``: a face of
+  under the plain gradient flow ``pi_y A_y -> -beta q_y`` for k3, an exponential decay of ``pi_y``). The Hessian of
+  ``Phi`` in ``pi`` is ``diag(-beta k_eff'(h_y)/pi_y)``: a face of
   the simplex carries a stable fixed point only where this is negative definite on the face's
   tangent space — so at most one surviving arm may have ``k_eff'(h) < 0`` — and every vertex is
   locally attracting (the extinct arms' ``A -> -inf``). For k3 in the reward ``Phi`` is unbounded above
@@ -83,7 +84,7 @@ Under the plain gradient flow k3 in the reward has one more twist: an extinct ar
 ``c > 0``); in every case tested those faces were unstable and the flow ran on to a vertex. The
 natural flow is blind to the drift (a uniform shift of ``A``).
 
-Checked numerically (``tests/test_proofs_online.py``, independent integrators): THEORY.md's claim that
+Checked numerically (``tests/proofs/test_online.py``, independent integrators): THEORY.md's claim that
 k3 in the reward "collapses to delta(argmax r) from pi_ref, uniform and Gibbs starts" (4-arm example
 ``r = [1, .5, .2, 0]``, ``q = [.1, .2, .3, .4]``) holds at ``beta = .25`` and ``.5`` for the plain gradient
 flow, but not in general: at ``beta = 2`` the gradient flow goes to ``delta_2`` (reward .2) from ``pi_ref`` and to
@@ -104,6 +105,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs._certify import certified_newton, gamma
 from mdpalign.proofs.base import (
     NoClosedFormError,
@@ -112,7 +114,6 @@ from mdpalign.proofs.base import (
     UniqueOptimum,
     as_log_policy,
     check_policy_table,
-    check_scalar,
     optimum_from_target,
     pinned_all_pairs,
     pinned_array,
@@ -176,7 +177,7 @@ def kl_effective_advantage(rewards: Any, ref_policy: Any, beta: float, estimator
     """``A(y; pi) = r(y) - beta k_eff(h(y))`` ``(X, K)`` for the policy given by ``probs`` / ``log_probs``."""
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     lp = as_log_policy(probs, log_probs=log_probs, shape=ref.shape)
     return r - beta * kl_effective_penalty(estimator, placement, lp - np.log(ref))
 
@@ -240,7 +241,7 @@ def k3_loss_optimum(rewards: Any, ref_policy: Any, beta: float) -> UniqueOptimum
     """
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     X, K = ref.shape
     log_pi = np.zeros((X, K))
     lam = np.zeros(X)
@@ -292,7 +293,8 @@ _RK_B4 = np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 18
 
 
 def _sup_abs(f, h, rho):
-    """``max |f|`` over ``[h - rho, h + rho]`` for the ``k_eff`` derivatives here (|f| monotone or convex: endpoints)."""
+    """``max |f|`` over ``[h - rho, h + rho]`` for the ``k_eff`` derivatives here (|f| monotone or convex:
+    endpoints)."""
     return np.maximum(np.abs(f(h - rho)), np.abs(f(h + rho)))
 
 
@@ -306,7 +308,8 @@ def _face_fixed_point(r, lq, beta, keff, keff_d, keff_dd, u0, c=0.0):
     face point moves. Returns ``(u, rho)`` with ``||u - u*||_inf <= rho``.
     """
     m = len(r)
-    A = lambda u: r - beta * keff(u - lq)
+    def A(u):
+        return r - beta * keff(u - lq)
 
     if c == 0:
         def F(z):
@@ -336,7 +339,8 @@ def _face_fixed_point(r, lq, beta, keff, keff_d, keff_dd, u0, c=0.0):
             p = np.exp(u)
             a = A(u)
             val = np.concatenate([p * (a - mu) - c / m, [p.sum() - 1.0]])
-            err = gamma(16) * np.concatenate([p * (np.abs(r) + beta * np.abs(keff(u - lq)) + abs(mu)) + c / m, [p.sum() + 1.0]])
+            err = gamma(16) * np.concatenate([p * (np.abs(r) + beta * np.abs(keff(u - lq)) + abs(mu)) + c / m,
+                                              [p.sum() + 1.0]])
             return val, err
 
         def J(z):
@@ -347,7 +351,8 @@ def _face_fixed_point(r, lq, beta, keff, keff_d, keff_dd, u0, c=0.0):
             Jm[np.arange(m), np.arange(m)] = p * (a - mu - beta * keff_d(u - lq))
             Jm[:m, m] = -p
             Jm[m, :m] = p
-            return Jm, gamma(16) * (np.abs(Jm) + np.diag(np.append(p * (np.abs(r) + beta * np.abs(keff(u - lq)) + abs(mu)), 0)))
+            scale = p * (np.abs(r) + beta * np.abs(keff(u - lq)) + abs(mu))
+            return Jm, gamma(16) * (np.abs(Jm) + np.diag(np.append(scale, 0)))
 
         def lip(z, rho):
             u, mu = z[:m], z[m]
@@ -355,7 +360,8 @@ def _face_fixed_point(r, lq, beta, keff, keff_d, keff_dd, u0, c=0.0):
             p = np.exp(u) * np.exp(rho)
             d1, d2 = beta * _sup_abs(keff_d, h, rho), beta * _sup_abs(keff_dd, h, rho)
             amu = np.abs(A(u) - mu) + rho * (d1 + 1)
-            # J_yy = pi (A - mu + A'), J_y,mu = -pi: d J_yy/du_y = pi (A - mu + 2A' + A''), d J_yy/dmu = d J_y,mu/du_y = -pi
+            # J_yy = pi (A - mu + A'), J_y,mu = -pi:
+            # d J_yy/du_y = pi (A - mu + 2A' + A''), d J_yy/dmu = d J_y,mu/du_y = -pi
             return float(max((p * (amu + 2 * d1 + d2 + 2)).max(), p.sum()))
 
         lam0 = float(np.exp(u0) @ A(u0) - c)
@@ -438,7 +444,8 @@ def _flow_limit_row(r, q, beta, kind, start, flow, *, t_max=1e7, rtol=1e-9):
         a = r[idx] - beta * keff(h)
         if flow == "natural":
             worst = int(np.argmin(h))
-            if h[worst] < -2 * FACE_DEPTH and keff_d(h[worst : worst + 1])[0] < 0 and a[worst] < np.delete(a, worst).min():
+            if (h[worst] < -2 * FACE_DEPTH and keff_d(h[worst : worst + 1])[0] < 0
+                    and a[worst] < np.delete(a, worst).min()):
                 # pi < e^-14 pi_ref on the falling branch, below every other advantage: under the natural flow its
                 # log-ratio to every arm keeps falling (to -inf in finite time for k3); freeze it at 0
                 frozen_q += q[idx[worst]]
@@ -454,7 +461,8 @@ def _flow_limit_row(r, q, beta, kind, start, flow, *, t_max=1e7, rtol=1e-9):
                 c = beta * (q[idx[outside]].sum() + frozen_q) if drift else 0.0
                 lpS = lp[face] - _lse(lp[face])
                 # Newton only once the flow on the face has nearly stopped (cheap test, saves futile solves)
-                near = len(S) == 1 or np.abs(face_field(S, c)(lpS) - (c / len(S) if c else 0.0)).max() < 1e-4 * spread * beta
+                near = len(S) == 1 or (
+                    np.abs(face_field(S, c)(lpS) - (c / len(S) if c else 0.0)).max() < 1e-4 * spread * beta)
                 u = None
                 if near and len(S) == 1:
                     u, rho, lam = np.zeros(1), 0.0, float(r[S[0]] - beta * keff(-lq[S])[0])
@@ -509,7 +517,7 @@ def kl_estimator_optimum(rewards: Any, ref_policy: Any, beta: float, estimator: 
     estimator, placement = _check_kind(estimator, placement)
     ref = check_policy_table(ref_policy)
     r = _check_rewards(rewards, ref.shape)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     kind = (estimator, placement)
     if flow not in FLOWS:
         raise ProofInputError(f"flow must be one of {FLOWS}, got {flow!r}")

@@ -38,11 +38,12 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs.base import (
-    check_scalar,
     NoClosedFormError,
     NoFiniteOptimum,
     Optimum,
+    PinnedDifferences,
     ProofInputError,
     UniqueOptimum,
     as_log_policy,
@@ -64,7 +65,7 @@ def log_odds(log_p: np.ndarray) -> np.ndarray:
 
 def orpo_two_arm_root(q: float, lam: float) -> float:
     """Root ``u*`` of ``sigma(u) + 2 lam sigma(2u) = q (1 + 2 lam)``: the optimal ``log pi_a - log pi_b``."""
-    lam = check_scalar(lam, "lam", allow_zero=True)
+    lam = check_positive(lam, "lam", allow_zero=True, error=ProofInputError)
     if not (0 < q < 1):
         raise ProofInputError(f"q must be in (0, 1) for a finite optimum, got {q!r}")
     f = lambda u: expit(u) + 2 * lam * expit(2 * u) - q * (1 + 2 * lam)  # noqa: E731
@@ -74,15 +75,11 @@ def orpo_two_arm_root(q: float, lam: float) -> float:
 
 
 def orpo_population_loss(pairs: Any, lam: float, probs: Any = None, *, log_probs: Any = None, shape=None) -> float:
-    """Exact population ORPO loss (numpy float64) for a win table ``(X, K, K)`` or pair rows (give ``shape``)."""
-    lam = check_scalar(lam, "lam", allow_zero=True)
-    if isinstance(pairs, np.ndarray):
-        W = pairs
-        shape = W.shape[:2]
-    else:
-        if shape is None:
-            raise ProofInputError("pair rows need shape=(X, K)")
-        W = pair_table(pairs, *shape)
+    """Exact population ORPO loss (numpy float64) for a win table ``(X, K, K)`` or
+    :class:`mdpalign.data.PreferenceData`."""
+    lam = check_positive(lam, "lam", allow_zero=True, error=ProofInputError)
+    W = pair_table(pairs, *(shape if shape is not None else (None, None)))
+    shape = W.shape[:2]
     lp = as_log_policy(probs, log_probs=log_probs, shape=tuple(shape))
     lo = log_odds(lp)
     z = lo[:, :, None] - lo[:, None, :]
@@ -93,19 +90,12 @@ def orpo_population_loss(pairs: Any, lam: float, probs: Any = None, *, log_probs
 def orpo_optimum(pairs: Any, lam: float, n_contexts: int | None = None, n_arms: int | None = None) -> Optimum:
     """Characterise the ORPO minimisers in the cases with a closed form (module docstring, 1-3).
 
-    ``pairs``: win table ``(X, K, K)`` or rows with ``n_contexts``/``n_arms``. Raises
+    ``pairs``: win table ``(X, K, K)`` or :class:`mdpalign.data.PreferenceData`. Raises
     :class:`NoClosedFormError` for a context that is neither disjoint-support nor the two-arm
     contradictory case.
     """
-    lam = check_scalar(lam, "lam", allow_zero=True)
-    if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
-        if W.ndim != 3 or W.shape[1] != W.shape[2] or (W < 0).any():
-            raise ProofInputError(f"win table must be (X, K, K) and >= 0, got {W.shape}")
-    else:
-        if n_contexts is None or n_arms is None:
-            raise ProofInputError("pair rows need n_contexts= and n_arms=")
-        W = pair_table(pairs, n_contexts, n_arms)
+    lam = check_positive(lam, "lam", allow_zero=True, error=ProofInputError)
+    W = pair_table(pairs, n_contexts, n_arms)
     X, K = W.shape[:2]
     policy = np.full((X, K), np.nan)
     constrained = np.zeros(X, bool)
@@ -159,11 +149,12 @@ def orpo_optimum(pairs: Any, lam: float, n_contexts: int | None = None, n_arms: 
     if not attained:
         return NoFiniteOptimum(
             diverging="logits of rejected (and never-chosen) arms -> -inf; ORPO loss -> n H(D_w), never reached",
-            derivation="disjoint chosen/rejected supports: L >= n[H(D_w) + KL(D_w || pi)], approached only as pi -> D_w",
+            derivation="disjoint chosen/rejected supports: L >= n[H(D_w) + KL(D_w || pi)], approached only as "
+            "pi -> D_w",
             **common,
         )
     if not constrained.all():
-        from mdpalign.proofs.base import PinnedDifferences
-
-        return PinnedDifferences(derivation="contexts without pairs are free; K = 2 contradictory rows pinned", **common)
+        return PinnedDifferences(
+            derivation="contexts without pairs are free; K = 2 contradictory rows pinned", **common
+        )
     return UniqueOptimum(derivation="K = 2 contradictory: root of sigma(u) + 2 lam sigma(2u) = q(1 + 2 lam)", **common)

@@ -20,7 +20,8 @@ Stationarity (``d_ij = s_i - s_j``)::
   Ford 1957; :func:`mdpalign.proofs.dpo.ford_condition`) — a margin changes none of this (it shifts
   the losses, not their recession directions). The scores are unique up to one constant per
   component (:func:`mdpalign.proofs.dpo.bradley_terry_scores` is the ``m = 0`` solver).
-* Margin, two arms, ``n_w`` wins and ``n_l`` losses of ``a`` against ``b``: ``n_w sigma(m - Delta) = n_l sigma(Delta + m)``
+* Margin, two arms, ``n_w`` wins and ``n_l`` losses of ``a`` against ``b``: ``n_w sigma(m - Delta) = n_l sigma(Delta +
+  m)``
   (:func:`bradley_terry_two_arm_margin`); 3:1 with ``m = 1`` gives ``Delta = 1.7820`` (not ``log 3 = 1.0986``):
   the margin inflates the score gaps of contested pairs.
 * Centring, ``c > 0``: ``c sum W_ij (s_i + s_j)^2 = c s^T Q s`` with ``Q = D + N`` the *signless* Laplacian of
@@ -63,8 +64,9 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 
+from mdpalign.checks import check_positive, to_numpy
 from mdpalign.proofs._certify import gamma
-from mdpalign.proofs.base import CheckResult, ProofInputError, _to_numpy, check_scalar
+from mdpalign.proofs.base import CheckResult, ProofInputError
 from mdpalign.proofs.dpo import bradley_terry_scores, ford_condition
 
 __all__ = [
@@ -111,7 +113,7 @@ class RewardModelOptimum:
         """``max |(s_i - s_j) - pinned|`` over pinned pairs and ``|s - s*|`` over absolute arms; ok iff ``<= tol``."""
         if not (tol >= 0):
             raise ProofInputError(f"tol must be >= 0, got {tol!r}")
-        s = _to_numpy(scores)
+        s = to_numpy(scores)
         if s.ndim == 1:
             s = s[None]
         if s.shape != self.scores.shape:
@@ -129,7 +131,8 @@ class RewardModelOptimum:
             x, y = np.unravel_index(int(np.argmax(dev)), dev.shape)
             if dev[x, y] >= worst:
                 worst, where = float(dev[x, y]), f"|s - s*| at context {x}, arm {y}"
-        return CheckResult(worst <= tol, worst, f"RewardModelOptimum: max violation {worst:.3e} ({where}); tol {tol:.1e}")
+        return CheckResult(worst <= tol, worst, f"RewardModelOptimum: max violation {worst:.3e} ({where}); tol "
+                                                f"{tol:.1e}")
 
 
 def _margins(margin: Any, X: int, K: int) -> np.ndarray:
@@ -139,12 +142,13 @@ def _margins(margin: Any, X: int, K: int) -> np.ndarray:
     if m.ndim == 0:
         m = np.full((X, K, K), float(m))
     if m.shape != (X, K, K) or not np.isfinite(m).all():
-        raise ProofInputError(f"margin must be a finite scalar or (X, K, K) = {(X, K, K)} array, got shape {np.shape(margin)}")
+        raise ProofInputError(f"margin must be a finite scalar or (X, K, K) = {(X, K, K)} array, got shape "
+                              f"{np.shape(margin)}")
     return m
 
 
 def _win_table(W: Any) -> np.ndarray:
-    W = _to_numpy(W)
+    W = to_numpy(W)
     if W.ndim == 2:
         W = W[None]
     if W.ndim != 3 or W.shape[1] != W.shape[2]:
@@ -160,9 +164,9 @@ def reward_model_loss(W: Any, scores: Any, margin: Any = None, center_coefficien
     """Population loss ``sum_ij W_ij [-log sigma(s_i - s_j - m_ij) + c (s_i + s_j)^2]`` (numpy float64)."""
     W = _win_table(W)
     X, K, _ = W.shape
-    s = _to_numpy(scores).reshape(X, K)
+    s = to_numpy(scores).reshape(X, K)
     m = _margins(margin, X, K)
-    c = check_scalar(center_coefficient, "center_coefficient", allow_zero=True)
+    c = check_positive(center_coefficient, "center_coefficient", allow_zero=True, error=ProofInputError)
     d = s[:, :, None] - s[:, None, :]
     ssum = s[:, :, None] + s[:, None, :]
     with np.errstate(invalid="ignore"):
@@ -172,12 +176,13 @@ def reward_model_loss(W: Any, scores: Any, margin: Any = None, center_coefficien
 
 def bradley_terry_two_arm_margin(n_wins: float, n_losses: float, margin: float) -> float:
     """``Delta = s_a - s_b`` solving ``n_w sigma(m - Delta) = n_l sigma(Delta + m)`` (both counts > 0)."""
-    nw = check_scalar(n_wins, "n_wins")
-    nl = check_scalar(n_losses, "n_losses")
+    nw = check_positive(n_wins, "n_wins", error=ProofInputError)
+    nl = check_positive(n_losses, "n_losses", error=ProofInputError)
     m = float(margin)
     if not np.isfinite(m):
         raise ProofInputError(f"margin must be finite, got {margin!r}")
-    f = lambda d: nw * expit(m - d) - nl * expit(d + m)  # decreasing in d
+    def f(d):
+        return nw * expit(m - d) - nl * expit(d + m)  # decreasing in d
     lo, hi = -abs(m) - abs(np.log(nw / nl)) - 1.0, abs(m) + abs(np.log(nw / nl)) + 1.0
     while f(lo) < 0:
         lo *= 2
@@ -295,7 +300,7 @@ def bradley_terry_reward_optimum(W: Any, margin: Any = None, center_coefficient:
     W = _win_table(W)
     X, K, _ = W.shape
     M = _margins(margin, X, K)
-    c = check_scalar(center_coefficient, "center_coefficient", allow_zero=True)
+    c = check_positive(center_coefficient, "center_coefficient", allow_zero=True, error=ProofInputError)
     if gauge not in REWARD_GAUGES:
         raise ProofInputError(f"gauge must be one of {REWARD_GAUGES}, got {gauge!r}")
     scores = np.full((X, K), np.nan)
@@ -347,11 +352,13 @@ def bradley_terry_reward_optimum(W: Any, margin: Any = None, center_coefficient:
                         deg = (Wp + Wp.T).sum(axis=1)
                         s = s - (deg @ s) / deg.sum()
                         err = 2 * rho
-                    rows += [(x, part[i], part[j], float(s[i] - s[j])) for i in range(len(part)) for j in range(i + 1, len(part))]
+                    rows += [(x, part[i], part[j], float(s[i] - s[j]))
+                             for i in range(len(part)) for j in range(i + 1, len(part))]
                 else:
                     absolute[x, part] = True
                     err = rho
-                    rows += [(x, part[i], part[j], float(s[i] - s[j])) for i in range(len(part)) for j in range(i + 1, len(part))]
+                    rows += [(x, part[i], part[j], float(s[i] - s[j]))
+                             for i in range(len(part)) for j in range(i + 1, len(part))]
                 scores[x, part] = s
                 bound[x] = max(bound[x], err)
         sccs_all.append(sccs_x)
@@ -365,8 +372,13 @@ def bradley_terry_reward_optimum(W: Any, margin: Any = None, center_coefficient:
         margin=margin,
         center_coefficient=c,
         gauge=gauge if c == 0 else "centred",
-        diverging=None if attained else "score gaps diverge: " + "; ".join(problems[:4]) + (" ..." if len(problems) > 4 else ""),
-        derivation=("convex BT loss, strictly convex modulo one constant per component (Ford's condition for finiteness)"
-                    if c == 0 else "BT loss + signless-Laplacian ridge: strictly convex, unique scores"),
+        diverging=None
+        if attained
+        else "score gaps diverge: " + "; ".join(problems[:4]) + (" ..." if len(problems) > 4 else ""),
+        derivation=(
+            "convex BT loss, strictly convex modulo one constant per component (Ford's condition for finiteness)"
+            if c == 0
+            else "BT loss + signless-Laplacian ridge: strictly convex, unique scores"
+        ),
         extras={"error_bound": bound, "gradient": grad, "sccs": sccs_all, "win_table": W},
     )

@@ -43,13 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from mdpalign.checks import check_positive, to_numpy
 from mdpalign.proofs.base import (
     NoClosedFormError,
     ProofInputError,
     UniqueOptimum,
-    _to_numpy,
     check_policy_table,
-    check_scalar,
 )
 from mdpalign.proofs.kl_rl import kl_rl_optimum
 from mdpalign.proofs.reward_model import bradley_terry_reward_optimum
@@ -58,7 +57,7 @@ __all__ = ["rlhf_pipeline_optimum", "pipeline_offsets_of"]
 
 
 def _check_offsets(offsets: Any, comps: list, shape: tuple[int, int]) -> np.ndarray:
-    o = _to_numpy(offsets)
+    o = to_numpy(offsets)
     if o.ndim == 1:
         o = o[None]
     if o.shape != shape or not np.isfinite(o).all():
@@ -74,7 +73,8 @@ def _check_offsets(offsets: Any, comps: list, shape: tuple[int, int]) -> np.ndar
 
 def rlhf_pipeline_optimum(W: Any, ref_policy: Any, beta: float, *, offsets: Any = None, gauge: str = "mean",
                           margin: Any = None, center_coefficient: float = 0.0) -> UniqueOptimum:
-    """``pi = pi_ref exp((s + o)/beta)/Z``: KL-RL on the reward model's scores ``s`` in ``gauge`` plus ``offsets`` ``o``.
+    """``pi = pi_ref exp((s + o)/beta)/Z``: KL-RL on the reward model's scores ``s`` in ``gauge`` plus ``offsets``
+    ``o``.
 
     ``W`` ``(X, K, K)`` win weights; ``ref_policy`` ``(X, K)``; ``offsets`` ``(X, K)`` constant on each
     comparison component (default 0); ``gauge`` / ``margin`` / ``center_coefficient`` as in
@@ -83,7 +83,7 @@ def rlhf_pipeline_optimum(W: Any, ref_policy: Any, beta: float, *, offsets: Any 
     has no finite minimiser (its scores diverge).
     """
     ref = check_policy_table(ref_policy)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     rm = bradley_terry_reward_optimum(W, margin, center_coefficient, gauge=gauge)
     if rm.shape != ref.shape:
         raise ProofInputError(f"W is for shape {rm.shape}, ref_policy has shape {ref.shape}")
@@ -106,7 +106,7 @@ def pipeline_offsets_of(W: Any, ref_policy: Any, beta: float, probs: Any, *, gau
     per component the mean of ``beta g - s^`` (exact when ``probs`` is in the set), ``beta g`` on uncompared arms,
     normalised so the first arm of each context has offset 0 (the per-context constant is free)."""
     ref = check_policy_table(ref_policy)
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     rm = bradley_terry_reward_optimum(W, gauge=gauge)
     p = check_policy_table(probs, "probs")
     g = beta * (np.log(p) - np.log(ref))

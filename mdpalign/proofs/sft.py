@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.proofs.base import Optimum, ProofInputError, demo_table, optimum_from_target
+from mdpalign.proofs.base import Optimum, ProofInputError, as_log_policy, demo_table, optimum_from_target
 
 __all__ = ["sft_optimum", "length_normalised_sft_optimum", "sft_population_loss"]
 
@@ -36,19 +36,10 @@ def _entropy_rows(p: np.ndarray) -> np.ndarray:
 def sft_optimum(demos: Any, n_contexts: int | None = None, n_arms: int | None = None) -> Optimum:
     """Optimum of weighted maximum likelihood: ``pi*(y|x) = D(x, y) / sum_y' D(x, y')``.
 
-    ``demos``: an ``(X, K)`` (or ``(K,)``) non-negative weight/count table, or demonstration rows
-    with ``context``, ``action``, ``weight`` fields (then ``n_contexts`` and ``n_arms`` are needed).
+    ``demos``: an ``(X, K)`` (or ``(K,)``) non-negative weight/count table, or
+    :class:`mdpalign.data.DemoData`.
     ``infimum`` is the minimal loss ``sum_x n(x) H(p(.|x))``.
     """
-    if n_contexts is None or n_arms is None:
-        if hasattr(demos, "context") or isinstance(demos, dict):
-            raise ProofInputError("demonstration rows need n_contexts= and n_arms= to build the (X, K) table")
-        D = np.asarray(demos, dtype=np.float64)
-        if D.ndim == 1:
-            D = D[None, :]
-        if D.ndim != 2:
-            raise ProofInputError(f"demonstration table must be (X, K), got shape {D.shape}")
-        n_contexts, n_arms = D.shape
     D = demo_table(demos, n_contexts, n_arms)
     n = D.sum(axis=1)
     if not (n > 0).any():
@@ -68,8 +59,6 @@ def sft_optimum(demos: Any, n_contexts: int | None = None, n_arms: int | None = 
 
 def sft_population_loss(demos: np.ndarray, probs: Any = None, *, log_probs: Any = None) -> float:
     """``- sum_{x,y} D(x,y) log pi(y|x)`` (float64; ``0 * log 0 = 0``) for an ``(X, K)`` table ``D``."""
-    from mdpalign.proofs.base import as_log_policy
-
     D = np.asarray(demos, dtype=np.float64)
     if D.ndim == 1:
         D = D[None, :]

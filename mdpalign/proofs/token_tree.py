@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from mdpalign.proofs.base import ProofInputError, UniqueOptimum, check_scalar, pinned_all_pairs, pinned_array
+from mdpalign.checks import check_positive
+from mdpalign.proofs.base import (
+    ProofInputError,
+    UniqueOptimum,
+    optimum_from_target,
+    pinned_all_pairs,
+    pinned_array,
+)
 
 __all__ = ["soft_backward_recursion", "token_tree_optimum", "leaf_pair_table", "tree_sft_optimum"]
 
@@ -39,7 +46,7 @@ def soft_backward_recursion(tree: Any, beta: float) -> tuple[np.ndarray, np.ndar
 
     Rows of ``log pi*`` at complete prefixes are ``log(1/V)`` (no decision is taken there).
     """
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     n, Vsz = tree.n_prefixes, tree.vocab_size
     complete = np.asarray(tree.is_complete)
     children = np.asarray(tree.children)
@@ -112,8 +119,6 @@ def tree_sft_optimum(tree: Any, leaf_weights: Any, *, length_normalised: bool = 
     ``D(y)/|y|``, i.e. ``pi*(y) ∝ D(y)/|y|``. Prefixes with ``M(s) = 0`` are unconstrained; children
     with ``M = 0`` vanish (a limit, no finite logits).
     """
-    from mdpalign.proofs.base import optimum_from_target
-
     D = np.asarray(leaf_weights, dtype=np.float64).reshape(-1)
     if D.shape != (tree.n_leaves,) or (D < 0).any() or not np.isfinite(D).all() or D.sum() <= 0:
         raise ProofInputError(f"leaf_weights must be (n_leaves,) = ({tree.n_leaves},), finite, >= 0, not all 0")

@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
+from mdpalign.checks import check_positive
 from mdpalign.proofs.base import (
     ProofInputError,
     UniqueOptimum,
-    check_scalar,
     pinned_all_pairs,
     pinned_array,
 )
@@ -73,7 +73,7 @@ def token_tree_local_kl_optimum(tree: Any, beta: float, kl: str = "reverse") -> 
     (``V*(root) - V_soft(root) >= 0``), ``error_bound`` (k3: certified sup-norm bound on ``log pi`` per
     prefix *given* the children's values, which are exact sums).
     """
-    beta = check_scalar(beta, "beta")
+    beta = check_positive(beta, "beta", error=ProofInputError)
     if kl not in TREE_LOCAL_KL:
         raise ProofInputError(f"kl must be one of {TREE_LOCAL_KL}, got {kl!r}")
     n, V = tree.n_prefixes, tree.vocab_size

@@ -3,26 +3,33 @@
 Every solver takes a :class:`~mdpalign.mdp.TabularMDP` and returns a :class:`Solution`
 (values, q_values, greedy policy, a certified ``error_bound`` on ``max |values - V*|`` that includes
 floating-point rounding, iterations, method, elapsed seconds). When float64 cannot certify the requested
-``tol``, the honest, larger bound is returned with a :class:`CertificateFloorWarning`. ``gamma = 1`` is a stochastic shortest-path problem: the
+``tol``, the honest, larger bound is returned with a :class:`CertificateFloorWarning`. ``gamma = 1`` is a stochastic
+shortest-path problem: the
 optimum is taken over proper policies and every returned greedy policy is proper.
 """
 from __future__ import annotations
 
-from mdpalign.solve._core import (
-    CertificateFloorWarning, ConvergenceError, Solution, SoftSolution, SolverError, UnboundedMDPError, is_proper,
-    macqueen_bounds, proper_greedy_policy,
-)
-from mdpalign.solve.evaluate import evaluate, occupancy, success_probability
+from mdpalign.solve.backups import macqueen_bounds
+from mdpalign.solve.evaluate import evaluate, occupancy, state_success_probabilities
 from mdpalign.solve.horizon import finite_horizon
 from mdpalign.solve.linear_program import linear_program
 from mdpalign.solve.policy_iteration import policy_iteration
+from mdpalign.solve.properness import is_proper, proper_greedy_policy
+from mdpalign.solve.results import (
+    CertificateFloorWarning,
+    ConvergenceError,
+    SoftSolution,
+    Solution,
+    SolverError,
+    UnboundedMDPError,
+)
 from mdpalign.solve.soft import soft_loop_gains, soft_value_iteration
 from mdpalign.solve.value_iteration import value_iteration
 
 __all__ = [
     "Solution", "SoftSolution", "SolverError", "UnboundedMDPError", "ConvergenceError", "CertificateFloorWarning",
     "policy_iteration", "value_iteration", "linear_program", "soft_value_iteration", "finite_horizon",
-    "evaluate", "occupancy", "success_probability", "is_proper", "proper_greedy_policy", "macqueen_bounds",
+    "evaluate", "occupancy", "state_success_probabilities", "is_proper", "proper_greedy_policy", "macqueen_bounds",
     "soft_loop_gains",
     "solve", "METHODS",
 ]

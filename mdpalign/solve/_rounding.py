@@ -10,7 +10,7 @@
 (F3) Sterbenz: ``a - b`` is exact when ``b/2 <= a <= 2b``; hence ``1 - gamma`` is exact for ``gamma >= 1/2``.
 (F4) numpy's float64 ``exp``, ``expm1``, ``log``, ``log1p`` are accurate to ``TRANSCENDENTAL_ULPS`` ulps,
      i.e. a relative error below ``2 * TRANSCENDENTAL_ULPS * u`` (an assumption about the library; tested
-     against ``decimal`` in tests/test_solve_certificates.py).
+     against ``decimal`` in tests/solve/test_certificates.py).
 
 Every bound below is "first order plus a safety factor": products of ``(1 + e_i)`` are replaced by the sum of
 the ``e_i`` and the result is multiplied by ``SAFETY = 1.01``, which covers the neglected higher-order terms
@@ -26,11 +26,13 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = [
-    "U", "SAFETY", "TRANSCENDENTAL_ULPS", "gamma_k", "round_up", "round_down", "RowSums", "row_sums",
+    "U", "EPS", "SAFETY", "TRANSCENDENTAL_ULPS", "gamma_k", "round_up", "round_down", "RowSums", "row_sums",
     "shifted_backup", "exact_q_row", "successor_range",
 ]
 
 U = 2.0 ** -53
+#: float64 machine epsilon, 2 U.
+EPS = np.finfo(np.float64).eps
 SAFETY = 1.01
 #: ulps of error allowed for numpy's float64 exp / expm1 / log / log1p (F4).
 TRANSCENDENTAL_ULPS = 8
@@ -148,7 +150,8 @@ def shifted_backup(mdp, c: float, W: np.ndarray, with_error: bool = True, normal
         E = SAFETY * (u (|X| + |R| + 2 gamma |y|) + gamma gamma_k P|W| + |gamma c| (2 u |zeta| + eta))
 
     with ``P|W|`` from the same matrix product (one product with two right-hand columns; for a dense ``P`` with
-    more than ``DENSE_EXACT_ABS`` entries the bound ``max|W| sum_N P`` instead). Terminal rows are 0 with ``E = 0``. Without ``with_error`` only ``X`` is returned.
+    more than ``DENSE_EXACT_ABS`` entries the bound ``max|W| sum_N P`` instead). Terminal rows are 0 with ``E = 0``.
+    Without ``with_error`` only ``X`` is returned.
 
     ``normalised`` (gamma = 1 certificates, with ``c = 0``): the rows are read as exactly normalised
     distributions, ``P(.|s,a) / (1 + delta)``; ``P W / (1 + delta)`` is formed as ``y - y delta'`` with

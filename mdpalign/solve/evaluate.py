@@ -6,11 +6,11 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from mdpalign.mdp import TabularMDP, reachable_mask
-from mdpalign.solve._core import (
-    SolverError, _evaluate_from, check_horizon, check_mdp, policy_matrix, solve_linear,
-)
+from mdpalign.solve.checks import check_horizon, check_mdp, check_policy_probs
+from mdpalign.solve.linear import _evaluate_from, solve_linear
+from mdpalign.solve.results import SolverError
 
-__all__ = ["evaluate", "occupancy", "success_probability", "closed_nonterminal_classes"]
+__all__ = ["evaluate", "occupancy", "state_success_probabilities", "closed_nonterminal_classes"]
 
 
 def _time_policies(mdp: TabularMDP, policy, horizon: int | None) -> list[np.ndarray]:
@@ -18,9 +18,9 @@ def _time_policies(mdp: TabularMDP, policy, horizon: int | None) -> list[np.ndar
     S, A = mdp.n_states, mdp.n_actions
     policy = np.asarray(policy)
     if policy.shape in ((S,), (S, A)):
-        return [policy_matrix(mdp, policy)]
+        return [check_policy_probs(mdp, policy)]
     if horizon is not None and policy.ndim >= 2 and policy.shape[0] == horizon and policy.shape[1:] in ((S,), (S, A)):
-        return [policy_matrix(mdp, p) for p in policy]
+        return [check_policy_probs(mdp, p) for p in policy]
     allowed = f"({S},) or ({S}, {A})" + ("" if horizon is None else f", or time-dependent ({horizon}, {S}) / "
                                                                      f"({horizon}, {S}, {A})")
     raise SolverError(f"policy must have shape {allowed}; got {policy.shape}")
@@ -173,7 +173,7 @@ def _goal_mask(mdp: TabularMDP, goal_states) -> np.ndarray:
     return mask
 
 
-def success_probability(mdp: TabularMDP, policy, goal_states, horizon: int | None = None) -> np.ndarray:
+def state_success_probabilities(mdp: TabularMDP, policy, goal_states, horizon: int | None = None) -> np.ndarray:
     """Probability, from each state, of ever entering the goal set (within ``horizon`` steps if given).
 
     Goal states are made absorbing targets: ``h = 1`` on G; on the states X that can reach G

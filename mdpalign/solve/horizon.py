@@ -1,11 +1,14 @@
 """Finite-horizon backward induction (time-limited problems such as gymnasium's Frozen Lake)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from mdpalign.mdp import TabularMDP
-from mdpalign.solve._core import Solution, check_horizon, check_mdp, timer
 from mdpalign.solve._rounding import U, row_sums, shifted_backup
+from mdpalign.solve.checks import check_horizon, check_mdp
+from mdpalign.solve.results import Solution
 
 __all__ = ["finite_horizon"]
 
@@ -27,7 +30,7 @@ def finite_horizon(mdp: TabularMDP, horizon: int) -> Solution:
     ``L = gamma * max row sum`` (the stored rows sum to 1 only up to ~1e-16), so ``err_t <= E_t + L err_{t+1}``
     and the bound is ``err_0`` — about ``H (k + 4) u max|V|`` for rows of ``k`` non-zeros.
     """
-    start = timer()
+    start = time.perf_counter()
     check_mdp(mdp)
     H = check_horizon(horizon)
     S, A = mdp.n_states, mdp.n_actions
@@ -43,4 +46,4 @@ def finite_horizon(mdp: TabularMDP, horizon: int) -> Solution:
         values[t] = q[t].max(axis=1)
         err = (float(np.max(E.max(axis=1)[nonterm], initial=0.0)) + lipschitz * err) * (1 + 4 * U)
     policy = q.argmax(axis=2).astype(np.int64) if H else np.zeros((0, S), dtype=np.int64)
-    return Solution(values, q, policy, err, H, "finite_horizon", timer() - start, horizon=H)
+    return Solution(values, q, policy, err, H, "finite_horizon", time.perf_counter() - start, horizon=H)

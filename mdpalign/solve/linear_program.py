@@ -1,6 +1,7 @@
 """The primal linear program of an MDP, solved by HiGHS: a third, independent route to V*."""
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -8,10 +9,13 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from mdpalign.mdp import TabularMDP
-from mdpalign.solve._core import (
-    EPS, Solution, UnboundedMDPError, check_mdp, check_tol, proper_greedy_policy, q_values, ssp_certificate, timer,
-)
+from mdpalign.solve._rounding import EPS
+from mdpalign.solve.backups import q_values
+from mdpalign.solve.certificates import ssp_certificate
+from mdpalign.solve.checks import check_mdp, check_tol
 from mdpalign.solve.policy_iteration import policy_iteration
+from mdpalign.solve.properness import proper_greedy_policy
+from mdpalign.solve.results import Solution, UnboundedMDPError
 
 __all__ = ["linear_program"]
 
@@ -35,7 +39,7 @@ def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
     :class:`~mdpalign.solve.CertificateFloorWarning`.
     An infeasible LP at gamma = 1 means no super-solution exists: :class:`UnboundedMDPError`.
     """
-    start = timer()
+    start = time.perf_counter()
     check_mdp(mdp)
     tol = check_tol(tol)
     S, A = mdp.n_states, mdp.n_actions
@@ -67,7 +71,7 @@ def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
         tie_tol = max(1e-7, 1e3 * EPS * max(1.0, float(np.max(np.abs(V_lp)))))
         policy, _ = proper_greedy_policy(mdp, q, tie_tol)
         V, q, policy, bound, polish = ssp_certificate(mdp, policy, tol=tol, method="linear_program")
-        return Solution(V, q, policy, bound, lp_iters + polish, "linear_program", timer() - start)
+        return Solution(V, q, policy, bound, lp_iters + polish, "linear_program", time.perf_counter() - start)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -76,4 +80,4 @@ def linear_program(mdp: TabularMDP, tol: float = 1e-10) -> Solution:
         message = str(w.message).replace("policy_iteration:", "linear_program (certified by policy iteration):", 1)
         warnings.warn(w.category(message), stacklevel=2)
     return Solution(sol.values, sol.q_values, sol.policy, sol.error_bound, lp_iters + sol.iterations,
-                    "linear_program", timer() - start)
+                    "linear_program", time.perf_counter() - start)

@@ -1,6 +1,7 @@
 """KL-regularised (soft) optimal values and policies, computed in log-space and certified."""
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -8,28 +9,20 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from mdpalign.checks import check_positive
 from mdpalign.mdp import TabularMDP
-from mdpalign.solve._core import (
-    ConvergenceError, SoftSolution, SolverError, UnboundedMDPError, _evaluate_from, check_max_iter, check_mdp,
-    check_tol, evaluation_system, is_proper, iterate_discounted, proper_greedy_policy, q_values, solve_linear,
-    steps_kappa, timer, warn_floor,
-)
 from mdpalign.solve._rounding import SAFETY, TRANSCENDENTAL_ULPS, U, round_up, shifted_backup
+from mdpalign.solve.backups import q_values
+from mdpalign.solve.certificates import iterate_discounted, steps_kappa, warn_floor
+from mdpalign.solve.checks import check_max_iter, check_mdp, check_tol
+from mdpalign.solve.linear import _evaluate_from, evaluation_system, solve_linear
+from mdpalign.solve.properness import is_proper, proper_greedy_policy
+from mdpalign.solve.results import ConvergenceError, SoftSolution, SolverError, UnboundedMDPError
 
 __all__ = ["soft_value_iteration", "soft_backup", "log_reference", "soft_policy_value", "soft_loop_gains"]
 
 #: Relative error of numpy's float64 exp / expm1 / log / log1p (F4 of mdpalign.solve._rounding).
 _K = 2 * TRANSCENDENTAL_ULPS * U
-
-
-def check_beta(beta) -> float:
-    try:
-        b = float(beta)
-    except (TypeError, ValueError):
-        raise SolverError(f"beta must be a positive finite number; got {beta!r}") from None
-    if not np.isfinite(b) or b <= 0:
-        raise SolverError(f"beta must be a positive finite number (the KL temperature); got {beta!r}")
-    return b
 
 
 def _reference(mdp: TabularMDP, ref_policy=None) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +207,7 @@ def soft_loop_gains(mdp: TabularMDP, beta: float, ref_policy=None, max_sweeps: i
     (``Z(s) = sum_a pi_ref e^{R/beta} prod_s' Z(s')^{P(s'|s,a)}``), so the Perron root of ``M`` being < 1 is
     sufficient for finite values (Jensen) but not necessary.
     """
-    beta = check_beta(beta)
+    beta = check_positive(beta, "beta", error=SolverError)
     ref, log_ref = _reference(mdp, ref_policy)
     A = mdp.n_actions
     flat = sp.csr_matrix(mdp.transition_matrix)
@@ -260,11 +253,11 @@ def _check_bounded(mdp: TabularMDP, beta: float, ref_policy) -> None:
 
 # ----------------------------------------------------------------------------- gamma = 1: certificate
 def soft_ssp_bound(mdp: TabularMDP, V: np.ndarray, beta: float, ref: np.ndarray, log_ref: np.ndarray) -> float:
-    """Certified ``max |V - V*_beta|`` at gamma = 1 (module docstring of ``mdpalign.solve._core``, gamma = 1).
+    """Certified ``max |V - V*_beta|`` at gamma = 1 (module docstring of ``mdpalign.solve.certificates``, gamma = 1).
 
     ``sigma`` is the exact soft-greedy policy of ``V``, ``pi^`` its computed version, within ``Theta`` in L1
     (``|log sigma - log pi^| <= theta + K`` per action). ``w`` solves ``(I - P_pi^) w = 1``; ``kappa`` from
-    :func:`~mdpalign.solve._core.steps_kappa` for ``pi^``, minus ``Theta max_a P_a w``, bounds
+    :func:`~mdpalign.solve.certificates.steps_kappa` for ``pi^``, minus ``Theta max_a P_a w``, bounds
     ``(I - P_sigma) w`` from below. Lower side ``max(w)/kappa max(-d, 0)`` with ``d = T_beta V - V``
     (``T^sigma V = T_beta V``); upper side ``t max(w)`` for ``U = V + t w``, ``t = 2 max(d, 0) / kappa``, valid when
     ``max(d, 0) (rs max w)^2 <= 2 beta kappa^2`` (Hoeffding), else inf.
@@ -322,7 +315,7 @@ def soft_value_iteration(mdp: TabularMDP, beta: float, ref_policy=None, tol: flo
 
     ``gamma < 1``: the soft operator is monotone, a gamma-contraction and shifts by at most
     ``gamma c`` under ``V + c``, so MacQueen's bounds hold exactly as for value iteration, certified with the
-    rounding of the log-sum-exp included (:func:`~mdpalign.solve._core.iterate_discounted`); we stop at
+    rounding of the log-sum-exp included (:func:`~mdpalign.solve.certificates.iterate_discounted`); we stop at
     half-width ``<= tol`` (or at float64's floor, with a :class:`~mdpalign.solve.CertificateFloorWarning`) and
     return the midpoint and that half-width.
 
@@ -341,31 +334,42 @@ def soft_value_iteration(mdp: TabularMDP, beta: float, ref_policy=None, tol: flo
     at gamma = 1 the greedy policy of a soft optimum can be improper even though the soft
     policy is not).
     """
-    start = timer()
+    start = time.perf_counter()
     check_mdp(mdp)
-    beta = check_beta(beta)
+    beta = check_positive(beta, "beta", error=SolverError)
     tol = check_tol(tol)
     max_iter = check_max_iter(max_iter)
     ref, log_ref = _reference(mdp, ref_policy)
-    gamma = mdp.gamma
 
     def finish(V, bound, iters):
-        q = q_values(mdp, V)
-        _, _, log_pi, _ = _lse(q, ref, log_ref, beta, policy=True)
-        if gamma == 1.0:
-            policy, _ = proper_greedy_policy(mdp, log_pi, tie_tol=1e-12)
-        else:
-            policy = log_pi.argmax(axis=1).astype(np.int64)
-        return SoftSolution(V, q, policy, bound, iters, "soft_value_iteration", timer() - start,
-                            policy_probs=np.exp(log_pi), log_policy=log_pi, beta=beta)
+        return _soft_solution(mdp, V, bound, iters, ref, log_ref, beta, time.perf_counter() - start)
 
-    if gamma < 1.0:
+    if mdp.gamma < 1.0:
         def reduce(X, E_X=None):
             return _lse(X, ref, log_ref, beta, E_X)
 
         cert, k = iterate_discounted(mdp, reduce, tol, max_iter, np.zeros(mdp.n_states), "soft_value_iteration")
         return finish(cert.values, cert.bound, k)
+    return _soft_policy_iteration_ssp(mdp, beta, ref_policy, ref, log_ref, tol, max_iter, finish)
 
+
+def _soft_solution(mdp: TabularMDP, V: np.ndarray, bound: float, iters: int, ref: np.ndarray, log_ref: np.ndarray,
+                   beta: float, seconds: float) -> SoftSolution:
+    """The soft-optimal Q, policy probabilities and greedy policy of the values ``V``."""
+    q = q_values(mdp, V)
+    _, _, log_pi, _ = _lse(q, ref, log_ref, beta, policy=True)
+    if mdp.gamma == 1.0:
+        policy, _ = proper_greedy_policy(mdp, log_pi, tie_tol=1e-12)
+    else:
+        policy = log_pi.argmax(axis=1).astype(np.int64)
+    return SoftSolution(V, q, policy, bound, iters, "soft_value_iteration", seconds,
+                        policy_probs=np.exp(log_pi), log_policy=log_pi, beta=beta)
+
+
+def _soft_policy_iteration_ssp(mdp: TabularMDP, beta: float, ref_policy, ref: np.ndarray, log_ref: np.ndarray,
+                               tol: float, max_iter: int, finish) -> SoftSolution:
+    """``gamma = 1``: soft policy iteration from the (proper) reference, certified by :func:`soft_ssp_bound`."""
+    gamma = mdp.gamma
     if not is_proper(mdp, ref):
         raise SolverError("at gamma = 1 the reference policy must be proper (its support must reach a terminal "
                           "state from every state); otherwise the KL-regularised values are undefined")

@@ -1,13 +1,17 @@
 """Value iteration stopped on a certified bound (MacQueen, rounding included), not on "the change is small"."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from mdpalign.mdp import TabularMDP
-from mdpalign.solve._core import (
-    EPS, Solution, SolverError, check_max_iter, check_mdp, check_tol, hard_reduce, iterate_discounted,
-    proper_greedy_policy, q_values, ssp_certificate, timer,
-)
+from mdpalign.solve._rounding import EPS
+from mdpalign.solve.backups import hard_reduce, q_values
+from mdpalign.solve.certificates import iterate_discounted, ssp_certificate
+from mdpalign.solve.checks import check_max_iter, check_mdp, check_tol
+from mdpalign.solve.properness import proper_greedy_policy
+from mdpalign.solve.results import Solution, SolverError
 
 __all__ = ["value_iteration"]
 
@@ -23,7 +27,7 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
 
     (clipped at 0 because mass entering a terminal state does not carry constants). We return the midpoint of
     the bounds once its certified half-width is ``<= tol``; the certificate
-    (:func:`~mdpalign.solve._core.discounted_certificate`) recomputes one backup with a rigorous bound on its
+    (:func:`~mdpalign.solve.certificates.discounted_certificate`) recomputes one backup with a rigorous bound on its
     rounding and on the rows' defect from summing to 1, so ``error_bound`` holds in exact arithmetic. The
     span of ``d`` contracts at least as fast as gamma, often much faster, so this stops long before
     ``||d|| < tol (1-gamma)``; and unlike mdptoolbox's "change < epsilon" rule it is a certificate. Iterates are
@@ -31,7 +35,7 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
     ``policy`` is greedy with respect to ``Q`` of the returned values (ties: lowest action index).
 
     When float64 cannot certify ``tol`` (``tol`` below the floor ``~ (1 + c) E + u |V|`` of the module docstring
-    of ``mdpalign.solve._core``, or the residual's span stalls at its rounding noise, which in slowly mixing
+    of ``mdpalign.solve.certificates``, or the residual's span stalls at its rounding noise, which in slowly mixing
     chains can be ``c`` times that), iteration stops there instead of running to ``max_iter``: the honest
     bound is returned with a :class:`~mdpalign.solve.CertificateFloorWarning`.
 
@@ -45,7 +49,7 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
     ``max_iter`` sweeps without reaching ``tol`` (and without stalling at the floor) raise
     :class:`~mdpalign.solve.ConvergenceError` at ``gamma < 1``; at ``gamma = 1`` the certificate is attempted anyway.
     """
-    start = timer()
+    start = time.perf_counter()
     check_mdp(mdp)
     tol = check_tol(tol)
     max_iter = check_max_iter(max_iter)
@@ -60,7 +64,7 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
         V[mdp.terminal] = 0.0
 
     if gamma == 1.0:
-        for k in range(1, max_iter + 1):
+        for k in range(1, max_iter + 1):  # noqa: B007 - k, the sweeps taken, is read after the loop
             q = q_values(mdp, V)
             TV = q.max(axis=1)
             change = float(np.max(np.abs(TV - V)))
@@ -71,9 +75,9 @@ def value_iteration(mdp: TabularMDP, tol: float = 1e-10, max_iter: int = 100_000
         tie_tol = max(10 * tol, 1e3 * EPS * max(1.0, float(np.max(np.abs(V)))))
         policy, _ = proper_greedy_policy(mdp, q, tie_tol)
         V, q, policy, bound, polish = ssp_certificate(mdp, policy, tol=tol, method="value_iteration")
-        return Solution(V, q, policy, bound, k + polish, "value_iteration", timer() - start)
+        return Solution(V, q, policy, bound, k + polish, "value_iteration", time.perf_counter() - start)
 
     cert, k = iterate_discounted(mdp, hard_reduce, tol, max_iter, V, "value_iteration")
     q = q_values(mdp, cert.values)
     return Solution(cert.values, q, q.argmax(axis=1).astype(np.int64), cert.bound, k, "value_iteration",
-                    timer() - start)
+                    time.perf_counter() - start)

@@ -444,7 +444,7 @@ def test_combinations_off_the_optimum_warn_once_naming_the_proof(tmp_path, kw, m
         _cfg(tmp_path, objective="grpo", **kw)
     assert len(record) == 1
     assert re.search(match, str(record[0].message))
-    assert "tests/test_harness_online.py::" in str(record[0].message) or "arXiv" in str(record[0].message)
+    assert "tests/harness/test_harness_online.py::" in str(record[0].message) or "arXiv" in str(record[0].message)
 
 
 def test_defaults_converge_and_do_not_warn(tmp_path):

@@ -21,8 +21,8 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback  # noqa: E402
 from trl import RewardConfig, RewardTrainer  # noqa: E402
 
-from mdpalign.errors import MdpalignError  # noqa: E402
 from mdpalign.cli.llm import register_eval  # noqa: E402
+from mdpalign.errors import MdpalignError  # noqa: E402
 from mdpalign.llm_bridge.config import ConfigError, TrainConfig  # noqa: E402
 from mdpalign.llm_bridge.data import Collator, DatasetError, EmptyDatasetError, MissingColumnsError  # noqa: E402
 from mdpalign.llm_bridge.evaluate import RewardEvalError, evaluate_reward, rewardbench_accuracy  # noqa: E402

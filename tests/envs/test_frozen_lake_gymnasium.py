@@ -10,9 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from mdpalign.envs import frozen_lake
-
 from mdpalign import solve
+from mdpalign.envs import frozen_lake
 
 Z = 3.29  # two-sided 99.9% normal quantile
 N_EPISODES = 4000
@@ -68,7 +67,9 @@ def test_discounted_optimal_policy_success_and_return(lake):
     assert H == 100
     sol = solve.policy_iteration(lake.mdp)
     policy = np.asarray(sol.policy)
-    exact_success = float(solve.success_probability(lake.mdp, policy, lake.goal_states, horizon=H)[lake.start_state])
+    exact_success = float(
+        solve.state_success_probabilities(lake.mdp, policy, lake.goal_states, horizon=H)[lake.start_state]
+    )
     exact_return = float(solve.evaluate(lake.mdp, policy, horizon=H)[0, lake.start_state])
     success, returns, truncated = rollout(lake, policy, N_EPISODES, seed=2024)
     centre, half = wilson(int(success.sum()), N_EPISODES)
@@ -77,7 +78,7 @@ def test_discounted_optimal_policy_success_and_return(lake):
     assert_in_ci(mean, Z * sd / math.sqrt(N_EPISODES), exact_return, "discounted return within 100 steps")
     # the time limit matters here: some episodes were truncated, and the untruncated success is larger
     assert truncated.any()
-    assert solve.success_probability(lake.mdp, policy, lake.goal_states)[lake.start_state] > exact_success
+    assert solve.state_success_probabilities(lake.mdp, policy, lake.goal_states)[lake.start_state] > exact_success
     # and the discounted value of the whole (untruncated) episode is larger than the time-limited one
     assert sol.values[lake.start_state] > exact_return
 
@@ -90,10 +91,15 @@ def test_time_limited_optimal_policy_success(lake):
     assert policy.shape == (H, lake.n_states)
     exact = float(fh.values[0, lake.start_state])
     assert exact == pytest.approx(
-        float(solve.success_probability(lake.mdp, policy, lake.goal_states, horizon=H)[lake.start_state]), abs=1e-12
+        float(solve.state_success_probabilities(lake.mdp, policy, lake.goal_states, horizon=H)[lake.start_state]),
+        abs=1e-12,
     )
     stationary = np.asarray(solve.policy_iteration(lake.mdp).policy)
-    assert exact >= solve.success_probability(lake.mdp, stationary, lake.goal_states, horizon=H)[lake.start_state] - 1e-12
+    assert (
+        exact
+        >= solve.state_success_probabilities(lake.mdp, stationary, lake.goal_states, horizon=H)[lake.start_state]
+        - 1e-12
+    )
     success, _, _ = rollout(lake, policy, N_EPISODES, seed=7)
     centre, half = wilson(int(success.sum()), N_EPISODES)
     assert_in_ci(centre, half, exact, "time-limited optimal success probability")

@@ -111,7 +111,9 @@ def test_odds_ratio_term_matches_trl_orpo_trainer():
     a_c = torch.tensor([-0.1, -2.0, -1e-6, -30.0])
     a_r = torch.tensor([-1.5, -0.2, -3.0, -1e-6])
     trl_losses, trl_c, _, _, trl_log_odds = orpo_mod.ORPOTrainer.odds_ratio_loss(fake, a_c, a_r)
-    ours = orpo_loss(a_c[:, None], torch.ones(4, 1, dtype=torch.bool), a_r[:, None], torch.ones(4, 1, dtype=torch.bool), lam=0.25)
+    ours = orpo_loss(
+        a_c[:, None], torch.ones(4, 1, dtype=torch.bool), a_r[:, None], torch.ones(4, 1, dtype=torch.bool), lam=0.25
+    )
     torch.testing.assert_close(-0.25 * ours.odds_ratio_loss, trl_losses, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(ours.log_odds.mean(), trl_log_odds, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ours.chosen_rewards, trl_c, rtol=0, atol=0)

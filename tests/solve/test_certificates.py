@@ -1,6 +1,6 @@
 """Certified bounds against exact arithmetic, float64's floor, and the soft solver at gamma = 1 (issue 9).
 
-The answer keys (tests/exact_oracles.py) never call the solvers: V* by enumerating every deterministic policy in
+The answer keys (tests/support/exact_oracles.py) never call the solvers: V* by enumerating every deterministic policy in
 exact rationals, finite horizons by exact backward induction, soft optima in 50-digit decimal arithmetic.
 """
 from __future__ import annotations
@@ -12,15 +12,28 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given, settings, strategies as st
-
 from exact_oracles import (
-    exact_finite_horizon, exact_optimum, exact_optimum_by_improvement, max_error, random_small_mdp, soft_optimum,
+    exact_finite_horizon,
+    exact_optimum,
+    exact_optimum_by_improvement,
+    max_error,
+    random_small_mdp,
+    soft_optimum,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve import (
-    CertificateFloorWarning, ConvergenceError, UnboundedMDPError, finite_horizon, linear_program, policy_iteration, soft_loop_gains,
-    soft_value_iteration, value_iteration,
+    CertificateFloorWarning,
+    ConvergenceError,
+    UnboundedMDPError,
+    finite_horizon,
+    linear_program,
+    policy_iteration,
+    soft_loop_gains,
+    soft_value_iteration,
+    value_iteration,
 )
 from mdpalign.solve._rounding import TRANSCENDENTAL_ULPS, U, row_sums, shifted_backup
 
@@ -46,7 +59,7 @@ def sweeps(call, mdp):
 def useful(mdp, values, tol: float = 1e-10) -> float:
     """A generous ceiling that rules out useless bounds (inf, or far above float64's floor): ``tol``, or where that
     is below the floor, 300 (1 + C) u |V| with C = gamma / (1 - gamma) (the floor is about
-    (1 + C) (k + 7) u (|R| + |W|) + u |V|, module docstring of mdpalign.solve._core); 1e-9 |V| at gamma = 1."""
+    (1 + C) (k + 7) u (|R| + |W|) + u |V|, module docstring of mdpalign.solve.certificates); 1e-9 |V| at gamma = 1."""
     scale = max(1.0, float(np.max(np.abs(values))))
     if mdp.gamma == 1.0:
         return max(tol, 1e-9 * scale)

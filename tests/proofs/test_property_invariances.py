@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from scipy.special import expit, logit
 
 from mdpalign.envs.bandits import k_armed_bandit, preference_pairs, random_contextual_bandit
-from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
 from mdpalign.harness.offline import (
     certified_logit_error,
     crlft_loss_closure,
@@ -22,6 +21,7 @@ from mdpalign.harness.offline import (
     sft_loss_closure,
     tabular_policy,
 )
+from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -36,7 +36,7 @@ def test_every_loss_is_invariant_to_a_per_state_logit_shift(seed, X, K, beta):
     """THEORY: every loss is invariant to theta_x -> theta_x + c(x) (the policy does not change);
     parameter MSE is NOT — a reason to distrust it as a metric."""
     b = random_contextual_bandit(X, K, seed=seed)
-    W = preference_pairs(b, labels="bt").weight_tensor()
+    W = preference_pairs(b, labels="bt").weight_table()
     D = np.random.default_rng(seed).dirichlet(np.ones(2 * K), size=X).reshape(X, 2, K)
     pol = tabular_policy(X, K, seed=seed, init_scale=1.0)
     losses = {
@@ -89,7 +89,7 @@ def test_trained_dpo_is_permutation_equivariant(seed, K, beta):
     so the two runs' differences agree within the sum of the two bounds.
     """
     b = k_armed_bandit(K, seed=seed)
-    W = preference_pairs(b).weight_tensor()
+    W = preference_pairs(b).weight_table()
     perm = np.random.default_rng(seed).permutation(K)
     Wp = W[:, perm][:, :, perm]
     refp = b.ref_policy[:, perm]
@@ -230,7 +230,7 @@ def test_dpo_deterministic_limit_policy_reached(seed, K):
     data = preference_pairs(b, labels="deterministic")
     opt = dpo_optimum(b.ref_policy, data, 1.0)
     pol = tabular_policy(1, K, seed=seed)
-    res = fit_tabular(pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), 1.0), tol=1e-6, max_iter=3000)
+    res = fit_tabular(pol, dpo_loss_closure(pol, b.ref_policy, data.weight_table(), 1.0), tol=1e-6, max_iter=3000)
     tol = res.grad_norm * K / data.weight.min() / b.ref_policy.min()
     chk = opt.check(log_probs=pol.log_probs_table().detach(), tol=tol)
     assert chk.ok, chk.detail

@@ -6,12 +6,23 @@ import itertools
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve import (
-    SolverError, UnboundedMDPError, evaluate, finite_horizon, is_proper, linear_program, occupancy,
-    policy_iteration, soft_value_iteration, solve, success_probability, value_iteration,
+    SolverError,
+    UnboundedMDPError,
+    evaluate,
+    finite_horizon,
+    is_proper,
+    linear_program,
+    occupancy,
+    policy_iteration,
+    soft_value_iteration,
+    solve,
+    state_success_probabilities,
+    value_iteration,
 )
 
 
@@ -20,7 +31,8 @@ def random_mdp(seed: int, S: int, A: int, gamma: float, sparse: bool, n_terminal
                zero_cost: bool = False, density: float = 0.4) -> TabularMDP:
     """Random MDP with terminal states; at gamma = 1 guaranteed proper and without positive cycles.
 
-    The last ``n_terminal`` states are terminal (none is allowed when gamma < 1). Transitions: random sparse rows; action 0 of
+    The last ``n_terminal`` states are terminal (none is allowed when gamma < 1). Transitions: random sparse rows;
+    action 0 of
     state s additionally moves to s+1 (or a terminal state) with probability >= 0.2, so "always
     action 0" is proper. Rewards: a bonus for *entering* a terminal state (expected over the
     row) minus a non-negative cost (zero when ``zero_cost``: Frozen-Lake-like, many ties and
@@ -167,7 +179,7 @@ def test_frozen_lake_8x8_gamma_one_policies_are_proper():
     for sol in sols:
         assert is_proper(mdp, sol.policy), sol.method
         assert np.max(np.abs(sol.values - v)) <= 1e-9
-        succ = success_probability(mdp, sol.policy, lake.goal_states)
+        succ = state_success_probabilities(mdp, sol.policy, lake.goal_states)
         # reaching G is the only reward, so the success probability equals the value (off G itself)
         off_goal = np.ones(mdp.n_states, dtype=bool)
         off_goal[list(lake.goal_states)] = False
@@ -349,7 +361,7 @@ def test_finite_horizon_matches_brute_force(seed, H, gamma):
     assert sol.values.shape == (H + 1, 3) and sol.policy.shape == (H, 3) and sol.q_values.shape == (H, 3, 2)
     np.testing.assert_allclose(sol.values[0], _brute_force_horizon(mdp, H), atol=1e-12)
     np.testing.assert_allclose(evaluate(mdp, sol.policy, horizon=H), sol.values, atol=1e-12)
-    # the recursion is exact; the bound is its float64 rounding (tests/test_solve_certificates.py checks it
+    # the recursion is exact; the bound is its float64 rounding (tests/solve/test_certificates.py checks it
     # against exact rational backward induction)
     assert np.all(sol.values[H] == 0.0) and 0.0 < sol.error_bound <= 1e-13
 
@@ -368,7 +380,7 @@ def test_time_limited_frozen_lake_matches_known_value():
 
     lake = frozen_lake("4x4", slippery=True, gamma=1.0)
     sol = finite_horizon(lake.mdp, lake.max_episode_steps)
-    succ = success_probability(lake.mdp, sol.policy, lake.goal_states, horizon=lake.max_episode_steps)
+    succ = state_success_probabilities(lake.mdp, sol.policy, lake.goal_states, horizon=lake.max_episode_steps)
     assert succ[lake.start_state] == pytest.approx(sol.values[0, lake.start_state], abs=1e-12)
     # the untimed optimum is 1 from the start; 100 steps leave about 0.74
     assert 0.70 < sol.values[0, lake.start_state] < 0.80
@@ -403,12 +415,12 @@ def test_evaluate_occupancy_success_against_power_series(params, seed):
     np.testing.assert_allclose(occupancy(mdp, pi, horizon=400), d, atol=1e-10)
     # success probability: the linear solve satisfies h = 1_G + 1_{not G} P_pi h ...
     goal = np.flatnonzero(mdp.terminal) if mdp.terminal.any() else np.array([0])
-    h = success_probability(mdp, pi, goal)
+    h = state_success_probabilities(mdp, pi, goal)
     is_goal = np.isin(np.arange(mdp.n_states), goal)
     np.testing.assert_allclose(h, np.where(is_goal, 1.0, P_pi @ h), atol=1e-10)
     if mdp.terminal.any():
         # ... and equals the limit of the finite-horizon recursion (hitting the absorbing set)
-        np.testing.assert_allclose(h, success_probability(mdp, pi, goal, horizon=3000), atol=1e-8)
+        np.testing.assert_allclose(h, state_success_probabilities(mdp, pi, goal, horizon=3000), atol=1e-8)
     assert np.all(h >= -1e-12) and np.all(h <= 1 + 1e-12)
 
 
@@ -454,8 +466,8 @@ def test_solve_dispatcher():
     (lambda m: finite_horizon(m, -2), "horizon"),
     (lambda m: finite_horizon(m, 2.5), "horizon"),
     (lambda m: occupancy(m, np.zeros((2, 4), dtype=np.int64)), "shape"),
-    (lambda m: success_probability(m, np.zeros(4, dtype=np.int64), [7]), "outside"),
-    (lambda m: success_probability(m, np.zeros(4, dtype=np.int64), []), "empty"),
+    (lambda m: state_success_probabilities(m, np.zeros(4, dtype=np.int64), [7]), "outside"),
+    (lambda m: state_success_probabilities(m, np.zeros(4, dtype=np.int64), []), "empty"),
     (lambda m: value_iteration(m, tol=0.0), "tol"),
     (lambda m: policy_iteration(m, tol=-1.0), "tol"),
     (lambda m: policy_iteration(m, linear_solver="cholesky"), "linear_solver"),

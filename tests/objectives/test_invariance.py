@@ -3,7 +3,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdpalign.objectives import crlft_loss, dpo_loss, ift_loss, ift_two_pass, orpo_loss, sequence_logps, sft_loss, successor_from_table
+from mdpalign.objectives import (
+    crlft_loss,
+    dpo_loss,
+    ift_loss,
+    ift_two_pass,
+    orpo_loss,
+    sequence_logps,
+    sft_loss,
+    successor_from_table,
+)
 from mdpalign.policies import TabularPolicy
 
 S, A = 4, 3

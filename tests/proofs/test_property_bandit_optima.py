@@ -13,6 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdpalign.envs.bandits import preference_pairs, random_contextual_bandit
+from mdpalign.harness.offline import (
+    crlft_loss_closure,
+    dpo_loss_closure,
+    fit_and_check,
+    fit_tabular,
+    kl_rl_loss_closure,
+    orpo_loss_closure,
+    sft_loss_closure,
+    tabular_policy,
+)
 from mdpalign.proofs import (
     NoFiniteOptimum,
     PinnedDifferences,
@@ -24,16 +34,6 @@ from mdpalign.proofs import (
     kl_rl_optimum,
     orpo_optimum,
     sft_optimum,
-)
-from mdpalign.harness.offline import (
-    crlft_loss_closure,
-    dpo_loss_closure,
-    fit_and_check,
-    fit_tabular,
-    kl_rl_loss_closure,
-    orpo_loss_closure,
-    sft_loss_closure,
-    tabular_policy,
 )
 
 GRAD_TOL = 1e-8
@@ -58,7 +58,9 @@ def _assert_ok(chk, bound):
 @given(seed=seeds, X=contexts, K=arms)
 def test_sft_reaches_empirical_distribution(seed, X, K):
     """THEORY SFT: pi(y|x) = D(y|x) (full support: unique, certified tolerance)."""
-    D = np.random.default_rng(seed).dirichlet(np.ones(K), size=X) * np.random.default_rng(seed + 1).uniform(0.5, 1, (X, 1))
+    D = np.random.default_rng(seed).dirichlet(np.ones(K), size=X) * np.random.default_rng(seed + 1).uniform(
+        0.5, 1, (X, 1)
+    )
     opt = sft_optimum(D)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(X, K, seed=seed)
@@ -105,9 +107,11 @@ def test_dpo_all_pairs_bt_reaches_kl_rl_optimum(seed, X, K, beta):
     opt = dpo_optimum(b.ref_policy, data, beta)
     assert isinstance(opt, UniqueOptimum)
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), beta))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_table(), beta))
     _assert_ok(chk, bound)
-    _assert_ok(kl_rl_optimum(b.rewards, b.ref_policy, beta).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound)
+    _assert_ok(
+        kl_rl_optimum(b.rewards, b.ref_policy, beta).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound
+    )
 
 
 @settings(max_examples=N)
@@ -148,7 +152,7 @@ def test_dpo_partial_coverage_is_not_unique(seed, X, K, beta):
     reach the same loss (to ~||grad||^2/mu) with different free mass, and both satisfy the pins."""
     b = _bandit(seed, X, K)
     data = preference_pairs(b, coverage="partial", labels="bt", connected=False, seed=seed)
-    W = data.weight_tensor()
+    W = data.weight_table()
     opt = dpo_optimum(b.ref_policy, data, beta)
     assert isinstance(opt, PinnedDifferences)
     probs, losses = [], []
@@ -177,7 +181,7 @@ def test_ipo_reaches_graph_least_squares(seed, X, K, tau, setup):
     opt = ipo_optimum(b.ref_policy, data, tau)
     assert opt.attained
     pol = tabular_policy(X, K, seed=seed)
-    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_tensor(), tau, "ipo"))
+    _, chk, bound = fit_and_check(opt, pol, dpo_loss_closure(pol, b.ref_policy, data.weight_table(), tau, "ipo"))
     _assert_ok(chk, bound)
 
 
@@ -185,7 +189,7 @@ def test_ipo_reaches_graph_least_squares(seed, X, K, tau, setup):
 @given(q=st.floats(0.05, 0.95), lam=st.floats(0.05, 3.0), seed=seeds)
 def test_orpo_two_arm_contradictory_reaches_root(q, lam, seed):
     """THEORY ORPO K=2, contradictory rate q: optimum u* with sigma(u) + 2 lam sigma(2u) = q(1 + 2 lam)
-    (it flattens q; see tests/test_proofs_closed_forms.py)."""
+    (it flattens q; see tests/proofs/test_closed_forms.py)."""
     W = np.array([[[0.0, q], [1 - q, 0.0]]])
     opt = orpo_optimum(W, lam)
     assert isinstance(opt, UniqueOptimum)
@@ -236,4 +240,7 @@ def test_crlft_reaches_class_weighted_sft(seed, X, K, beta, conditioned):
     _, chk, bound = fit_and_check(opt, pol, crlft_loss_closure(pol, D, w, conditioned=conditioned))
     _assert_ok(chk, bound)
     if conditioned:  # the weights cancel: the same optimum as with equal weights
-        _assert_ok(crlft_optimum(D, [1.0, 1.0], conditioned=True).check(log_probs=pol.log_probs_table().detach(), tol=bound), bound)
+        _assert_ok(
+            crlft_optimum(D, [1.0, 1.0], conditioned=True).check(log_probs=pol.log_probs_table().detach(), tol=bound),
+            bound,
+        )

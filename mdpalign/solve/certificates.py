@@ -1,4 +1,4 @@
-"""Shared machinery of the exact solvers: result types, errors, linear solves, certificates.
+"""Certified error bounds of the exact solvers (gamma < 1 and gamma = 1) and the iterations they stop.
 
 Conventions used by every solver
 --------------------------------
@@ -80,193 +80,34 @@ the values are unbounded: :class:`UnboundedMDPError`.
 """
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import scipy.linalg as sla
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
-from mdpalign.errors import MdpalignError
-from mdpalign.mdp import TabularMDP, reachable_mask
+from mdpalign.mdp import TabularMDP
 from mdpalign.solve._rounding import (
-    SAFETY, U, exact_q_row, gamma_k, round_down, round_up, row_sums, shifted_backup, successor_range,
+    EPS,
+    SAFETY,
+    U,
+    exact_q_row,
+    gamma_k,
+    round_down,
+    round_up,
+    row_sums,
+    shifted_backup,
+    successor_range,
 )
+from mdpalign.solve.backups import q_values
+from mdpalign.solve.linear import evaluate_deterministic, refine_evaluation
+from mdpalign.solve.properness import is_proper
+from mdpalign.solve.results import CertificateFloorWarning, ConvergenceError, UnboundedMDPError
 
-__all__ = [
-    "Solution", "SoftSolution", "SolverError", "UnboundedMDPError", "ConvergenceError", "CertificateFloorWarning",
-    "Certificate", "discounted_certificate", "iterate_discounted", "macqueen_bounds", "proper_greedy_policy",
-    "is_proper", "ssp_certificate", "hard_ssp_bound",
-]
-
-EPS = np.finfo(np.float64).eps
-#: Below this many unknowns the policy-evaluation system is solved densely (LAPACK).
-DENSE_LIMIT = 1500
-#: From this many unknowns a dense evaluation first tries a short GMRES run (see make_solver).
-DENSE_KRYLOV_MIN = 400
-#: Up to this many unknowns a sparse system is factorised (SuperLU); above it GMRES + ILU.
-SPARSE_DIRECT_LIMIT = 300_000
 #: Sweeps of the gamma = 1 super-solution search (each one backup, plus exact checks of undecided rows).
 SUPERSOLUTION_SWEEPS = 200
 
-
-class SolverError(MdpalignError, ValueError):
-    """Bad solver input (tolerance, temperature, policy shape, ...); the message says which."""
-
-
-class UnboundedMDPError(SolverError):
-    """At ``gamma = 1`` some policy cycles forever among non-terminal states with positive mean reward (for the
-    KL-regularised values: positive mean reward minus beta times the KL penalty)."""
-
-
-class ConvergenceError(MdpalignError, RuntimeError):
-    """The solver hit ``max_iter`` before its certified bound reached ``tol``."""
-
-
-class CertificateFloorWarning(UserWarning):
-    """The returned ``error_bound`` is above the requested ``tol`` because float64 cannot certify ``tol`` here.
-
-    The message names the bound that was reached and the rounding floor (module docstring of
-    ``mdpalign.solve._core``); the solution is still returned, with its honest bound.
-    """
-
-
-@dataclass(frozen=True)
-class Solution:
-    """Result of an exact solver.
-
-    Infinite horizon: ``values`` (S,), ``q_values`` (S, A), ``policy`` (S,) int64 greedy and
-    deterministic. Finite horizon H (:func:`~mdpalign.solve.finite_horizon`): ``values`` (H+1, S)
-    with ``values[t]`` the optimal value at time ``t``, i.e. with ``H - t`` steps left
-    (``values[H] = 0``); ``q_values`` (H, S, A); ``policy`` (H, S).
-
-    ``error_bound`` is a certified bound on ``max_s |values[s] - V*(s)|``, rounding included (see the module
-    docstring of ``mdpalign.solve._core``; at ``gamma = 1`` ``V*`` is the optimum over proper policies).
-    """
-
-    values: np.ndarray
-    q_values: np.ndarray
-    policy: np.ndarray
-    error_bound: float
-    iterations: int
-    method: str
-    elapsed: float
-    horizon: int | None = None
-
-
-@dataclass(frozen=True)
-class SoftSolution(Solution):
-    """Solution of the KL-regularised problem; ``policy`` is the argmax of ``policy_probs``.
-
-    ``policy_probs`` (S, A) = ``pi_ref * exp((Q - V) / beta)`` normalised per state (computed as
-    ``softmax(log pi_ref + Q / beta)`` so that rows sum to 1 exactly); ``log_policy`` its log
-    (``-inf`` where the reference is 0).
-    """
-
-    policy_probs: np.ndarray = field(default=None)
-    log_policy: np.ndarray = field(default=None)
-    beta: float = float("nan")
-
-
-# ----------------------------------------------------------------------------- checks
-def check_tol(tol: float) -> float:
-    tol = float(tol)
-    if not np.isfinite(tol) or tol <= 0:
-        raise SolverError(f"tol must be a positive finite number; got {tol!r}")
-    return tol
-
-
-def check_max_iter(max_iter: int) -> int:
-    if int(max_iter) != max_iter or max_iter < 1:
-        raise SolverError(f"max_iter must be a positive integer; got {max_iter!r}")
-    return int(max_iter)
-
-
-def check_mdp(mdp) -> TabularMDP:
-    if not isinstance(mdp, TabularMDP):
-        raise SolverError(f"expected a mdpalign.TabularMDP; got {type(mdp).__name__}")
-    return mdp
-
-
-def check_horizon(horizon) -> int:
-    if isinstance(horizon, (bool, np.bool_)) or int(horizon) != horizon or horizon < 0:
-        raise SolverError(f"horizon must be a non-negative integer; got {horizon!r}")
-    return int(horizon)
-
-
-def check_deterministic_policy(mdp: TabularMDP, policy) -> np.ndarray:
-    policy = np.asarray(policy)
-    S, A = mdp.n_states, mdp.n_actions
-    if policy.shape != (S,) or not np.issubdtype(policy.dtype, np.integer):
-        raise SolverError(f"a deterministic policy must be an integer array of shape ({S},); "
-                          f"got shape {policy.shape}, dtype {policy.dtype}")
-    if policy.min() < 0 or policy.max() >= A:
-        bad = np.flatnonzero((policy < 0) | (policy >= A))
-        raise SolverError(f"policy has actions outside [0, {A}) at states {bad[:5].tolist()}")
-    return policy.astype(np.int64)
-
-
-def policy_matrix(mdp: TabularMDP, policy) -> np.ndarray:
-    """(S, A) probabilities of a deterministic (S,) or stochastic (S, A) policy; SolverError if invalid."""
-    try:
-        return mdp.policy_as_matrix(policy)
-    except ValueError as exc:
-        raise SolverError(str(exc)) from exc
-
-
-# ----------------------------------------------------------------------------- backups
-def q_values(mdp: TabularMDP, values: np.ndarray) -> np.ndarray:
-    """``Q = R + gamma P V`` with terminal rows 0."""
-    return mdp.q_from_values(values)
-
-
-def greedy_backup(mdp: TabularMDP, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(T V, Q)``."""
-    q = q_values(mdp, values)
-    return q.max(axis=1), q
-
-
-def macqueen_bounds(mdp: TabularMDP, values: np.ndarray, backed_up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds on ``V*`` from one backup ``backed_up = T values`` (gamma < 1), in exact arithmetic.
-
-    ``T V + C min(min d, 0) <= V* <= T V + C max(max d, 0)`` with ``d = T V - V`` over the non-terminal states
-    and ``C = gamma / (1 - gamma)`` (clipping at 0 dropped without terminal states): equation (1) of the module
-    docstring for rows summing to exactly 1, taking ``backed_up`` as the exact backup. It does not account for
-    rounding; the solvers use :func:`discounted_certificate`, which does.
-    """
-    gamma = mdp.gamma
-    if gamma >= 1.0:
-        raise ValueError("MacQueen bounds need gamma < 1")
-    nonterm = ~mdp.terminal
-    d = (backed_up - values)[nonterm]
-    c = gamma / (1.0 - gamma)
-    low, high = span_limits(mdp, d)
-    lo = backed_up + c * low
-    hi = backed_up + c * high
-    lo[mdp.terminal] = 0.0
-    hi[mdp.terminal] = 0.0
-    return lo, hi
-
-
-def span_limits(mdp: TabularMDP, d: np.ndarray) -> tuple[float, float]:
-    """``(min d, max d)``, clipped to include 0 when the MDP has terminal states.
-
-    Without terminal states ``T(V + c) = T V + gamma c`` (up to the row-sum defect) and the unclipped span gives
-    MacQueen's original (much tighter, for fast-mixing chains) bounds; mass that enters a terminal state drops
-    the constant, which is the same as counting ``d = 0`` there.
-    """
-    low, high = float(np.min(d, initial=0.0 if d.size == 0 else np.inf)), float(np.max(d, initial=-np.inf))
-    if d.size == 0:
-        return 0.0, 0.0
-    if mdp.terminal.any():
-        low, high = min(low, 0.0), max(high, 0.0)
-    return low, high
-
-
-# ----------------------------------------------------------------------------- certificates, gamma < 1
+# ----------------------------------------------------------------------------- gamma < 1
 @dataclass(frozen=True)
 class Certificate:
     """A certified value vector (gamma < 1): ``max |values - V*| <= bound``, rounding included.
@@ -285,24 +126,6 @@ class Certificate:
     X: np.ndarray
     E_X: np.ndarray
     relative: np.ndarray
-
-
-def hard_reduce(X: np.ndarray, E_X: np.ndarray | None = None):
-    """``max_a`` of a (shifted) backup; with ``E_X`` also its rounding bound.
-
-    The exact maximum lies in ``[max(X - E), max(X + E)]``, so the computed ``max X`` errs by at most the larger
-    distance to those ends, ``max_a (X_a - max X + E_a)`` and ``max X - max_a (X_a - E_a)``: an action whose error
-    is large but that cannot be the maximiser does not count. The differences ``X_a - max X`` are exact for the
-    near-maximal actions (Sterbenz) and the remaining roundings are within ``4 u max E`` of the actions that
-    matter (those with ``X_a - max X + E_a >= 0``, i.e. ``|X_a - max X| <= E_a``).
-    """
-    TX = X.max(axis=1)
-    if E_X is None:
-        return TX
-    gap = X - TX[:, None]
-    up = (gap + E_X).max(axis=1)
-    down = -(gap - E_X).max(axis=1)
-    return TX, SAFETY * (np.maximum(up, down) * (1 + 4 * U) + 4 * U * E_X.max(axis=1))
 
 
 def _macqueen_constants(mdp: TabularMDP) -> tuple[Fraction, Fraction] | None:
@@ -370,7 +193,10 @@ def discounted_certificate(mdp: TabularMDP, c: float, W: np.ndarray, reduce, mid
     dn, en = d[nonterm], E_d[nonterm]
     lo, hi = float(np.min(dn - en)), float(np.max(dn + en))
     # fl(a -+ b) may round inward by u|a -+ b|; push the scalars outward by that much
-    lo, hi = round_down(Fraction(lo) - Fraction(U) * abs(Fraction(lo))), round_up(Fraction(hi) + Fraction(U) * abs(Fraction(hi)))
+    lo, hi = (
+        round_down(Fraction(lo) - Fraction(U) * abs(Fraction(lo))),
+        round_up(Fraction(hi) + Fraction(U) * abs(Fraction(hi))),
+    )
     if mdp.terminal.any():
         lo, hi = min(lo, 0.0), max(hi, 0.0)
     up = (c_out if hi >= 0 else c_in) * Fraction(hi)
@@ -399,11 +225,15 @@ def discounted_certificate(mdp: TabularMDP, c: float, W: np.ndarray, reduce, mid
 def warn_floor(method: str, bound: float, tol: float, floor: float, values: np.ndarray, gamma: float,
                hint: str = "") -> None:
     """Emit :class:`CertificateFloorWarning` for a returned bound above ``tol``."""
-    warnings.warn(CertificateFloorWarning(
-        f"{method}: certified error {bound:.3g} is above tol={tol:g}; float64 cannot certify much below "
-        f"{floor:.2g} here (gamma={gamma:g}, max|V|={float(np.max(np.abs(values), initial=0.0)):.3g}; the floor "
-        f"formula is in the docstring of mdpalign.solve._core){hint}. The returned error_bound is the honest one."),
-        stacklevel=3)
+    warnings.warn(
+        CertificateFloorWarning(
+            f"{method}: certified error {bound:.3g} is above tol={tol:g}; float64 cannot certify much below "
+            f"{floor:.2g} here (gamma={gamma:g}, max|V|={float(np.max(np.abs(values), initial=0.0)):.3g}; the floor "
+            f"formula is in the docstring of mdpalign.solve.certificates){hint}. The returned error_bound is the "
+            "honest one."
+        ),
+        stacklevel=3,
+    )
 
 
 def iterate_discounted(mdp: TabularMDP, reduce, tol: float, max_iter: int, initial: np.ndarray,
@@ -496,253 +326,6 @@ def iterate_discounted(mdp: TabularMDP, reduce, tol: float, max_iter: int, initi
         f"{method} reached max_iter={max_iter} with certified error {cert.bound:.3g} > tol={tol:g} (rounding floor "
         f"here {cert.floor:.2g}); raise max_iter or tol, or use policy_iteration"
     )
-
-# ----------------------------------------------------------------------------- properness
-def _reaches_terminal(mdp: TabularMDP, P_support) -> np.ndarray:
-    """Boolean (S,): states from which the chain with support ``P_support`` (S x S) reaches a terminal state."""
-    return reachable_mask(sp.csr_matrix(P_support).T, np.flatnonzero(mdp.terminal))
-
-
-def is_proper(mdp: TabularMDP, policy) -> bool:
-    """Whether ``policy`` (deterministic or stochastic) reaches a terminal state w.p. 1 from every state.
-
-    For a finite chain this is: from every state some path of positive probability reaches the
-    terminal set (otherwise a closed class of non-terminal states exists).
-    """
-    pi = policy_matrix(mdp, policy)
-    P_pi, _ = mdp.policy_transitions(pi)
-    P_pi = sp.csr_matrix(P_pi)
-    P_pi.data = (P_pi.data > 0).astype(np.float64)
-    P_pi.eliminate_zeros()
-    return bool(_reaches_terminal(mdp, P_pi).all())
-
-
-def _as_csc_flat(mdp: TabularMDP) -> sp.csc_matrix:
-    flat = mdp.transition_matrix
-    return sp.csc_matrix(flat) if not sp.issparse(flat) else flat.tocsc()
-
-
-def proper_greedy_policy(mdp: TabularMDP, q: np.ndarray, tie_tol: float) -> tuple[np.ndarray, bool]:
-    """Greedy policy on ``q`` whose ties are broken toward termination (the "attractor").
-
-    ``O(s) = {a : q[s, a] >= max_a q[s, a] - tie_tol}``. Start from ``T_0`` = terminal states and
-    repeatedly add every state ``s`` with an action ``a in O(s)`` that enters the current set
-    with positive probability, assigning the best such ``a``. By induction every added state
-    reaches the terminal set with positive probability along its assigned actions, so on the
-    added states the policy is proper. States never added have no optimal action leading toward
-    termination: the optimum there is improper (e.g. a zero-reward loop that beats every way
-    out). Those get, by the same construction with *all* actions allowed, the best action that
-    leads toward termination, so the returned policy is always proper (a proper policy exists by
-    TabularMDP's validation at gamma = 1); the flag says whether every state got an action in
-    ``O(s)``.
-
-    Returns ``(policy, all_near_optimal)``.
-    """
-    S, A = mdp.n_states, mdp.n_actions
-    q = np.asarray(q, dtype=np.float64)
-    qmax = q.max(axis=1)
-    near_opt = q >= (qmax - tie_tol)[:, None]
-    policy = q.argmax(axis=1).astype(np.int64)
-    in_set = mdp.terminal.copy()
-    P_csc = _as_csc_flat(mdp)
-    indptr, indices, data = P_csc.indptr, P_csc.indices, P_csc.data
-    # rank actions: near-optimal first, then by q.
-    score = np.where(near_opt, 1.0, 0.0)
-
-    def grow(frontier: np.ndarray, allowed: np.ndarray) -> None:
-        while frontier.size:
-            starts, ends = indptr[frontier], indptr[frontier + 1]
-            lengths = ends - starts
-            if lengths.sum() == 0:
-                return
-            idx = np.repeat(starts - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
-            rows = indices[idx][data[idx] > 0]
-            s, a = np.divmod(rows, A)
-            keep = ~in_set[s] & allowed[s, a]
-            s, a = s[keep], a[keep]
-            if s.size == 0:
-                return
-            # per state, the best candidate action: highest (near-optimal, q)
-            order = np.lexsort((-q[s, a], -score[s, a], s))
-            s, a = s[order], a[order]
-            first = np.ones(s.size, dtype=bool)
-            first[1:] = s[1:] != s[:-1]
-            s, a = s[first], a[first]
-            policy[s] = a
-            in_set[s] = True
-            frontier = s
-
-    grow(np.flatnonzero(in_set), near_opt)
-    all_near_optimal = bool(in_set.all())
-    if not all_near_optimal:
-        grow(np.flatnonzero(in_set), np.ones((S, A), dtype=bool))
-        if not in_set.all():  # pragma: no cover - TabularMDP guarantees a proper policy at gamma = 1
-            raise UnboundedMDPError(f"no proper policy: states {np.flatnonzero(~in_set)[:10].tolist()} cannot terminate")
-    return policy, all_near_optimal
-
-
-# ----------------------------------------------------------------------------- linear solves
-def _restrict(M, idx: np.ndarray):
-    if sp.issparse(M):
-        M = M.tocsr()[idx][:, idx]
-        return M
-    return M[np.ix_(idx, idx)]
-
-
-def deterministic_P(mdp: TabularMDP, policy: np.ndarray):
-    """``P_pi`` (S x S), dense or CSR, for a deterministic policy (no Python loop)."""
-    S, A = mdp.n_states, mdp.n_actions
-    if mdp.is_sparse:
-        return mdp.transition_matrix[np.arange(S) * A + policy]
-    return mdp.P[np.arange(S), policy]
-
-
-def make_solver(M, method: str = "auto"):
-    """A function ``b -> x`` solving ``M x = b`` for a policy-evaluation matrix ``M = I - gamma P_pi`` (restricted).
-
-    ``method``: ``"direct"`` (LAPACK for dense or small, SuperLU for sparse; the factorisation is kept, so
-    further right-hand sides — iterative refinement, expected steps — cost a triangular solve), ``"gmres"``
-    (GMRES with an incomplete-LU preconditioner) or ``"auto"`` (dense LAPACK below 1500 unknowns, SuperLU up to
-    300k, GMRES above; a dense system from 400 unknowns first tries at most n/20 GMRES mat-vecs, which suffice
-    for fast-mixing chains such as random dense MDPs, before falling back to LU). The returned function takes
-    an optional warm start ``x0`` (used by GMRES).
-    """
-    if method not in ("auto", "direct", "gmres"):
-        raise SolverError(f"linear_solver must be 'auto', 'direct' or 'gmres'; got {method!r}")
-    n = M.shape[0]
-    if n == 0:
-        return _Solver(M, lambda b, x0=None: np.zeros(0))
-    state = {}
-
-    def lu(b):
-        if "lu" not in state:
-            if not sp.issparse(M) or n <= DENSE_LIMIT:
-                Md = M.toarray() if sp.issparse(M) else np.asarray(M)
-                with warnings.catch_warnings():  # an exactly singular factor is reported below, as an error
-                    warnings.simplefilter("ignore", sla.LinAlgWarning)
-                    factor = sla.lu_factor(Md, check_finite=False)
-                if not np.all(np.abs(np.diag(factor[0])) > 0):
-                    raise sla.LinAlgError("singular matrix: the policy-evaluation system has no unique solution")
-                state["lu"] = lambda rhs: sla.lu_solve(factor, rhs, check_finite=False)
-            else:
-                state["lu"] = spla.splu(sp.csc_matrix(M), permc_spec="COLAMD").solve
-        return state["lu"](b)
-
-    def krylov(b, x0, rtol=1e-14):
-        Mc = state.setdefault("csc", sp.csc_matrix(M))
-        if "prec" not in state:
-            try:
-                ilu = spla.spilu(Mc, drop_tol=1e-6, fill_factor=20)
-                state["prec"] = spla.LinearOperator(Mc.shape, ilu.solve)
-            except RuntimeError:  # singular ILU factor: run unpreconditioned
-                state["prec"] = None
-        x, info = spla.gmres(Mc, b, x0=x0, rtol=rtol, atol=0.0, restart=50, maxiter=200, M=state["prec"])
-        if info != 0:
-            x, info = spla.bicgstab(Mc, b, x0=x, rtol=rtol, atol=0.0, maxiter=5000, M=state["prec"])
-        return x
-
-    if method == "gmres":
-        return _Solver(M, lambda b, x0=None, rtol=1e-14: krylov(b, x0, rtol))
-    if method == "direct" or sp.issparse(M) or n < DENSE_KRYLOV_MIN:
-        if method == "auto" and sp.issparse(M) and n > SPARSE_DIRECT_LIMIT:
-            return _Solver(M, lambda b, x0=None, rtol=1e-14: krylov(b, x0, rtol))
-        return _Solver(M, lambda b, x0=None, rtol=None: lu(b))
-
-    def dense_auto(b, x0=None, rtol=1e-12):
-        # A dense LU costs ~n^3 flops, a mat-vec 2 n^2: try GMRES with at most n/20 mat-vecs first.
-        if not state.get("gmres_failed"):
-            restart = max(10, min(60, n // 20))
-            x, info = spla.gmres(np.asarray(M), b, x0=x0, rtol=rtol, atol=0.0, restart=restart, maxiter=1)
-            if info == 0:
-                return x
-            state["gmres_failed"] = True
-        return lu(b)
-
-    return _Solver(M, dense_auto)
-
-
-class _Solver:
-    """``solver(b, x0=None, rtol=None)`` solves ``M x = b`` (``rtol`` loosens an iterative method's tolerance:
-    enough for a refinement correction); ``solver.matrix`` is ``M`` (for refinement residuals)."""
-
-    def __init__(self, matrix, solve):
-        self.matrix, self._solve = matrix, solve
-
-    def __call__(self, b, x0=None, rtol=None):
-        return self._solve(b, x0) if rtol is None else self._solve(b, x0, rtol)
-
-
-def solve_linear(M, b: np.ndarray, method: str = "auto", x0: np.ndarray | None = None) -> np.ndarray:
-    """Solve ``M x = b`` once (see :func:`make_solver` for the methods)."""
-    return make_solver(M, method)(b, x0)
-
-
-def evaluation_system(mdp: TabularMDP, P, gamma: float | None = None):
-    """``I - gamma P`` restricted to the non-terminal states (dense or CSR, like ``P``)."""
-    gamma = mdp.gamma if gamma is None else gamma
-    nonterm = np.flatnonzero(~mdp.terminal)
-    Pn = _restrict(P, nonterm) if nonterm.size < mdp.n_states else P
-    n = nonterm.size
-    if sp.issparse(Pn):
-        return sp.identity(n, format="csr") - gamma * sp.csr_matrix(Pn)
-    return np.eye(n) - gamma * np.asarray(Pn)
-
-
-def evaluate_deterministic(mdp: TabularMDP, policy: np.ndarray, method: str = "auto",
-                           x0: np.ndarray | None = None, return_solver: bool = False):
-    """``V^pi`` for a deterministic policy: ``(I - gamma P_pi) V = r_pi`` on the non-terminal states.
-
-    At gamma = 1 the policy must be proper (else the matrix is singular). ``return_solver`` also returns the
-    factorised solver of :func:`make_solver` (for refinement and expected steps).
-    """
-    S = mdp.n_states
-    r = mdp.R[np.arange(S), policy]
-    solver = make_solver(evaluation_system(mdp, deterministic_P(mdp, policy)), method)
-    nonterm = ~mdp.terminal
-    V = np.zeros(S)
-    V[nonterm] = solver(r[nonterm], None if x0 is None else x0[nonterm])
-    return (V, solver) if return_solver else V
-
-
-def _evaluate_from(mdp: TabularMDP, P, r: np.ndarray, method: str = "auto", x0=None,
-                   gamma: float | None = None) -> np.ndarray:
-    nonterm = ~mdp.terminal
-    V = np.zeros(mdp.n_states)
-    V[nonterm] = solve_linear(evaluation_system(mdp, P, gamma), r[nonterm], method,
-                              None if x0 is None else x0[nonterm])
-    return V
-
-
-def refine_evaluation(mdp: TabularMDP, policy: np.ndarray, V: np.ndarray, solver, shift: bool,
-                      steps: int = 3) -> tuple[float, np.ndarray]:
-    """Iterative refinement of ``V ~ V^pi`` in the shifted form ``c + W`` (``c = 0`` unless ``shift``).
-
-    The residual ``T^pi V - V = (R_pi + gamma c zeta_pi - c (1 - gamma)) - (I - gamma P_pi) W`` (the identity of
-    :func:`~mdpalign.solve._rounding.shifted_backup` on the policy's rows) is rounded at the scale of ``W`` (the
-    values relative to their midrange) instead of ``|V|``; a correction solve with the kept factorisation then
-    brings ``W`` to the accuracy of that residual (classical refinement: the first solve only needs a few correct
-    digits, so an iterative method runs to ``rtol = 1e-6`` only). Further steps run only while the correction is
-    above rounding level. The result is just a better candidate: the certificate does not rely on it.
-    """
-    nonterm = ~mdp.terminal
-    rows = np.arange(mdp.n_states)
-    c = 0.0
-    if shift and nonterm.any():
-        c = 0.5 * (float(V[nonterm].max()) + float(V[nonterm].min()))
-    W = np.where(nonterm, V - c, 0.0)
-    fixed = (mdp.R[rows, policy] + (mdp.gamma * c) * row_sums(mdp).zeta[rows, policy] - c * (1.0 - mdp.gamma))
-    fixed = fixed[nonterm]
-    M = solver.matrix
-    w = W[nonterm]
-    for _ in range(steps):
-        delta = solver(fixed - np.asarray(M @ w).ravel(), rtol=1e-6)
-        if not np.all(np.isfinite(delta)):
-            break
-        w = w + delta
-        if float(np.max(np.abs(delta), initial=0.0)) <= 8 * U * max(float(np.max(np.abs(w), initial=0.0)), 1e-300):
-            break
-    W[nonterm] = w
-    return c, W
 
 
 # ----------------------------------------------------------------------------- gamma = 1
@@ -914,7 +497,3 @@ def ssp_certificate(mdp: TabularMDP, policy: np.ndarray, max_iter: int = 10_000,
             )
         policy = new
     raise ConvergenceError(f"policy iteration did not stabilise within {max_iter} iterations at gamma = 1")
-
-
-def timer() -> float:
-    return time.perf_counter()

@@ -7,7 +7,15 @@ import pytest
 from gymnasium.envs.toy_text.frozen_lake import MAPS
 
 from mdpalign.envs import (
-    DOWN, LEFT, RIGHT, UP, InvalidMapError, frozen_lake, simple_trajectories, two_path_lake, two_path_lake_from_map,
+    DOWN,
+    LEFT,
+    RIGHT,
+    UP,
+    InvalidMapError,
+    frozen_lake,
+    simple_trajectories,
+    two_path_lake,
+    two_path_lake_from_map,
 )
 
 CUSTOM = ["SFFH", "FHFF", "FFFG"]  # 3x4, not square, goal not in a corner row/col pattern of the named maps
@@ -181,7 +189,7 @@ def test_to_gymnasium_is_the_same_environment_with_time_limit():
     # time limit: bumping into the wall forever truncates after max_episode_steps
     short = lake.to_gymnasium(max_episode_steps=7)
     short.reset(seed=0)
-    for t in range(7):
+    for _t in range(7):
         _, _, term, trunc, _ = short.step(UP)
     assert trunc and not term
 

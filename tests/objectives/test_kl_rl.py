@@ -18,8 +18,14 @@ def test_value_matches_hand_sum():
     log_ref, r, mu = _problem()
     pi = torch.softmax(torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)), -1)
     beta = 0.7
-    expect = sum(mu[x].item() * sum(pi[x, y].item() * (r[x, y].item() - beta * (math.log(pi[x, y].item()) - log_ref[x, y].item()))
-                                     for y in range(4)) for x in range(3))
+    expect = sum(
+        mu[x].item()
+        * sum(
+            pi[x, y].item() * (r[x, y].item() - beta * (math.log(pi[x, y].item()) - log_ref[x, y].item()))
+            for y in range(4)
+        )
+        for x in range(3)
+    )
     assert kl_rl_objective(pi.log(), log_ref, r, beta, mu).item() == pytest.approx(expect, rel=1e-13)
 
 
@@ -31,7 +37,9 @@ def test_optimum_value_and_gap_identity(beta):
     j_star = kl_rl_objective(log_star, log_ref, r, beta, mu)
     assert j_star.item() == pytest.approx((beta * mu * log_z).sum().item(), rel=1e-12)
     for seed in range(3):
-        log_pi = torch.log_softmax(torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)), -1)
+        log_pi = torch.log_softmax(
+            torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)), -1
+        )
         kl = (log_pi.exp() * (log_pi - log_star)).sum(-1)
         gap = j_star - kl_rl_objective(log_pi, log_ref, r, beta, mu)
         assert gap.item() == pytest.approx(beta * (mu * kl).sum().item(), rel=1e-10)

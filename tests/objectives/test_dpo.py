@@ -47,7 +47,9 @@ def test_each_loss_type_matches_an_independent_formula(dtype, loss_type, eps, be
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert out.losses.tolist() == pytest.approx(expect, rel=tol, abs=tol)
     # TRL: rewards = beta * (policy - reference) log-probs, detached.
-    assert out.chosen_rewards.tolist() == pytest.approx([beta * (a - c) for a, c in zip(pc.tolist(), rc.tolist())], rel=tol)
+    assert out.chosen_rewards.tolist() == pytest.approx(
+        [beta * (a - c) for a, c in zip(pc.tolist(), rc.tolist())], rel=tol
+    )
     assert not out.chosen_rewards.requires_grad
     assert out.margins.tolist() == pytest.approx([beta * h for h in _h(pc, pr, rc, rr)], rel=tol, abs=tol)
 
@@ -136,4 +138,6 @@ def test_gradcheck_every_loss_type(loss_type, eps):
     g = torch.Generator().manual_seed(1)
     xs = tuple((-5 * torch.rand(3, generator=g, dtype=torch.float64)).requires_grad_() for _ in range(4))
     # hinge is not differentiable at βh = 1; random points avoid it almost surely.
-    assert torch.autograd.gradcheck(lambda *a: dpo_loss(*a, beta=0.3, loss_type=loss_type, label_smoothing=eps).losses, xs)
+    assert torch.autograd.gradcheck(
+        lambda *a: dpo_loss(*a, beta=0.3, loss_type=loss_type, label_smoothing=eps).losses, xs
+    )

@@ -57,7 +57,9 @@ def test_why_one_half_is_the_limit_for_sigmoid():
     x = torch.tensor([-1.0], dtype=torch.float64)
     out = dpo_loss(x, x - 1, x, x, beta=1.0, label_smoothing=0.499).losses
     # h = 1, β = 1: −0.501·logσ(1) − 0.499·logσ(−1), logσ(x) = −log(1 + e^{−x})
-    assert out.item() == pytest.approx(0.501 * math.log1p(math.exp(-1.0)) + 0.499 * math.log1p(math.exp(1.0)), rel=1e-14)
+    assert out.item() == pytest.approx(
+        0.501 * math.log1p(math.exp(-1.0)) + 0.499 * math.log1p(math.exp(1.0)), rel=1e-14
+    )
 
 
 # ----------------------------------------------------------------------------- non-finite / positive log-probs
@@ -86,7 +88,9 @@ TENSOR_NAME = {"orpo_loss": "chosen_token_logps", "orpo_loss_rejected": "rejecte
 
 
 @pytest.mark.parametrize("objective", list(_token_objectives()))
-@pytest.mark.parametrize("bad, what", [(NAN, "nan"), (INF, r"\+inf"), (-INF, "-inf"), (0.5, "above 0 by more than the rounding tolerance")])
+@pytest.mark.parametrize(
+    "bad, what", [(NAN, "nan"), (INF, r"\+inf"), (-INF, "-inf"), (0.5, "above 0 by more than the rounding tolerance")]
+)
 def test_bad_log_prob_at_a_counted_token_is_refused_naming_tensor_and_index(objective, bad, what):
     lp = _lp()
     lp[1, 2] = bad  # counted
@@ -218,7 +222,9 @@ def test_kl_rl_refuses_nan_rewards_and_nan_reference():
     with pytest.raises(InvalidLogProbError, match=r"log_ref has \+inf"):
         kl_rl_objective(log_pi, torch.tensor([0.0, INF], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 1.0)
     # log_ref = -inf where pi > 0 is an infinite KL: J = -inf is the right answer, not an error
-    j = kl_rl_objective(log_pi, torch.tensor([0.0, -INF], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 1.0)
+    j = kl_rl_objective(
+        log_pi, torch.tensor([0.0, -INF], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 1.0
+    )
     assert j.item() == -INF
 
 

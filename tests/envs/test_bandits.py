@@ -8,10 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
+from mdpalign.data import DataError
 from mdpalign.envs import (
-    ContextualBandit, InvalidBanditError, PreferenceData, bt_preference_probs, comparison_components,
-    comparison_graph, exact_demonstrations, k_armed_bandit, mixed_quality_demonstrations, preference_pairs,
-    random_contextual_bandit, sample_demonstrations, sample_preference_pairs, win_graph,
+    ContextualBandit,
+    InvalidBanditError,
+    bt_preference_probs,
+    comparison_components,
+    comparison_graph,
+    exact_demonstrations,
+    k_armed_bandit,
+    mixed_quality_demonstrations,
+    preference_pairs,
+    random_contextual_bandit,
+    sample_demonstrations,
+    sample_preference_pairs,
+    win_graph,
 )
 
 # Fixed seeds make every chi-square p-value below deterministic; 1e-3 is the acceptance level,
@@ -47,7 +58,7 @@ def test_population_weights_all_pairs_bt(X, K, seed):
     m = K * (K - 1) // 2
     assert len(d) == 2 * m * X
     assert d.weight.sum() == pytest.approx(1.0, abs=1e-12)
-    W = d.weight_tensor()
+    W = d.weight_table()
     np.testing.assert_allclose(W.sum(axis=(1, 2)), b.context_probs, atol=1e-12)
     iu = np.triu_indices(K, 1)
     for x in range(X):
@@ -132,15 +143,15 @@ def test_explicit_pairs_and_pair_weights():
 def test_sampled_preferences_converge_to_population():
     b = random_contextual_bandit(2, 4, seed=7, context_concentration=2.0)
     for labels in ("bt", "deterministic"):
-        exact = preference_pairs(b, labels=labels).weight_tensor().ravel()
+        exact = preference_pairs(b, labels=labels).weight_table().ravel()
         s = sample_preference_pairs(b, 50_000, np.random.default_rng(0), labels=labels)
         assert s.weight.sum() == pytest.approx(1.0)
-        counts = np.rint(s.weight_tensor().ravel() * 50_000)
+        counts = np.rint(s.weight_table().ravel() * 50_000)
         assert chi2_p(counts, exact) > ALPHA
     # power: the same counts against uniform winners (BT ignored) are rejected
     s = sample_preference_pairs(b, 50_000, np.random.default_rng(0))
-    counts = np.rint(s.weight_tensor().ravel() * 50_000)
-    mask = preference_pairs(b).weight_tensor()
+    counts = np.rint(s.weight_table().ravel() * 50_000)
+    mask = preference_pairs(b).weight_table()
     wrong = (mask > 0) * (b.context_probs[:, None, None] / 12)
     assert chi2_p(counts, wrong.ravel()) < 1e-9
 
@@ -161,11 +172,11 @@ def test_demonstrations_exact_and_sampled():
     pi[0, 2] = 0.0
     pi[0] /= pi[0].sum()
     exact = exact_demonstrations(b, pi)
-    np.testing.assert_allclose(exact.weight_matrix(), b.context_probs[:, None] * pi, atol=1e-15)
+    np.testing.assert_allclose(exact.weight_table(), b.context_probs[:, None] * pi, atol=1e-15)
     assert not np.any((exact.context == 0) & (exact.action == 2))
     s = sample_demonstrations(b, 40_000, pi, np.random.default_rng(3))
-    counts = np.rint(s.weight_matrix().ravel() * 40_000)
-    assert chi2_p(counts, exact.weight_matrix().ravel()) > ALPHA
+    counts = np.rint(s.weight_table().ravel() * 40_000)
+    assert chi2_p(counts, exact.weight_table().ravel()) > ALPHA
     assert chi2_p(counts, (b.context_probs[:, None] * np.full((3, 5), 0.2)).ravel()) < 1e-9
     # k-armed: a (K,) policy is accepted
     kb = k_armed_bandit(3, seed=0)
@@ -178,17 +189,17 @@ def test_mixed_quality_demonstrations():
     sub = np.full((2, 4), 0.25)
     d = mixed_quality_demonstrations(b, expert, sub, expert_fraction=0.3)
     assert d.class_rewards == (1.0, 0.1)
-    T = d.weight_tensor()
-    assert T.sum() == pytest.approx(1.0)
-    assert T[0].sum() == pytest.approx(0.3) and T[1].sum() == pytest.approx(0.7)
-    np.testing.assert_allclose(T[0] / T[0].sum(axis=1, keepdims=True), expert)
-    np.testing.assert_allclose(T[1] / T[1].sum(axis=1, keepdims=True), sub)
+    T = d.weight_table()  # (X, C, K)
+    assert T.shape == (2, 2, 4) and T.sum() == pytest.approx(1.0)
+    assert T[:, 0].sum() == pytest.approx(0.3) and T[:, 1].sum() == pytest.approx(0.7)
+    np.testing.assert_allclose(T[:, 0] / T[:, 0].sum(axis=1, keepdims=True), expert)
+    np.testing.assert_allclose(T[:, 1] / T[:, 1].sum(axis=1, keepdims=True), sub)
     s = mixed_quality_demonstrations(b, expert, sub, expert_fraction=0.3, class_rewards=None, n=30_000,
                                      rng=np.random.default_rng(2))
     assert s.class_rewards is None and len(s) == 30_000
-    counts = np.rint(s.weight_tensor().ravel() * 30_000)
+    counts = np.rint(s.weight_table().ravel() * 30_000)
     assert chi2_p(counts, T.ravel()) > ALPHA
-    swapped = mixed_quality_demonstrations(b, expert, sub, expert_fraction=0.7).weight_tensor()
+    swapped = mixed_quality_demonstrations(b, expert, sub, expert_fraction=0.7).weight_table()
     assert chi2_p(counts, swapped.ravel()) < 1e-9
     with pytest.raises(InvalidBanditError, match="rng"):
         mixed_quality_demonstrations(b, expert, sub, n=10)
@@ -196,7 +207,7 @@ def test_mixed_quality_demonstrations():
         mixed_quality_demonstrations(b, expert, sub, expert_fraction=1.5)
     with pytest.raises(InvalidBanditError, match="suboptimal_policy"):
         mixed_quality_demonstrations(b, expert, np.ones((2, 4)))
-    with pytest.raises(InvalidBanditError, match="class_rewards"):
+    with pytest.raises(DataError, match="class_rewards"):
         mixed_quality_demonstrations(b, expert, sub, class_rewards=(1.0,))
 
 
@@ -235,11 +246,6 @@ def test_bandit_constructors():
         (lambda: sample_demonstrations(k_armed_bandit(3, seed=0), 5, [0.5, 0.5], 0), "shape"),
         (lambda: exact_demonstrations(k_armed_bandit(3, seed=0), [0.5, 0.6, -0.1]), "negative"),
         (lambda: sample_demonstrations(k_armed_bandit(3, seed=0), 5, [1, 0, 0], "seed"), "rng"),
-        (lambda: PreferenceData([0], [1], [1], [1.0], 1, 3), "chosen equals rejected"),
-        (lambda: PreferenceData([0], [1], [3], [1.0], 1, 3), "outside"),
-        (lambda: PreferenceData([0], [1], [2], [-1.0], 1, 3), "non-negative"),
-        (lambda: PreferenceData([0, 0], [1], [2], [1.0], 1, 3), "rows"),
-        (lambda: PreferenceData([0.5], [1], [2], [1.0], 1, 3), "integers"),
         (lambda: comparison_graph(preference_pairs(k_armed_bandit(3, seed=0)), 1), "context 1"),
     ],
 )

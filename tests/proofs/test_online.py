@@ -214,7 +214,9 @@ def test_theory_numbers_gibbs_and_k3_loss():
     assert lam > R4.max() and k3.extras["error_bound"][0] < 1e-12
 
 
-@pytest.mark.parametrize("kind", [("k1", "reward"), ("k2", "loss"), ("k1", "loss_is"), ("k3", "loss_is"), ("k3", "loss")])
+@pytest.mark.parametrize(
+    "kind", [("k1", "reward"), ("k2", "loss"), ("k1", "loss_is"), ("k3", "loss_is"), ("k3", "loss")]
+)
 def test_concave_cases_flow_reaches_the_closed_form(kind):
     """Gibbs (four placements) and k3-as-loss: the independent flow from three starts lands on the answer key."""
     r, q, beta = np.array([0.3, -1.0, 1.2, 0.0]), np.array([0.4, 0.3, 0.2, 0.1]), 0.6
@@ -294,7 +296,9 @@ def test_k3_in_the_reward_theory_claim_and_its_limits():
             np.testing.assert_array_equal(opt.vanishing[0], np.asarray(expect) == 0)
         T = 60.0 if flow == "natural" else 10.0 / (beta * Q4.min()) + 100.0
         euler = _pi_space_euler(R4, Q4, beta, "k3", Q4, flow, dt=2e-3 if flow == "natural" else 1e-2, T=T)
-        np.testing.assert_allclose(euler, kl_estimator_optimum(R4, Q4, beta, "k3", "reward", flow=flow).policy[0], atol=1e-3)
+        np.testing.assert_allclose(
+            euler, kl_estimator_optimum(R4, Q4, beta, "k3", "reward", flow=flow).policy[0], atol=1e-3
+        )
     assert np.array_equal(kl_estimator_optimum(R4, Q4, 0.25, "k3", "reward").policy[0], [1, 0, 0, 0])
     for flow in ("gradient", "natural"):
         two = kl_estimator_optimum([1.0, 0.0], [0.01, 0.99], 0.5, "k3", "reward", flow=flow)
@@ -685,7 +689,11 @@ def test_gradient_descent_dpo_lands_on_the_mean_gauge_pipeline():
     grad = -beta * ((W * expit(-d)).sum(1) - (W * expit(-d)).sum(0))
     assert np.abs(grad).max() < 1e-12  # converged (the loss is strictly convex on the conserved slice)
     assert pipe.check(log_probs=th - logsumexp(th), tol=1e-9).ok
-    assert not rlhf_pipeline_optimum(W[None], ref[None], beta, gauge="degree").check(log_probs=th - logsumexp(th), tol=1e-3).ok
+    assert (
+        not rlhf_pipeline_optimum(W[None], ref[None], beta, gauge="degree")
+        .check(log_probs=th - logsumexp(th), tol=1e-3)
+        .ok
+    )
 
 
 # ----------------------------------------------------------------------------------- token trees

@@ -1,7 +1,7 @@
 """Independent answer keys for the solvers' certificates: exact rational and 50-digit decimal arithmetic.
 
 Nothing here calls mdpalign.solve. ``V*`` is the optimum of the MDP as the solvers define it (module docstring of
-``mdpalign.solve._core``): at gamma < 1 the stored float64 ``P``, ``R``, ``gamma`` read as exact rationals; at
+``mdpalign.solve.certificates``): at gamma < 1 the stored float64 ``P``, ``R``, ``gamma`` read as exact rationals; at
 gamma = 1 each row of ``P`` divided by its exact sum, the optimum taken over proper policies.
 """
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""RLOO, GRPO (group / batch / no scaling) and ReMax advantages: hand values, TRL's std, expected-gradient identities."""
+"""RLOO, GRPO (group / batch / no scaling) and ReMax advantages: hand values, TRL's std, expected-gradient
+identities."""
+
 import itertools
 import math
 

@@ -63,8 +63,9 @@ def test_class_weights_are_exp_r_over_beta():
     assert w.tolist() == pytest.approx([math.exp(2.0), math.exp(0.2)], rel=1e-15)
     assert crlft_class_weights(r, 0.5, normalize="max").tolist() == pytest.approx([1.0, math.exp(-1.8)], rel=1e-15)
     z = math.exp(2.0) + math.exp(0.2)
-    assert crlft_class_weights(r, 0.5, normalize="sum").tolist() == pytest.approx([math.exp(2.0) / z, math.exp(0.2) / z],
-                                                                               rel=1e-15)
+    assert crlft_class_weights(r, 0.5, normalize="sum").tolist() == pytest.approx(
+        [math.exp(2.0) / z, math.exp(0.2) / z], rel=1e-15
+    )
     # tiny beta: exp overflows, the normalised forms do not
     assert crlft_class_weights(r, 1e-3, normalize="max").tolist() == pytest.approx([1.0, 0.0])
     with pytest.raises(ValueError, match="beta"):

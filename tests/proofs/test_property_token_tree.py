@@ -1,15 +1,13 @@
 """Property tests on token trees: sequence-level objectives over a token-factored TabularPolicy
 (one logit per (prefix, token)), trained with the library's losses, reach the closed forms of
 mdpalign.proofs.token_tree / mdpalign.proofs.ift. Tolerances: the certified 4 ||grad||/mu of
-mdpalign.harness.offline (see tests/test_property_bandit_optima.py)."""
+mdpalign.harness.offline (see tests/proofs/test_property_bandit_optima.py)."""
 import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdpalign.envs.token_tree import TokenTree, random_token_tree
-from mdpalign.proofs import leaf_pair_table, token_tree_optimum
-from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
 from mdpalign.harness.offline import (
     fit_and_check,
     fit_tabular,
@@ -18,6 +16,8 @@ from mdpalign.harness.offline import (
     tabular_policy,
     tree_sft_loss_closure,
 )
+from mdpalign.proofs import leaf_pair_table, token_tree_optimum
+from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
 from mdpalign.proofs.token_tree import tree_sft_optimum
 
 seeds = st.integers(0, 2**31 - 1)

@@ -1,0 +1,48 @@
+"""The scalar and array checks every layer uses, so that one rule has one wording.
+
+Each check takes the error class of the calling layer (``error=``, required: a subclass of
+:class:`~mdpalign.errors.MdpalignError` and ``ValueError``), so a caller still catches the specific
+error of the layer it called; the message is the same everywhere: ``"<name> must be a finite number
+> 0, got <value>"``. Plain numpy: a torch tensor is read through ``.detach()`` without importing torch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mdpalign.errors import MdpalignError
+
+__all__ = ["to_numpy", "check_number", "check_positive", "check_unit_interval"]
+
+
+def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
+    """``x`` (array-like or a torch tensor, on any device) as a numpy array of ``dtype`` (None: keep the dtype)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def check_number(value: Any, name: str, *, error: type[MdpalignError]) -> float:
+    """``value`` as a Python float (a one-element tensor or array is accepted), or ``error`` naming ``name``."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise error(f"{name} must be a number, got {value!r}") from exc
+
+
+def check_positive(value: Any, name: str, *, allow_zero: bool = False, error: type[MdpalignError]) -> float:
+    """``value`` as a float, finite and > 0 (>= 0 with ``allow_zero``), or ``error`` naming ``name``."""
+    v = check_number(value, name, error=error)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise error(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return v
+
+
+def check_unit_interval(value: Any, name: str, *, error: type[MdpalignError]) -> float:
+    """``value`` as a float in the closed interval [0, 1], or ``error`` naming ``name``."""
+    v = check_number(value, name, error=error)
+    if not 0.0 <= v <= 1.0:  # also refuses nan
+        raise error(f"{name} must lie in [0, 1], got {v}")
+    return v
