@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from mdpalign.objectives.common import ShapeError, as_bool_mask
+from mdpalign.objectives.common import ObjectiveArgumentError, ShapeError, as_bool_mask
 
 __all__ = ["check_batched_tokens", "check_float_tensor", "check_option", "check_nonnegative", "zero_where_masked"]
 
@@ -65,7 +65,7 @@ def check_batched_tokens(mask: torch.Tensor, **tensors: torch.Tensor) -> torch.T
 def check_option(value, options: tuple, name: str):
     """``value`` must be one of ``options`` (the module's single option tuple)."""
     if value not in options:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, options))}")
+        raise ObjectiveArgumentError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, options))}")
     return value
 
 
@@ -74,9 +74,9 @@ def check_nonnegative(value, name: str, *, strict: bool = False) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a finite number, got {value!r}") from exc
+        raise ObjectiveArgumentError(f"{name} must be a finite number, got {value!r}") from exc
     if not math.isfinite(v) or v < 0 or (strict and v == 0):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v}")
+        raise ObjectiveArgumentError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v}")
     return v
 
 
