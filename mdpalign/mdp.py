@@ -188,14 +188,17 @@ class TabularMDP:
         if not np.all(np.isfinite(R)):
             raise InvalidMDPError(f"R has non-finite rewards at (state, action) {_where(~np.isfinite(R))}")
 
-        gamma = float(self.gamma)
+        try:
+            gamma = float(self.gamma)
+        except (TypeError, ValueError):
+            raise InvalidMDPError(f"gamma must be a number in [0, 1]; got {self.gamma!r}") from None
         if not (0.0 <= gamma <= 1.0) or not np.isfinite(gamma):
             raise InvalidMDPError(f"gamma must lie in [0, 1]; got {self.gamma!r}")
 
         if self.terminal is None:
             terminal = np.zeros(S, dtype=bool)
         else:
-            terminal = np.asarray(self.terminal)
+            terminal = _float_array(self.terminal, "terminal")
             if terminal.shape != (S,):
                 raise InvalidMDPError(f"terminal must have shape ({S},); got {terminal.shape}")
             terminal = terminal.astype(bool)
@@ -225,7 +228,7 @@ class TabularMDP:
             initial = (~terminal).astype(np.float64)
             initial /= initial.sum()
         else:
-            initial = np.asarray(self.initial, dtype=np.float64)
+            initial = _float_array(self.initial, "initial")
             if initial.shape != (S,):
                 raise InvalidMDPError(f"initial must have shape ({S},); got {initial.shape}")
             if not np.all(np.isfinite(initial)) or np.any(initial < 0):
@@ -318,22 +321,22 @@ class TabularMDP:
         policy = np.asarray(policy)
         if policy.shape == (S,):
             if not np.issubdtype(policy.dtype, np.integer):
-                raise ValueError(f"a deterministic policy must hold integer actions; got dtype {policy.dtype}")
+                raise InvalidMDPError(f"a deterministic policy must hold integer actions; got dtype {policy.dtype}")
             if policy.min() < 0 or policy.max() >= A:
-                raise ValueError(f"deterministic policy has actions outside [0, {A}) at states "
-                                 f"{np.flatnonzero((policy < 0) | (policy >= A))[:5].tolist()}")
+                raise InvalidMDPError(f"deterministic policy has actions outside [0, {A}) at states "
+                                      f"{np.flatnonzero((policy < 0) | (policy >= A))[:5].tolist()}")
             pi = np.zeros((S, A))
             pi[np.arange(S), policy] = 1.0
             return pi
         if policy.shape != (S, A):
-            raise ValueError(f"policy must have shape ({S},) or ({S}, {A}); got {policy.shape}")
+            raise InvalidMDPError(f"policy must have shape ({S},) or ({S}, {A}); got {policy.shape}")
         pi = policy.astype(np.float64)
         if not np.all(np.isfinite(pi)) or np.any(pi < 0):
-            raise ValueError("stochastic policy has negative or non-finite probabilities")
+            raise InvalidMDPError("stochastic policy has negative or non-finite probabilities")
         off = np.abs(pi.sum(axis=1) - 1.0)
         if np.any(off > 1e-8):
             s = int(np.argmax(off))
-            raise ValueError(f"policy row for state {s} sums to {pi[s].sum():.12g}, not 1")
+            raise InvalidMDPError(f"policy row for state {s} sums to {pi[s].sum():.12g}, not 1")
         return pi
 
     # ----------------------------------------------------------------- graphs
