@@ -53,7 +53,8 @@ _DENSE_LIMIT = 1024
 
 
 class InvalidMapError(MdpalignError, ValueError):
-    """A Frozen Lake map that is malformed or on which the goal cannot be reached."""
+    """A Frozen Lake map that is malformed or on which the goal cannot be reached, or a lake option
+    (``max_episode_steps``, the two-path lake's ``suboptimal`` and ``gamma``) that cannot apply to it."""
 
 
 def _named_maps() -> dict[str, tuple[str, ...]]:
@@ -346,7 +347,7 @@ def frozen_lake(
         default_steps = 100 if max(len(desc), len(desc[0])) <= 4 else 200
     steps = default_steps if max_episode_steps is None else int(max_episode_steps)
     if steps < 1:
-        raise ValueError(f"max_episode_steps must be positive; got {max_episode_steps}")
+        raise InvalidMapError(f"max_episode_steps must be positive; got {max_episode_steps}")
     env = _gymnasium_env(desc, bool(slippery), success_rate)
     mdp = _mdp_from_gymnasium_table(env, desc, gamma, sparse)
     return FrozenLake(mdp=mdp, desc=desc, slippery=bool(slippery), max_episode_steps=steps,
@@ -467,9 +468,9 @@ def two_path_lake_from_map(
     trajectory exists. ``max_len`` bounds the enumeration (see :func:`simple_trajectories`).
     """
     if suboptimal not in ("longer", "hole"):
-        raise ValueError(f"suboptimal must be 'longer' or 'hole'; got {suboptimal!r}")
+        raise InvalidMapError(f"suboptimal must be 'longer' or 'hole'; got {suboptimal!r}")
     if not 0.0 <= gamma < 1.0:
-        raise ValueError(f"the two-path lake ranks paths by discounting: gamma must lie in [0, 1); got {gamma}")
+        raise InvalidMapError(f"the two-path lake ranks paths by discounting: gamma must lie in [0, 1); got {gamma}")
     lake = frozen_lake(list(rows), slippery=slippery, gamma=gamma)
     trajectories = simple_trajectories(lake, max_len=max_len)
     to_goal = [t for t in trajectories if t.reaches_goal]
