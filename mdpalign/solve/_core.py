@@ -239,7 +239,7 @@ def macqueen_bounds(mdp: TabularMDP, values: np.ndarray, backed_up: np.ndarray) 
     """
     gamma = mdp.gamma
     if gamma >= 1.0:
-        raise ValueError("MacQueen bounds need gamma < 1")
+        raise SolverError("MacQueen bounds need gamma < 1")
     nonterm = ~mdp.terminal
     d = (backed_up - values)[nonterm]
     c = gamma / (1.0 - gamma)
