@@ -32,8 +32,17 @@ BANDIT_OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "crlft", "kl_rl")
 BANDIT_REGIMES = ("bt_all_pairs", "partial_coverage", "deterministic", "mixed_quality")
 
 
+def _number(value, kind=float):
+    """``kind(value)``, or None where ``value`` is not a number at all (a string, None): the checks then name
+    the option instead of letting ``int('x')``'s message through."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value <= 0:
+    if isinstance(value, bool) or _number(value, int) != value or value <= 0:
         raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
     return int(value)
 
@@ -46,17 +55,17 @@ _MAX_SEED = 2**63 - 1
 
 
 def _check_seeds(seed, seeds: int) -> int:
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0 or seed + seeds - 1 > _MAX_SEED:
+    if isinstance(seed, bool) or _number(seed, int) != seed or seed < 0 or seed + seeds - 1 > _MAX_SEED:
         raise BenchConfigError(f"--seed must be an integer with 0 <= seed and seed + seeds - 1 <= 2**63 - 1 "
                                f"(the seeds are seed, seed+1, ...); got {seed!r} with {seeds} seeds")
     return int(seed)
 
 
 def _check_positive(name: str, value) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
+    number = _number(value)
+    if number is None or not (number > 0 and math.isfinite(number)):
         raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive finite number; got {value!r}")
-    return value
+    return number
 
 
 def _check_subset(name: str, values, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -133,8 +142,8 @@ class FrozenLakeConfig:
             raise BenchConfigError(f"--eval-every ({self.eval_every}) is larger than --steps ({self.steps})")
         if self.suboptimal not in ("longer", "hole"):
             raise BenchConfigError(f"--suboptimal must be 'longer' or 'hole'; got {self.suboptimal!r}")
-        gamma = float(self.gamma)
-        if not 0.0 < gamma < 1.0:
+        gamma = _number(self.gamma)
+        if gamma is None or not 0.0 < gamma < 1.0:
             raise BenchConfigError(f"--gamma must lie in (0, 1) (paths are ranked by discounting); got {self.gamma!r}")
         object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "methods", _check_subset("methods", self.methods, FROZEN_LAKE_METHODS))
