@@ -137,10 +137,11 @@ def as_log_policy(probs: Any = None, *, log_probs: Any = None, shape: tuple[int,
 def _rows_attr(data: Any, *names: str) -> tuple[np.ndarray, ...]:
     out = []
     for n in names:
-        if isinstance(data, dict):
-            v = data[n]
-        else:
-            v = getattr(data, n)
+        has = n in data if isinstance(data, dict) else hasattr(data, n)
+        if not has:  # a list of tuples, say: say which fields are expected, not "'list' has no attribute"
+            raise ProofInputError(f"expected rows with fields {', '.join(names)} (attributes or keys, e.g. "
+                                  f"mdpalign.envs.PreferenceData); got a {type(data).__name__} without {n!r}")
+        v = data[n] if isinstance(data, dict) else getattr(data, n)
         out.append(_to_numpy(v).reshape(-1))
     return tuple(out)
 
