@@ -448,6 +448,14 @@ def check_paths(cfg: TrainConfig) -> None:
     if resume is not None and resume not in _RESUME_FLAGS and not os.path.isdir(resume):
         raise ConfigError(f"resume_from_checkpoint {resume!r}: no such checkpoint directory "
                           "(or set it to true / last for the latest checkpoint in output_dir)")
+    # last, so that a missing dataset or checkpoint is named first; transformers' own message for a directory
+    # without a config is a traceback that does not name the option
+    for name in ("model_name_or_path", "ref_model_name_or_path"):
+        value = getattr(cfg, name)
+        if value is not None and os.path.isdir(value) and not any(
+                os.path.isfile(os.path.join(value, f)) for f in ("config.json", "adapter_config.json")):
+            raise ConfigError(f"{name} {value!r} has no config.json (nor adapter_config.json): not a model "
+                              "directory")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
