@@ -172,15 +172,24 @@ class SoftSolution(Solution):
 
 
 # ----------------------------------------------------------------------------- checks
+def _as(kind, value):
+    """``kind(value)``, or None where ``value`` is no number at all (a string, None), so that the check names the
+    argument rather than passing on ``float('x')``'s message."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def check_tol(tol: float) -> float:
-    tol = float(tol)
-    if not np.isfinite(tol) or tol <= 0:
+    number = _as(float, tol)
+    if number is None or not np.isfinite(number) or number <= 0:
         raise SolverError(f"tol must be a positive finite number; got {tol!r}")
-    return tol
+    return number
 
 
 def check_max_iter(max_iter: int) -> int:
-    if int(max_iter) != max_iter or max_iter < 1:
+    if isinstance(max_iter, (bool, np.bool_)) or _as(int, max_iter) != max_iter or max_iter < 1:
         raise SolverError(f"max_iter must be a positive integer; got {max_iter!r}")
     return int(max_iter)
 
@@ -192,7 +201,7 @@ def check_mdp(mdp) -> TabularMDP:
 
 
 def check_horizon(horizon) -> int:
-    if isinstance(horizon, (bool, np.bool_)) or int(horizon) != horizon or horizon < 0:
+    if isinstance(horizon, (bool, np.bool_)) or _as(int, horizon) != horizon or horizon < 0:
         raise SolverError(f"horizon must be a non-negative integer; got {horizon!r}")
     return int(horizon)
 
