@@ -137,8 +137,14 @@ def fit(
         for i, p in enumerate(ps):
             if p.dtype != dtype:
                 raise FitError(f"parameter {i} has dtype {p.dtype}, fit expected {dtype} (pass dtype=None to allow)")
-    if int(max_iter) < 0 or not float(tol) >= 0:
-        raise FitError(f"need max_iter >= 0 and tol >= 0, got {max_iter}, {tol}")
+    try:
+        bad_limits = int(max_iter) < 0 or not float(tol) >= 0
+    except (TypeError, ValueError, OverflowError):  # not numbers at all: name them, not int()'s complaint
+        bad_limits = True
+    if bad_limits:
+        raise FitError(f"need max_iter >= 0 and tol >= 0, got {max_iter!r}, {tol!r}")
+    if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr < float("inf")):
+        raise FitError(f"lr must be a positive finite number, got {lr!r}")  # torch's own message names no argument
     record_every = int(record_every)
 
     if method == "lbfgs":
