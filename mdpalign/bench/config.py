@@ -41,8 +41,22 @@ def _number(value, kind=float):
         return None
 
 
+def _real(value) -> float:
+    """``float(value)``, NaN where it is no number (so that every range check below fails and names the option)."""
+    number = _number(value)
+    return math.nan if number is None else number
+
+
+def _reals(values) -> tuple[float, ...]:
+    try:
+        return tuple(_real(x) for x in values)
+    except TypeError:  # not a sequence: the length check that follows refuses it
+        return ()
+
+
 def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or _number(value, int) != value or value <= 0:
+    whole = _number(value, int)
+    if isinstance(value, bool) or whole is None or whole != value or whole <= 0:
         raise BenchConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
     return int(value)
 
@@ -55,7 +69,7 @@ _MAX_SEED = 2**63 - 1
 
 
 def _check_seeds(seed, seeds: int) -> int:
-    if isinstance(seed, bool) or _number(seed, int) != seed or seed < 0 or seed + seeds - 1 > _MAX_SEED:
+    if isinstance(seed, bool) or _number(seed, int) is None or _number(seed, int) != seed or seed < 0 or seed + seeds - 1 > _MAX_SEED:
         raise BenchConfigError(f"--seed must be an integer with 0 <= seed and seed + seeds - 1 <= 2**63 - 1 "
                                f"(the seeds are seed, seed+1, ...); got {seed!r} with {seeds} seeds")
     return int(seed)
@@ -71,6 +85,8 @@ def _check_positive(name: str, value) -> float:
 def _check_subset(name: str, values, allowed: tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(values, str):
         values = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not isinstance(values, (tuple, list)):
+        raise BenchConfigError(f"--{name} must be comma-separated names or a sequence of them; got {values!r}")
     values = tuple(str(v).lower() for v in values)
     if not values:
         raise BenchConfigError(f"--{name} is empty; choose from {', '.join(allowed)}")
@@ -151,13 +167,13 @@ class FrozenLakeConfig:
             raise BenchConfigError(f"--map must be 'two-path', a gymnasium map name or comma-separated rows; got {self.map!r}")
         if self.base not in ("uniform", "eps-greedy"):
             raise BenchConfigError(f"base must be 'uniform' or 'eps-greedy'; got {self.base!r}")
-        if not 0.0 < float(self.base_epsilon) <= 1.0:
+        if not 0.0 < _real(self.base_epsilon) <= 1.0:
             raise BenchConfigError(f"base_epsilon must lie in (0, 1]; got {self.base_epsilon!r}")
-        if not 0.0 <= float(self.ift_lambda) < 1.0:
+        if not 0.0 <= _real(self.ift_lambda) < 1.0:
             raise BenchConfigError(f"ift_lambda must lie in [0, 1); got {self.ift_lambda!r}")
-        if not 0.0 <= float(self.ift_decay) <= 1.0:
+        if not 0.0 <= _real(self.ift_decay) <= 1.0:
             raise BenchConfigError(f"ift_decay must lie in [0, 1]; got {self.ift_decay!r}")
-        w = tuple(float(x) for x in self.crlft_weights)
+        w = _reals(self.crlft_weights)
         if self.crlft_beta is not None:
             object.__setattr__(self, "crlft_beta", _check_positive("crlft_beta", self.crlft_beta))
             if len(w) != 2 or not all(math.isfinite(x) for x in w):
@@ -225,10 +241,10 @@ class BanditsConfig:
         object.__setattr__(self, "objectives", _check_subset("objectives", self.objectives, BANDIT_OBJECTIVES))
         object.__setattr__(self, "regimes", _check_subset("regimes", self.regimes, BANDIT_REGIMES))
         for name in ("partial_fraction", "expert_fraction"):
-            v = float(getattr(self, name))
+            v = _real(getattr(self, name))
             if not 0.0 < v < 1.0:
                 raise BenchConfigError(f"{name} must lie in (0, 1); got {v!r}")
-        w = tuple(float(x) for x in self.crlft_weights)
+        w = _reals(self.crlft_weights)
         if len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
             raise BenchConfigError(f"crlft_weights must be two positive numbers; got {self.crlft_weights!r}")
         object.__setattr__(self, "crlft_weights", w)
