@@ -54,7 +54,8 @@ _DENSE_LIMIT = 1024
 
 class InvalidMapError(MdpalignError, ValueError):
     """A Frozen Lake map that is malformed or on which the goal cannot be reached, or a lake option
-    (``max_episode_steps``, the two-path lake's ``suboptimal`` and ``gamma``) that cannot apply to it."""
+    (``max_episode_steps``, the two-path lake's ``suboptimal`` and ``gamma``), action or policy that cannot apply
+    to it."""
 
 
 def _named_maps() -> dict[str, tuple[str, ...]]:
@@ -217,7 +218,7 @@ class FrozenLake:
     def deterministic_step(self, state: int, action: int) -> int:
         """Where ``action`` leads from ``state`` on the non-slippery lake (walls: stay put)."""
         if not 0 <= action < 4:
-            raise ValueError(f"action {action} is not one of LEFT 0, DOWN 1, RIGHT 2, UP 3")
+            raise InvalidMapError(f"action {action} is not one of LEFT 0, DOWN 1, RIGHT 2, UP 3")
         row, col = self.cell(state)
         if self.desc[row][col] in "HG":
             return int(state)
@@ -233,7 +234,7 @@ class FrozenLake:
         states = []
         for t, a in enumerate(actions):
             if self.letter(s) in "HG":
-                raise ValueError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} at state {s}")
+                raise InvalidMapError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} at state {s}")
             states.append(s)
             s = self.deterministic_step(s, int(a))
         return Trajectory(tuple(states), tuple(int(a) for a in actions), s, s in self.goal_states)
@@ -265,13 +266,13 @@ class FrozenLake:
             actions = policy.argmax(axis=1)
         elif policy.shape == (S,):
             if not np.issubdtype(policy.dtype, np.integer):
-                raise ValueError(f"an (S,) policy must hold integer actions; got dtype {policy.dtype}")
+                raise InvalidMapError(f"an (S,) policy must hold integer actions; got dtype {policy.dtype}")
             actions = policy
         else:
-            raise ValueError(f"policy must have shape ({S},) or ({S}, 4) for this {self.nrow}x{self.ncol} map; "
+            raise InvalidMapError(f"policy must have shape ({S},) or ({S}, 4) for this {self.nrow}x{self.ncol} map; "
                              f"got {policy.shape}")
         if actions.min() < 0 or actions.max() > 3:
-            raise ValueError("policy holds actions outside LEFT 0, DOWN 1, RIGHT 2, UP 3")
+            raise InvalidMapError("policy holds actions outside LEFT 0, DOWN 1, RIGHT 2, UP 3")
         lines = []
         for i, row in enumerate(self.desc):
             lines.append("".join(c if c in "HG" else ARROWS[int(actions[i * self.ncol + j])]
@@ -336,9 +337,9 @@ def frozen_lake(
         if map_name is None:
             from gymnasium.envs.toy_text.frozen_lake import generate_random_map
 
-            if int(size) < 2:
-                raise InvalidMapError(f"a random map needs size >= 2; got {size}")
-            if not 0.0 < p_frozen <= 1.0:
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+                raise InvalidMapError(f"a random map needs an integer size >= 2; got {size!r}")
+            if not isinstance(p_frozen, (int, float, np.integer, np.floating)) or not 0.0 < p_frozen <= 1.0:
                 raise InvalidMapError(f"p_frozen must lie in (0, 1]; got {p_frozen}")
             desc = tuple(generate_random_map(size=int(size), p=float(p_frozen), seed=seed))
         else:
@@ -368,7 +369,7 @@ class Trajectory:
 
     def __post_init__(self) -> None:
         if len(self.states) != len(self.actions):
-            raise ValueError(f"a trajectory needs one action per state; got {len(self.states)} states "
+            raise InvalidMapError(f"a trajectory needs one action per state; got {len(self.states)} states "
                              f"and {len(self.actions)} actions")
 
     def __len__(self) -> int:
