@@ -240,6 +240,8 @@ class TabularMDP:
                 )
 
         for name, labels, n in (("state_labels", self.state_labels, S), ("action_labels", self.action_labels, A)):
+            if labels is not None and not hasattr(labels, "__len__"):
+                raise InvalidMDPError(f"{name} must be a sequence of {n} names; got {labels!r}")
             if labels is not None and len(labels) != n:
                 raise InvalidMDPError(f"{name} has {len(labels)} entries for {n} {name.split('_')[0]}s")
 
