@@ -29,7 +29,10 @@ import mdpalign.solve as solve
 from mdpalign import InvalidMDPError, MdpalignError, TabularMDP
 from mdpalign.bench.config import BanditsConfig, BenchConfigError, FrozenLakeConfig
 from mdpalign.cli import main
-from mdpalign.envs import InvalidMapError, frozen_lake, two_path_lake_from_map
+from mdpalign.envs import (
+    ContextualBandit, InvalidBanditError, InvalidMapError, InvalidTokenTreeError, TokenTree, frozen_lake,
+    k_armed_bandit, random_contextual_bandit, random_token_tree, two_path_lake_from_map,
+)
 from mdpalign.fit import FitError, NonFiniteLossError, NotConvergedError, fit, weighted_sum
 from mdpalign.objectives import InvalidLogProbError, ObjectiveArgumentError, ShapeError
 from mdpalign.policies import MLPPolicy, PolicyInputError, TabularPolicy
@@ -130,7 +133,7 @@ bad("mdp.sparse_P_negative",
 bad("mdp.gamma_above_1", lambda _: TabularMDP(_P(), _R(), 1.5), InvalidMDPError, "gamma must lie in [0, 1]")
 bad("mdp.gamma_negative", lambda _: TabularMDP(_P(), _R(), -0.1), InvalidMDPError, "gamma must lie in [0, 1]")
 bad("mdp.gamma_nan", lambda _: TabularMDP(_P(), _R(), NAN), InvalidMDPError, "gamma must lie in [0, 1]")
-bad("mdp.gamma_text", lambda _: TabularMDP(_P(), _R(), "high"), InvalidMDPError, "gamma must be a number")
+bad("mdp.gamma_text", lambda _: TabularMDP(_P(), _R(), "high"), InvalidMDPError, "gamma must be a number in [0, 1]")
 bad("mdp.gamma_1_no_proper_policy", lambda _: TabularMDP(_P(), _R(), 1.0), InvalidMDPError, "no proper policy exists")
 bad("mdp.terminal_shape", lambda _: TabularMDP(_P(), _R(), 0.9, terminal=[True]), InvalidMDPError,
     "terminal must have shape (2,)")
@@ -153,6 +156,9 @@ bad("mdp.initial_ragged", lambda _: TabularMDP(_P(), _R(), 0.9, initial=[[0.5], 
     "initial is ragged")
 bad("mdp.state_labels", lambda _: TabularMDP(_P(), _R(), 0.9, state_labels=("a",)), InvalidMDPError,
     "state_labels has 1 entries for 2 states")
+bad("mdp.gamma_none", lambda _: TabularMDP(_P(), _R(), None), InvalidMDPError, "gamma must be a number in [0, 1]")
+bad("mdp.state_labels_not_a_sequence", lambda _: TabularMDP(_P(), _R(), 0.9, state_labels=3), InvalidMDPError,
+    "state_labels must be a sequence of 2 names")
 bad("mdp.policy_out_of_range", lambda _: _mdp().policy_transitions(np.array([0, 5])), InvalidMDPError,
     "actions outside [0, 2)")
 bad("mdp.policy_rows", lambda _: _mdp().policy_transitions(np.array([[0.5, 0.4], [1.0, 0.0]])), InvalidMDPError,
@@ -167,7 +173,10 @@ bad("map.ragged_rows", lambda _: frozen_lake(["SFF", "FG"]), InvalidMapError, "r
 bad("map.empty", lambda _: frozen_lake([]), InvalidMapError, "is empty")
 bad("map.not_strings", lambda _: frozen_lake([1, 2]), InvalidMapError, "only S (start), F (frozen), H (hole), G (goal)")
 bad("map.goal_unreachable", lambda _: frozen_lake(["SH", "HG"]), InvalidMapError, "no path")
-bad("map.random_size", lambda _: frozen_lake(None, size=1), InvalidMapError, "a random map needs size >= 2")
+bad("map.random_size", lambda _: frozen_lake(None, size=1), InvalidMapError,
+    "a random map needs an integer size >= 2")
+bad("map.random_size_text", lambda _: frozen_lake(None, size="x"), InvalidMapError,
+    "a random map needs an integer size >= 2; got 'x'")
 bad("map.random_p_frozen", lambda _: frozen_lake(None, p_frozen=0.0), InvalidMapError, "p_frozen must lie in (0, 1]")
 bad("map.max_episode_steps", lambda _: frozen_lake("4x4", max_episode_steps=0), InvalidMapError,
     "max_episode_steps must be positive")
@@ -180,6 +189,31 @@ bad("map.two_path_one_path", lambda _: two_path_lake_from_map(["SFG"]), InvalidM
     "has only one trajectory of the kind needed")
 bad("map.two_path_tied", lambda _: two_path_lake_from_map(["SF", "FG"]), InvalidMapError,
     "shortest S→G paths")
+
+bad("map.step_action", lambda _: frozen_lake("4x4").deterministic_step(0, 7), InvalidMapError,
+    "action 7 is not one of LEFT 0, DOWN 1, RIGHT 2, UP 3")
+bad("map.rollout_after_the_end", lambda _: frozen_lake("4x4").rollout_actions([2, 1, 0]), InvalidMapError,
+    "is taken after the episode ended in H")
+bad("map.render_policy_shape", lambda _: frozen_lake("4x4").render_policy(np.zeros(3, dtype=int)), InvalidMapError,
+    "policy must have shape (16,) or (16, 4)")
+
+# ============================================================================= bandits and token trees
+bad("envs.bandit_one_arm", lambda _: k_armed_bandit(1, seed=0), InvalidBanditError, "a bandit needs at least 2 arms")
+bad("envs.bandit_rewards_shape", lambda _: k_armed_bandit(3, rewards=np.zeros(2)), InvalidBanditError,
+    "rewards must have shape (3,) for a 3-armed bandit")
+bad("envs.bandit_no_context", lambda _: random_contextual_bandit(0, 3, seed=0), InvalidBanditError,
+    "n_contexts must be >= 1")
+bad("envs.bandit_ref_zero", lambda _: ContextualBandit(np.zeros((1, 2)), np.array([[1.0, 0.0]])), InvalidBanditError,
+    "ref_policy must be strictly positive")
+bad("envs.bandit_context_probs", lambda _: ContextualBandit(np.zeros((1, 2)), np.full((1, 2), 0.5), np.array([0.5])),
+    InvalidBanditError, "context_probs is not a distribution")
+bad("envs.bandit_seed", lambda _: k_armed_bandit(3, seed="x"), InvalidBanditError,
+    "rng must be a numpy Generator, an int seed or None")
+bad("envs.token_tree_vocab", lambda _: random_token_tree(1, 2, seed=0), InvalidTokenTreeError,
+    "vocab_size must be an integer >= 2")
+bad("envs.token_tree_eos", lambda _: TokenTree(2, 2, eos=5), InvalidTokenTreeError, "eos must be a token in [0, 2)")
+bad("envs.token_tree_ref_logits", lambda _: TokenTree(2, 2, ref_logits=np.zeros((1, 2))), InvalidTokenTreeError,
+    "ref_logits must have shape (n_prefixes, vocab_size) = (5, 2)")
 
 # ============================================================================= solver arguments
 bad("solve.unknown_method", lambda _: solve.solve(_mdp(), "dp"), SolverError, "unknown method 'dp'")
@@ -194,6 +228,12 @@ bad("solve.tol_zero", lambda _: solve.policy_iteration(_mdp(), tol=0.0), SolverE
     "tol must be a positive finite number")
 bad("solve.tol_nan", lambda _: solve.value_iteration(_mdp(), tol=NAN), SolverError,
     "tol must be a positive finite number")
+bad("solve.tol_text", lambda _: solve.policy_iteration(_mdp(), tol="small"), SolverError,
+    "tol must be a positive finite number; got 'small'")
+bad("solve.max_iter_text", lambda _: solve.value_iteration(_mdp(), max_iter="many"), SolverError,
+    "max_iter must be a positive integer; got 'many'")
+bad("solve.horizon_fraction", lambda _: solve.finite_horizon(_mdp(), 2.5), SolverError,
+    "horizon must be a non-negative integer; got 2.5")
 bad("solve.max_iter_zero", lambda _: solve.value_iteration(_mdp(), max_iter=0), SolverError,
     "max_iter must be a positive integer")
 bad("solve.linear_solver", lambda _: solve.policy_iteration(_mdp(), linear_solver="lu"), SolverError,
@@ -422,6 +462,10 @@ bad("fit.dtype", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum()))(torch.ze
     FitError, "parameter 0 has dtype torch.float32, fit expected torch.float64")
 bad("fit.max_iter", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum(), max_iter=-1))(_param()), FitError,
     "need max_iter >= 0 and tol >= 0")
+bad("fit.tol_text", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum(), tol="tight"))(_param()), FitError,
+    "need max_iter >= 0 and tol >= 0")
+bad("fit.lr_negative", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum(), method="adam", lr=-1.0))(_param()),
+    FitError, "lr must be a positive finite number")
 bad("fit.non_scalar_loss", lambda _: (lambda p: fit([p], lambda: p ** 2))(_param()), FitError,
     "loss_fn must return a scalar tensor")
 bad("fit.nan_loss", lambda _: (lambda p: fit([p], lambda: (p * NAN).sum()))(_param()), NonFiniteLossError,
@@ -435,7 +479,9 @@ bad("fit.weighted_sum_shapes", lambda _: weighted_sum(torch.ones(3), torch.ones(
 
 # ============================================================================= policies
 bad("policies.tabular_no_states", lambda _: TabularPolicy(0, 2), PolicyInputError,
-    "n_states and n_actions must be >= 1")
+    "n_states and n_actions must be integers >= 1")
+bad("policies.tabular_sizes_text", lambda _: TabularPolicy("four", 2), PolicyInputError,
+    "n_states and n_actions must be integers >= 1, got 'four', 2")
 bad("policies.tabular_init_scale", lambda _: TabularPolicy(2, 2, init_scale=-1.0), PolicyInputError,
     "init_scale must be >= 0")
 bad("policies.tabular_logits_shape", lambda _: TabularPolicy(2, 2, logits=torch.zeros(3, 2, dtype=torch.float64)),
@@ -514,6 +560,8 @@ bad("bench.config.seeds_zero", lambda _: FrozenLakeConfig(seeds=0), BenchConfigE
     "--seeds must be a positive integer")
 bad("bench.config.steps_text", lambda _: FrozenLakeConfig(steps="many"), BenchConfigError,
     "--steps must be a positive integer")
+bad("bench.config.steps_none", lambda _: FrozenLakeConfig(steps=None), BenchConfigError,
+    "--steps must be a positive integer; got None")
 bad("bench.config.eval_every", lambda _: FrozenLakeConfig(steps=5, eval_every=10), BenchConfigError,
     "--eval-every (10) is larger than --steps (5)")
 bad("bench.config.suboptimal", lambda _: FrozenLakeConfig(suboptimal="shorter"), BenchConfigError,
@@ -535,6 +583,16 @@ bad("bench.config.crlft_weights", lambda _: FrozenLakeConfig(crlft_weights=(1.0,
 bad("bench.config.lr_nan", lambda _: FrozenLakeConfig(lr=NAN), BenchConfigError, "--lr must be a positive finite number")
 bad("bench.config.seed_negative", lambda _: FrozenLakeConfig(seed=-1), BenchConfigError,
     "--seed must be an integer with 0 <= seed")
+bad("bench.config.base_epsilon_text", lambda _: FrozenLakeConfig(base_epsilon="x"), BenchConfigError,
+    "base_epsilon must lie in (0, 1]")
+bad("bench.config.crlft_weights_text", lambda _: FrozenLakeConfig(crlft_weights="ab"), BenchConfigError,
+    "crlft_weights must be two positive numbers")
+bad("bench.config.methods_not_names", lambda _: FrozenLakeConfig(methods=5), BenchConfigError,
+    "--methods must be comma-separated names or a sequence of them")
+bad("bench.config.bandit_beta_text", lambda _: BanditsConfig(beta="x"), BenchConfigError,
+    "--beta must be a positive finite number; got 'x'")
+bad("bench.config.bandit_fraction_text", lambda _: BanditsConfig(expert_fraction="half"), BenchConfigError,
+    "expert_fraction must lie in (0, 1)")
 bad("bench.config.bandit_arms", lambda _: BanditsConfig(arms=1), BenchConfigError, "--arms must be at least 2")
 bad("bench.config.bandit_fraction", lambda _: BanditsConfig(partial_fraction=1.0), BenchConfigError,
     "partial_fraction must lie in (0, 1)")
