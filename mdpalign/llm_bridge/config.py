@@ -391,7 +391,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(TrainConfig)
+    parser = HfArgumentParser(TrainConfig, prog="mdpalign train")  # its own errors name the command, not argv[0]
     parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields.")
     if known.config is not None:
         if not os.path.isfile(known.config):
@@ -401,6 +401,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
                 values = yaml.safe_load(fh) or {}
             except yaml.YAMLError as err:
                 raise ConfigError(f"{known.config}: not valid YAML: {' '.join(str(err).split())}") from None
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{known.config}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{known.config}: expected a mapping of field: value at top level")
         names = {a.dest for a in parser._actions}
