@@ -616,6 +616,9 @@ cli("cli.solve.soft_horizon", [*SOLVE, "--method", "soft", "--beta", "1", "--hor
     "--horizon is solved by backward induction; it does not combine with --method soft")
 cli("cli.solve.tol_nan", [*SOLVE, "--tol", "nan"], "argument --tol: must be a positive finite number")
 cli("cli.solve.problem", ["solve", "mountain-car"], "invalid choice: 'mountain-car'")
+cli("cli.solve.map_empty_rows", [*SOLVE, "--map", ",,"], "is empty")
+cli("cli.solve.goal_unreachable", [*SOLVE, "--map", "SH,HG"], "no path of frozen cells leads from S to G")
+cli("cli.no_command", [], "the following arguments are required")
 cli("cli.unknown_command", ["deploy"], "invalid choice: 'deploy'")
 
 # ============================================================================= mdpalign bench
@@ -652,6 +655,8 @@ cli("cli.bench.out_cwd", lambda tmp: [*FL, "--out", str(Path.cwd())], "is the cu
 cli("cli.bench.out_root", [*FL, "--out", "/"], "--out '/'")
 cli("cli.bench.out_under_a_file", lambda tmp: [*FL, "--out", _out(tmp, "file")], "file")
 cli("cli.bench.out_foreign_dir", lambda tmp: [*FL, "--out", _out(tmp, "foreign")], "is not an mdpalign report")
+cli("cli.bench.out_proc", [*FL, "--out", "/proc/report"], "--out '/proc/report'")
+cli("cli.bench.map_empty_rows", [*FL, "--map", ",,"], "is empty")
 cli("cli.bench.arms", [*BD, "--arms", "1"], "--arms must be at least 2")
 cli("cli.bench.objectives", [*BD, "--objectives", "ppo"], "unknown objectives 'ppo'")
 cli("cli.bench.regimes", [*BD, "--regimes", "everything"], "unknown regimes 'everything'")
@@ -692,6 +697,10 @@ cli("cli.train.config_list", lambda tmp: _train(tmp, config="- objective\n- dpo\
     "expected a mapping of field: value")
 cli("cli.train.config_unknown_key", lambda tmp: _train(tmp, config="objectiv: dpo\n"), "unknown keys ['objectiv']")
 cli("cli.train.config_type", lambda tmp: _train(tmp, config="max_steps: 1.5\n"), "max_steps must be int, got float 1.5")
+cli("cli.train.config_not_utf8", lambda tmp: ["train", "--config", str(_text(tmp, "run.yaml", b"\xff\xfe: 1\n"))],
+    "run.yaml: not UTF-8 text")
+cli("cli.train.config_nan", lambda tmp: _train(tmp, config="beta: .nan\n"), "beta must be a finite number > 0, got nan")
+cli("cli.train.value_type", lambda tmp: _train(tmp, "--beta", "abc"), "argument --beta: invalid float value: 'abc'")
 cli("cli.train.objective", lambda tmp: _train(tmp, "--objective", "ppo"), "unknown objective 'ppo'")
 cli("cli.train.unknown_option", lambda tmp: _train(tmp, "--bogus", "1"), "unknown options ['--bogus', '1']")
 cli("cli.train.beta", lambda tmp: _train(tmp, "--beta", "-1"), "beta must be a finite number > 0")
@@ -709,6 +718,18 @@ cli("cli.train.top_p", lambda tmp: _train(tmp, "--objective", "grpo", "--top_p",
 cli("cli.train.training_arguments", lambda tmp: _train(tmp, "--save_strategy", "steps", "--load_best_model_at_end",
                                                        "true"),
     "TrainingArguments: ")
+cli("cli.train.crlft_weights_json", lambda tmp: _train(tmp, "--objective", "crlft", "--crlft_class_weights", "{bad"),
+    "crlft_class_weights must be a mapping or a JSON object string")
+cli("cli.train.torch_dtype", lambda tmp: _train(tmp, "--torch_dtype", "float8"), "unknown torch_dtype 'float8'")
+cli("cli.train.group_batch", lambda tmp: _train(tmp, "--objective", "grpo", "--num_generations", "2",
+                                                "--per_device_train_batch_size", "3"),
+    "per_device_train_batch_size (3) counts completions and must be a multiple of num_generations (2)")
+cli("cli.train.reward_with_reference", lambda tmp: _train(tmp, "--objective", "reward", "--ref_model_name_or_path",
+                                                          _model_dir(tmp, CAUSAL)),
+    "ref_model_name_or_path is set, but a reward model is trained without a reference model")
+cli("cli.train.model_without_tokenizer",
+    lambda tmp: _train(tmp, "--model_name_or_path", _model_dir(tmp, CAUSAL), "--dataset_path", _jsonl(tmp, [PAIR])),
+    "cannot load a tokenizer from it")
 cli("cli.train.model_missing", lambda tmp: _train(tmp, "--model_name_or_path", str(tmp / "nope"), "--dataset_path",
                                                   _jsonl(tmp, [PAIR])),
     "model_name_or_path")
@@ -753,8 +774,41 @@ cli("cli.eval.data_bad_jsonl", lambda tmp: _eval(tmp, str(_text(tmp, "d.jsonl", 
 cli("cli.eval.data_bad_json", lambda tmp: _eval(tmp, str(_text(tmp, "d.json", '[{"prompt": "a"'))), "not valid JSON")
 cli("cli.eval.subset_missing",
     lambda tmp: _eval(tmp, _jsonl(tmp, [{**PAIR, "subset": "chat"}, PAIR])), "row 1 has no 'subset' value")
+cli("cli.eval.adapter_task",
+    lambda tmp: ["eval", "reward", "--model", _adapter(tmp, "SEQ_2_SEQ_LM"), "--data", _jsonl(tmp, [PAIR])],
+    "a PEFT adapter of task 'SEQ_2_SEQ_LM'; expected SEQ_CLS")
+cli("cli.eval.adapter_without_base",
+    lambda tmp: ["eval", "reward", "--model", _adapter(tmp, "CAUSAL_LM", base=None), "--data", _jsonl(tmp, [PAIR])],
+    "adapter_config.json names no base_model_name_or_path")
+cli("cli.eval.ref_is_a_reward_model",
+    lambda tmp: ["eval", "reward", "--model", _model_dir(tmp, CAUSAL), "--ref-model",
+                 _model_dir(tmp, {"architectures": ["LlamaForSequenceClassification"], "num_labels": 1}, "rm"),
+                 "--data", _jsonl(tmp, [PAIR])],
+    "is a reward model; the reference of an implicit reward is a causal LM")
+cli("cli.eval.reward_model_with_ref",
+    lambda tmp: ["eval", "reward", "--model",
+                 _model_dir(tmp, {"architectures": ["LlamaForSequenceClassification"], "num_labels": 1}),
+                 "--ref-model", _model_dir(tmp, CAUSAL, "ref"), "--data", _jsonl(tmp, [PAIR])],
+    "remove --ref-model")
+cli("cli.eval.data_dir_not_a_dataset", lambda tmp: _eval(tmp, str(_empty_dir(tmp))), "is neither a `Dataset` directory")
+cli("cli.eval.data_csv", lambda tmp: _eval(tmp, str(_text(tmp, "d.csv", "prompt,chosen\n"))), "unsupported file type")
+cli("cli.eval.dtype", lambda tmp: _eval(tmp, "x.jsonl") + ["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'")
+cli("cli.eval.no_kind", ["eval"], "the following arguments are required")
 cli("cli.eval.batch_size", lambda tmp: _eval(tmp, "x.jsonl") + ["--batch-size", "0"],
     "argument --batch-size: must be a positive integer")
+
+
+def _adapter(tmp: Path, task: str, base: str | None = "org/base") -> str:
+    path = tmp / "adapter"
+    path.mkdir()
+    info = {"task_type": task, **({"base_model_name_or_path": base} if base else {})}
+    (path / "adapter_config.json").write_text(json.dumps(info))
+    return str(path)
+
+
+def _empty_dir(tmp: Path) -> Path:
+    (tmp / "saved").mkdir()
+    return tmp / "saved"
 
 
 def _text(tmp: Path, name: str, text: str | bytes) -> Path:
