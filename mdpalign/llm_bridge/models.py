@@ -7,7 +7,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mdpalign.llm_bridge.config import SEQUENCE_SCORE_OBJECTIVES, ConfigError, TrainConfig
+from mdpalign.llm_bridge.config import (
+    SEQUENCE_SCORE_OBJECTIVES,
+    ConfigError,
+    TrainConfig,
+)
 
 
 def load_tokenizer(path: str):

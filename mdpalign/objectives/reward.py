@@ -14,7 +14,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mdpalign.objectives.common import ObjectiveArgumentError, ShapeError, check_sequence_inputs
+from mdpalign.objectives.common import (
+    ObjectiveArgumentError,
+    ShapeError,
+    check_sequence_inputs,
+)
 from mdpalign.objectives.token_batches import check_nonnegative
 
 __all__ = ["BradleyTerryOutput", "bradley_terry_loss", "center_rewards_penalty"]
