@@ -13,10 +13,10 @@ config checks before any tokenizer, data or model is loaded, and the data-file r
 from __future__ import annotations
 
 import json
-import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -24,16 +24,28 @@ import scipy.sparse as sp
 import torch
 
 import mdpalign.objectives as obj
-import mdpalign.proofs as proofs
-import mdpalign.solve as solve
-from mdpalign import InvalidMDPError, MdpalignError, TabularMDP
+from mdpalign import InvalidMDPError, MdpalignError, TabularMDP, proofs, solve
 from mdpalign.bench.config import BanditsConfig, BenchConfigError, FrozenLakeConfig
 from mdpalign.cli import main
 from mdpalign.envs import (
-    ContextualBandit, InvalidBanditError, InvalidMapError, InvalidTokenTreeError, TokenTree, frozen_lake,
-    k_armed_bandit, random_contextual_bandit, random_token_tree, two_path_lake_from_map,
+    ContextualBandit,
+    InvalidBanditError,
+    InvalidMapError,
+    InvalidTokenTreeError,
+    TokenTree,
+    frozen_lake,
+    k_armed_bandit,
+    random_contextual_bandit,
+    random_token_tree,
+    two_path_lake_from_map,
 )
-from mdpalign.fit import FitError, NonFiniteLossError, NotConvergedError, fit, weighted_sum
+from mdpalign.fit import (
+    FitError,
+    NonFiniteLossError,
+    NotConvergedError,
+    fit,
+    weighted_sum,
+)
 from mdpalign.objectives import InvalidLogProbError, ObjectiveArgumentError, ShapeError
 from mdpalign.policies import MLPPolicy, PolicyInputError, TabularPolicy
 from mdpalign.proofs import ProofInputError
@@ -96,6 +108,11 @@ def _with(t, index, value):
     t = t.clone()
     t[index] = value
     return t
+
+
+def _same_tensor_twice(f):
+    lp = _lp()
+    return f(lp, lp, torch.zeros(2), MASK)
 
 
 def _unbounded_soft_mdp():
@@ -168,11 +185,13 @@ bad("mdp.policy_rows", lambda _: _mdp().policy_transitions(np.array([[0.5, 0.4],
 bad("map.unknown_name", lambda _: frozen_lake("16x16"), InvalidMapError, "unknown map name '16x16'")
 bad("map.two_starts", lambda _: frozen_lake(["SFS", "FFG"]), InvalidMapError, "has 2 start cells 'S'")
 bad("map.no_goal", lambda _: frozen_lake(["SFF", "FFF"]), InvalidMapError, "has no goal cell 'G'")
-bad("map.bad_letter", lambda _: frozen_lake(["SFX", "FFG"]), InvalidMapError, "'X'")
-bad("map.ragged_rows", lambda _: frozen_lake(["SFF", "FG"]), InvalidMapError, "rows")
+bad("map.bad_letter", lambda _: frozen_lake(["SFX", "FFG"]), InvalidMapError,
+    "holds ['X']; only S (start), F (frozen), H (hole), G (goal) are allowed")
+bad("map.ragged_rows", lambda _: frozen_lake(["SFF", "FG"]), InvalidMapError, "rows have unequal lengths [3, 2]")
 bad("map.empty", lambda _: frozen_lake([]), InvalidMapError, "is empty")
 bad("map.not_strings", lambda _: frozen_lake([1, 2]), InvalidMapError, "only S (start), F (frozen), H (hole), G (goal)")
-bad("map.goal_unreachable", lambda _: frozen_lake(["SH", "HG"]), InvalidMapError, "no path")
+bad("map.goal_unreachable", lambda _: frozen_lake(["SH", "HG"]), InvalidMapError,
+    "no path of frozen cells leads from S to G")
 bad("map.random_size", lambda _: frozen_lake(None, size=1), InvalidMapError,
     "a random map needs an integer size >= 2")
 bad("map.random_size_text", lambda _: frozen_lake(None, size="x"), InvalidMapError,
@@ -257,7 +276,7 @@ bad("solve.ref_policy_sum",
     lambda _: solve.soft_value_iteration(_mdp(), beta=1.0, ref_policy=np.array([[0.5, 0.2], [0.5, 0.5]])),
     SolverError, "ref_policy row for state 0 sums to 0.7")
 bad("solve.soft_unbounded", lambda _: solve.soft_value_iteration(_unbounded_soft_mdp(), beta=1.0),
-    UnboundedMDPError, "unbounded")
+    UnboundedMDPError, "the KL-regularised values are unbounded at beta=1")
 bad("solve.value_iteration_max_iter", lambda _: solve.value_iteration(frozen_lake("4x4", gamma=0.999).mdp, max_iter=2),
     ConvergenceError, "reached max_iter=2")
 bad("solve.evaluate_policy_shape", lambda _: solve.evaluate(_mdp(), np.zeros(3, dtype=int)), SolverError,
@@ -349,7 +368,7 @@ bad("objectives.crlft_reduce.zero_weights",
     lambda _: obj.crlft_reduce(obj.crlft_loss(_lp(), MASK, torch.zeros(2, dtype=torch.float64))),
     ObjectiveArgumentError, "the weights sum to 0")
 bad("objectives.crlft_class_weights.overflow", lambda _: obj.crlft_class_weights([1.0, 0.1], beta=1e-12),
-    ObjectiveArgumentError, "overflows")
+    ObjectiveArgumentError, "exp(r/beta) overflows torch.float64")
 bad("objectives.crlft_class_weights.normalize", lambda _: obj.crlft_class_weights([1.0, 0.1], 1.0, normalize="l2"),
     ObjectiveArgumentError, "unknown normalize 'l2'")
 bad("objectives.crlft_class_weights.empty", lambda _: obj.crlft_class_weights([], 1.0), ShapeError,
@@ -412,7 +431,7 @@ bad("objectives.ppo_clip_loss.epsilon", lambda _: obj.ppo_clip_loss(_lp(), None,
 bad("objectives.ppo_clip_loss.epsilon_negative",
     lambda _: obj.ppo_clip_loss(_lp(), None, torch.zeros(2), MASK, epsilon=-0.2), ObjectiveArgumentError,
     "epsilon must be a finite number >= 0")
-bad("objectives.ppo_clip_loss.old_is_new", lambda _: (lambda lp: obj.ppo_clip_loss(lp, lp, torch.zeros(2), MASK))(_lp()),
+bad("objectives.ppo_clip_loss.old_is_new", lambda _: _same_tensor_twice(obj.ppo_clip_loss),
     ObjectiveArgumentError, "old_token_logps is token_logps itself")
 bad("objectives.ppo_clip_loss.advantages_shape",
     lambda _: obj.ppo_clip_loss(_lp(), None, torch.zeros(5), MASK), ShapeError, "advantages must have shape (2,)")
@@ -451,29 +470,34 @@ def _param():
     return torch.zeros(2, dtype=torch.float64, requires_grad=True)
 
 
+def _fit(loss, param=None, **options):
+    """``fit`` on one parameter vector with the loss ``loss(param)``."""
+    param = _param() if param is None else param
+    return fit([param], lambda: loss(param), **options)
+
+
 bad("fit.not_parameters", lambda _: fit(42, lambda: torch.zeros(())), FitError,
     "fit needs an nn.Module, a tensor or an iterable of tensors")
 bad("fit.no_parameters", lambda _: fit([], lambda: torch.zeros(())), FitError, "fit got no trainable parameters")
 bad("fit.not_a_leaf", lambda _: fit([_param() * 2], lambda: torch.zeros(())), FitError,
     "parameter 0 must be a leaf tensor with requires_grad=True")
-bad("fit.method", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum(), method="newton"))(_param()), FitError,
+bad("fit.method", lambda _: _fit(lambda p: (p ** 2).sum(), method="newton"), FitError,
     "unknown method 'newton'")
-bad("fit.dtype", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum()))(torch.zeros(2, requires_grad=True)),
+bad("fit.dtype", lambda _: _fit(lambda p: (p ** 2).sum(), torch.zeros(2, requires_grad=True)),
     FitError, "parameter 0 has dtype torch.float32, fit expected torch.float64")
-bad("fit.max_iter", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum(), max_iter=-1))(_param()), FitError,
+bad("fit.max_iter", lambda _: _fit(lambda p: (p ** 2).sum(), max_iter=-1), FitError,
     "need max_iter >= 0 and tol >= 0")
-bad("fit.tol_text", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum(), tol="tight"))(_param()), FitError,
+bad("fit.tol_text", lambda _: _fit(lambda p: (p ** 2).sum(), tol="tight"), FitError,
     "need max_iter >= 0 and tol >= 0")
-bad("fit.lr_negative", lambda _: (lambda p: fit([p], lambda: (p ** 2).sum(), method="adam", lr=-1.0))(_param()),
+bad("fit.lr_negative", lambda _: _fit(lambda p: (p ** 2).sum(), method="adam", lr=-1.0),
     FitError, "lr must be a positive finite number")
-bad("fit.non_scalar_loss", lambda _: (lambda p: fit([p], lambda: p ** 2))(_param()), FitError,
+bad("fit.non_scalar_loss", lambda _: _fit(lambda p: p ** 2), FitError,
     "loss_fn must return a scalar tensor")
-bad("fit.nan_loss", lambda _: (lambda p: fit([p], lambda: (p * NAN).sum()))(_param()), NonFiniteLossError,
+bad("fit.nan_loss", lambda _: _fit(lambda p: (p * NAN).sum()), NonFiniteLossError,
     "not finite at iteration 0")
 bad("fit.require_convergence",
-    lambda _: (lambda p: fit([p], lambda: ((p - 1) ** 2).sum(), method="adam", lr=1e-3, max_iter=2,
-                             require_convergence=True))(_param()),
-    NotConvergedError, "did not converge")
+    lambda _: _fit(lambda p: ((p - 1) ** 2).sum(), method="adam", lr=1e-3, max_iter=2, require_convergence=True),
+    NotConvergedError, "fit did not converge: final gradient norm")
 bad("fit.weighted_sum_shapes", lambda _: weighted_sum(torch.ones(3), torch.ones(2)), FitError,
     "losses shape (3,) differs from weight shape (2,)")
 
@@ -567,7 +591,8 @@ bad("bench.config.eval_every", lambda _: FrozenLakeConfig(steps=5, eval_every=10
 bad("bench.config.suboptimal", lambda _: FrozenLakeConfig(suboptimal="shorter"), BenchConfigError,
     "--suboptimal must be 'longer' or 'hole'")
 bad("bench.config.gamma_1", lambda _: FrozenLakeConfig(gamma=1.0), BenchConfigError, "--gamma must lie in (0, 1)")
-bad("bench.config.gamma_text", lambda _: FrozenLakeConfig(gamma="high"), BenchConfigError, "--gamma")
+bad("bench.config.gamma_text", lambda _: FrozenLakeConfig(gamma="high"), BenchConfigError,
+    "--gamma must lie in (0, 1) (paths are ranked by discounting); got 'high'")
 bad("bench.config.methods_unknown", lambda _: FrozenLakeConfig(methods=("sft", "rlhf")), BenchConfigError,
     "unknown methods 'rlhf'")
 bad("bench.config.methods_empty", lambda _: FrozenLakeConfig(methods=()), BenchConfigError, "--methods is empty")
@@ -602,7 +627,7 @@ bad("bench.config.bandit_regimes", lambda _: BanditsConfig(regimes=("everything"
 # ============================================================================= mdpalign solve
 SOLVE = ["solve", "frozen-lake"]
 cli("cli.solve.map_name", [*SOLVE, "--map", "16x16"], "--map must be '4x4', '8x8' or comma-separated rows")
-cli("cli.solve.map_letter", [*SOLVE, "--map", "SFX,FFG"], "'X'")
+cli("cli.solve.map_letter", [*SOLVE, "--map", "SFX,FFG"], "holds ['X']; only S (start), F (frozen)")
 cli("cli.solve.map_no_goal", [*SOLVE, "--map", "SFF,FFF"], "has no goal cell 'G'")
 cli("cli.solve.gamma_above_1", [*SOLVE, "--gamma", "1.5"], "argument --gamma: must lie in [0, 1], got 1.5")
 cli("cli.solve.gamma_text", [*SOLVE, "--gamma", "abc"], "argument --gamma: expected a number in [0, 1], got 'abc'")
@@ -643,19 +668,19 @@ cli("cli.bench.eval_every", [*FL, "--steps", "2", "--eval-every", "5"], "--eval-
 cli("cli.bench.methods", [*FL, "--methods", "sft,rlhf"], "unknown methods 'rlhf'")
 cli("cli.bench.methods_empty", [*FL, "--methods", ",,"], "--methods is empty")
 cli("cli.bench.gamma_1", [*FL, "--gamma", "1.0"], "--gamma must lie in (0, 1)")
-cli("cli.bench.gamma_text", [*FL, "--gamma", "abc"], "argument --gamma")
-cli("cli.bench.map", [*FL, "--map", "SFX,FFG"], "'X'")
+cli("cli.bench.gamma_text", [*FL, "--gamma", "abc"], "argument --gamma: invalid float value: 'abc'")
+cli("cli.bench.map", [*FL, "--map", "SFX,FFG"], "--map 'SFX,FFG' cannot be used: map 'SFX/FFG': row 0")
 cli("cli.bench.map_one_path", [*FL, "--map", "SFG"], "has only one trajectory")
 cli("cli.bench.suboptimal", [*FL, "--suboptimal", "shorter"], "argument --suboptimal: invalid choice: 'shorter'")
 cli("cli.bench.beta_star", [*FL, "--beta-star", "0"], "argument --beta-star: must be a positive finite number")
 cli("cli.bench.lr_inf", [*FL, "--lr", "inf"], "argument --lr: must be a positive finite number")
 cli("cli.bench.seed_too_large", [*FL, "--seed", str(2**63)], "--seed must be an integer with 0 <= seed")
-cli("cli.bench.out_empty", [*FL, "--out", ""], "--out")
+cli("cli.bench.out_empty", [*FL, "--out", ""], "--out is empty")
 cli("cli.bench.out_cwd", lambda tmp: [*FL, "--out", str(Path.cwd())], "is the current directory")
-cli("cli.bench.out_root", [*FL, "--out", "/"], "--out '/'")
-cli("cli.bench.out_under_a_file", lambda tmp: [*FL, "--out", _out(tmp, "file")], "file")
+cli("cli.bench.out_root", [*FL, "--out", "/"], "--out '/' is the root directory")
+cli("cli.bench.out_under_a_file", lambda tmp: [*FL, "--out", _out(tmp, "file")], "is a file, not a directory")
 cli("cli.bench.out_foreign_dir", lambda tmp: [*FL, "--out", _out(tmp, "foreign")], "is not an mdpalign report")
-cli("cli.bench.out_proc", [*FL, "--out", "/proc/report"], "--out '/proc/report'")
+cli("cli.bench.out_proc", [*FL, "--out", "/proc/report"], "cannot write into /proc")
 cli("cli.bench.map_empty_rows", [*FL, "--map", ",,"], "is empty")
 cli("cli.bench.arms", [*BD, "--arms", "1"], "--arms must be at least 2")
 cli("cli.bench.objectives", [*BD, "--objectives", "ppo"], "unknown objectives 'ppo'")
@@ -732,20 +757,20 @@ cli("cli.train.model_without_tokenizer",
     "cannot load a tokenizer from it")
 cli("cli.train.model_missing", lambda tmp: _train(tmp, "--model_name_or_path", str(tmp / "nope"), "--dataset_path",
                                                   _jsonl(tmp, [PAIR])),
-    "model_name_or_path")
+    "no such directory (and not a hub id such as org/name)")
 cli("cli.train.model_is_a_file", lambda tmp: _train(tmp, "--model_name_or_path", _jsonl(tmp, [PAIR]),
                                                     "--dataset_path", _jsonl(tmp, [PAIR])),
     "is a file; expected a model directory")
 cli("cli.train.dataset_missing", lambda tmp: _train(tmp, "--model_name_or_path", _model_dir(tmp), "--dataset_path",
                                                     str(tmp / "nope.jsonl")),
-    "dataset_path")
+    "nope.jsonl': no such file or directory")
 cli("cli.train.model_dir_without_config",
     lambda tmp: _train(tmp, "--model_name_or_path", _model_dir(tmp), "--dataset_path", _jsonl(tmp, [PAIR])),
     "has no config.json (nor adapter_config.json): not a model directory")
 cli("cli.train.checkpoint_missing",
     lambda tmp: _train(tmp, "--model_name_or_path", _model_dir(tmp), "--dataset_path", _jsonl(tmp, [PAIR]),
                        "--resume_from_checkpoint", str(tmp / "checkpoint-9")),
-    "resume_from_checkpoint")
+    "checkpoint-9': no such checkpoint directory")
 
 # ============================================================================= mdpalign eval reward (before any model loads)
 CAUSAL = {"architectures": ["LlamaForCausalLM"]}
@@ -826,21 +851,23 @@ def _load(path) -> Any:
 
 
 def _tokenize(rows: list, objective: str = "dpo", **settings) -> Any:
-    from mdpalign.llm_bridge.data import TokenizeSettings, tokenize_records
     from llm_fixtures import build_tokenizer
+
+    from mdpalign.llm_bridge.data import TokenizeSettings, tokenize_records
 
     return tokenize_records(rows, build_tokenizer(), TokenizeSettings(objective, **settings))
 
 
 def _tokenize_reward(rows: list) -> Any:
-    from mdpalign.llm_bridge.reward_data import tokenize_reward_records
     from llm_fixtures import build_tokenizer
+
+    from mdpalign.llm_bridge.reward_data import tokenize_reward_records
 
     return tokenize_reward_records(rows, build_tokenizer())
 
 
 def _data_error(name: str) -> type:
-    import mdpalign.llm_bridge.data as data
+    from mdpalign.llm_bridge import data
 
     return getattr(data, name)
 
@@ -873,7 +900,7 @@ bad("llm.data.empty", lambda tmp: _load(_text(tmp, "d.jsonl", "\n")), EmptyDatas
 bad("llm.data.row_not_object", lambda tmp: _load(_text(tmp, "d.jsonl", '["a", "b"]\n')), DatasetError,
     "row 0 is a list, expected an object")
 bad("llm.data.missing_columns", lambda _: _tokenize([{"prompt": "a", "chosen": "b"}]), MissingColumnsError,
-    "rejected")
+    "objective 'dpo' needs columns 'chosen' and 'rejected'")
 bad("llm.data.columns_differ", lambda _: _tokenize([PAIR, {"prompt": "a", "chosen": "b", "other": "c"}]),
     MissingColumnsError, "row 1 has different columns from row 0")
 bad("llm.data.mixed_types", lambda _: _tokenize([{"prompt": "a", "chosen": [{"role": "assistant", "content": "b"}],
