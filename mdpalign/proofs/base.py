@@ -65,10 +65,31 @@ class NoClosedFormError(MdpalignError, ValueError):
 # --------------------------------------------------------------------------- small numpy helpers
 
 
-def _to_numpy(a: Any) -> np.ndarray:
+def _to_numpy(a: Any, name: str = "input") -> np.ndarray:
+    """``a`` (array-like or torch tensor) as float64; text or a ragged nested list is a :class:`ProofInputError`
+    naming ``name`` (numpy's own "could not convert" / "inhomogeneous shape" names nothing)."""
     if hasattr(a, "detach"):  # torch tensor, without importing torch here
         a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
+    try:
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ProofInputError(f"{name} must be a rectangular array of numbers: {exc}") from None
+
+
+def _check_tol(tol: Any) -> float:
+    try:
+        ok = float(tol) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ProofInputError(f"tol must be a number >= 0, got {tol!r}")
+    return float(tol)
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ProofInputError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def log_normalise(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -79,7 +100,7 @@ def log_normalise(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def check_policy_table(policy: Any, name: str = "ref_policy", *, allow_zero: bool = False) -> np.ndarray:
     """Validate an ``(X, K)`` row-stochastic table (a 1-D ``(K,)`` vector is read as ``X = 1``)."""
-    p = _to_numpy(policy)
+    p = _to_numpy(policy, name)
     if p.ndim == 1:
         p = p[None, :]
     if p.ndim != 2:
@@ -109,10 +130,10 @@ def as_log_policy(probs: Any = None, *, log_probs: Any = None, shape: tuple[int,
     if (probs is None) == (log_probs is None):
         raise ProofInputError("give exactly one of probs= or log_probs=")
     if log_probs is not None:
-        lp = _to_numpy(log_probs)
+        lp = _to_numpy(log_probs, "log_probs")
         name = "log_probs"
     else:
-        p = _to_numpy(probs)
+        p = _to_numpy(probs, "probs")
         if (p < 0).any():
             raise ProofInputError(f"probs has negative entries at {np.argwhere(p < 0)[:5].tolist()}")
         with np.errstate(divide="ignore"):
@@ -142,7 +163,7 @@ def _rows_attr(data: Any, *names: str) -> tuple[np.ndarray, ...]:
             raise ProofInputError(f"expected rows with fields {', '.join(names)} (attributes or keys, e.g. "
                                   f"mdpalign.envs.PreferenceData); got a {type(data).__name__} without {n!r}")
         v = data[n] if isinstance(data, dict) else getattr(data, n)
-        out.append(_to_numpy(v).reshape(-1))
+        out.append(_to_numpy(v, n).reshape(-1))
     return tuple(out)
 
 
@@ -153,6 +174,7 @@ def pair_table(pairs: Any, n_contexts: int, n_arms: int) -> np.ndarray:
     or key): :class:`mdpalign.envs.bandits.PreferenceData` qualifies. Population data (weights
     ``mu(x) w_ij P(i > j)``) give the population loss ``sum_x sum_ij W[x,i,j] * loss(i over j)``.
     """
+    n_contexts, n_arms = _check_count(n_contexts, "n_contexts"), _check_count(n_arms, "n_arms")
     ctx, ch, rj, w = _rows_attr(pairs, "context", "chosen", "rejected", "weight")
     if not (len(ctx) == len(ch) == len(rj) == len(w)):
         raise ProofInputError(
@@ -335,8 +357,7 @@ class Optimum:
 
         restricted to constrained contexts. ``ok`` is ``max_violation <= tol``.
         """
-        if not (tol >= 0):
-            raise ProofInputError(f"tol must be >= 0, got {tol!r}")
+        tol = _check_tol(tol)
         lp = as_log_policy(probs, log_probs=log_probs, shape=self.shape)
         worst, where = 0.0, "no constraint"
         if self.policy is not None:
@@ -418,7 +439,10 @@ class NoFiniteOptimum(Optimum):
 
 def check_scalar(value: Any, name: str, *, allow_zero: bool = False) -> float:
     """``value`` as a float, or :class:`ProofInputError` unless it is finite and > 0 (>= 0 with ``allow_zero``)."""
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")  # refused just below, naming the argument
     if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise ProofInputError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {value!r}")
     return v

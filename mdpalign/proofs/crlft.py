@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.proofs.base import Optimum, ProofInputError, demo_table
+from mdpalign.proofs.base import Optimum, ProofInputError, demo_table, _to_numpy
 from mdpalign.proofs.sft import sft_optimum
 
 __all__ = ["crlft_optimum", "crlft_table"]
@@ -51,12 +51,12 @@ def crlft_optimum(
     ``conditioned=True`` returns an optimum over ``X * C`` states (``state = x * C + c``);
     ``conditioned=False`` over ``X`` states.
     """
-    w = np.asarray(class_weights, dtype=np.float64).reshape(-1)
+    w = _to_numpy(class_weights, "class_weights").reshape(-1)
     C = len(w)
     if C < 1 or not np.isfinite(w).all() or (w <= 0).any():
         raise ProofInputError(f"class_weights must be finite and > 0, got {w}")
     if isinstance(demos, np.ndarray):
-        D = np.asarray(demos, dtype=np.float64)
+        D = _to_numpy(demos, "demos")
         if D.ndim != 3 or D.shape[1] != C:
             raise ProofInputError(f"demonstration table must be (X, C={C}, K), got {D.shape}")
         n_contexts, _, n_arms = D.shape

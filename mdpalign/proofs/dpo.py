@@ -57,6 +57,7 @@ from mdpalign.proofs.base import (
     pair_table,
     pinned_all_pairs,
     pinned_array,
+    _to_numpy,
 )
 
 __all__ = [
@@ -84,7 +85,7 @@ def bradley_terry_scores(W: Any, *, tol: float = 1e-13, max_iter: int = 200) -> 
     comparison graph). Stops when the gradient's max-norm is below ``tol * sum(W)``. Raises
     :class:`ProofInputError` if ``W`` is not strongly connected (no finite MLE, Ford's condition).
     """
-    W = np.asarray(W, dtype=np.float64)
+    W = _to_numpy(W, "W")
     n = W.shape[0]
     if W.shape != (n, n) or (W < 0).any() or not np.isfinite(W).all():
         raise ProofInputError(f"win matrix must be square, finite, >= 0; got shape {W.shape}")
@@ -140,7 +141,7 @@ def win_graph(W_x: np.ndarray) -> nx.DiGraph:
 def ford_condition(W_x: Any) -> bool:
     """Zermelo/Ford: a finite BT maximiser exists iff every weakly connected component of the win
     graph is strongly connected (every bipartition of a comparison component has wins both ways)."""
-    g = win_graph(np.asarray(W_x, dtype=np.float64))
+    g = win_graph(_to_numpy(W_x, "W_x"))
     return all(nx.is_strongly_connected(g.subgraph(c)) for c in nx.weakly_connected_components(g))
 
 
@@ -178,7 +179,7 @@ def dpo_optimum(ref_policy: Any, pairs: Any, beta: float) -> Optimum:
     X, K = ref.shape
     beta = check_scalar(beta, "beta")
     if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
+        W = _to_numpy(pairs, "pairs")
         if W.shape != (X, K, K) or (W < 0).any():
             raise ProofInputError(f"win table must be (X, K, K) = {(X, K, K)} and >= 0, got {W.shape}")
     else:

@@ -41,6 +41,7 @@ from mdpalign.proofs.base import (
     pair_table,
     pinned_all_pairs,
     pinned_array,
+    _to_numpy,
 )
 
 __all__ = ["ipo_optimum", "ipo_mu_optimum", "ipo_scores", "ipo_population_loss"]
@@ -48,7 +49,7 @@ __all__ = ["ipo_optimum", "ipo_mu_optimum", "ipo_scores", "ipo_population_loss"]
 
 def _win_table(pairs: Any, X: int, K: int) -> np.ndarray:
     if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
+        W = _to_numpy(pairs, "pairs")
         if W.shape != (X, K, K) or (W < 0).any() or not np.isfinite(W).all():
             raise ProofInputError(f"win table must be finite, >= 0 and (X, K, K) = {(X, K, K)}; got {W.shape}")
         return W
@@ -57,7 +58,7 @@ def _win_table(pairs: Any, X: int, K: int) -> np.ndarray:
 
 def ipo_scores(W_x: Any, tau: float) -> np.ndarray:
     """Minimum-norm least-squares solution ``g = L^+ b`` ``(K,)`` for one context's win table."""
-    W = np.asarray(W_x, dtype=np.float64)
+    W = _to_numpy(W_x, "W_x")
     tau = check_scalar(tau, "tau")
     N = W + W.T
     L = np.diag(N.sum(axis=1)) - N
@@ -139,7 +140,7 @@ def ipo_mu_optimum(ref_policy: Any, mu: Any, pref_probs: Any, tau: float) -> np.
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
     mu = check_policy_table(mu, "mu")
-    P = np.asarray(pref_probs, dtype=np.float64)
+    P = _to_numpy(pref_probs, "pref_probs")
     if mu.shape != (X, K) or P.shape != (X, K, K):
         raise ProofInputError(f"mu must be (X, K) = {(X, K)} and pref_probs (X, K, K); got {mu.shape}, {P.shape}")
     if np.abs(P + np.swapaxes(P, 1, 2) - 1)[:, ~np.eye(K, dtype=bool)].max(initial=0) > 1e-9:

@@ -49,6 +49,7 @@ from mdpalign.proofs.base import (
     pair_table,
     pinned_all_pairs,
     pinned_array,
+    _to_numpy,
 )
 
 __all__ = ["orpo_optimum", "orpo_two_arm_root", "orpo_population_loss", "log_odds"]
@@ -56,7 +57,7 @@ __all__ = ["orpo_optimum", "orpo_two_arm_root", "orpo_population_loss", "log_odd
 
 def log_odds(log_p: np.ndarray) -> np.ndarray:
     """``log p - log(1 - p)`` from ``log p`` (float64, ``log1p(-exp)`` / ``log(-expm1)`` switch at log 2)."""
-    log_p = np.asarray(log_p, dtype=np.float64)
+    log_p = _to_numpy(log_p, "log_p")
     with np.errstate(divide="ignore"):
         l1m = np.where(log_p < -np.log(2), np.log1p(-np.exp(log_p)), np.log(-np.expm1(log_p)))
     return log_p - l1m
@@ -99,7 +100,7 @@ def orpo_optimum(pairs: Any, lam: float, n_contexts: int | None = None, n_arms: 
     """
     lam = check_scalar(lam, "lam", allow_zero=True)
     if isinstance(pairs, np.ndarray):
-        W = np.asarray(pairs, dtype=np.float64)
+        W = _to_numpy(pairs, "pairs")
         if W.ndim != 3 or W.shape[1] != W.shape[2] or (W < 0).any():
             raise ProofInputError(f"win table must be (X, K, K) and >= 0, got {W.shape}")
     else:

@@ -64,7 +64,7 @@ from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 
 from mdpalign.proofs._certify import gamma
-from mdpalign.proofs.base import CheckResult, ProofInputError, _to_numpy, check_scalar
+from mdpalign.proofs.base import CheckResult, ProofInputError, _check_tol, _to_numpy, check_scalar
 from mdpalign.proofs.dpo import bradley_terry_scores, ford_condition
 
 __all__ = [
@@ -109,9 +109,8 @@ class RewardModelOptimum:
 
     def check(self, scores: Any, tol: float = 1e-6) -> CheckResult:
         """``max |(s_i - s_j) - pinned|`` over pinned pairs and ``|s - s*|`` over absolute arms; ok iff ``<= tol``."""
-        if not (tol >= 0):
-            raise ProofInputError(f"tol must be >= 0, got {tol!r}")
-        s = _to_numpy(scores)
+        tol = _check_tol(tol)
+        s = _to_numpy(scores, "scores")
         if s.ndim == 1:
             s = s[None]
         if s.shape != self.scores.shape:
@@ -135,7 +134,7 @@ class RewardModelOptimum:
 def _margins(margin: Any, X: int, K: int) -> np.ndarray:
     if margin is None:
         return np.zeros((X, K, K))
-    m = np.asarray(margin, dtype=np.float64)
+    m = _to_numpy(margin, "margin")
     if m.ndim == 0:
         m = np.full((X, K, K), float(m))
     if m.shape != (X, K, K) or not np.isfinite(m).all():
@@ -160,7 +159,10 @@ def reward_model_loss(W: Any, scores: Any, margin: Any = None, center_coefficien
     """Population loss ``sum_ij W_ij [-log sigma(s_i - s_j - m_ij) + c (s_i + s_j)^2]`` (numpy float64)."""
     W = _win_table(W)
     X, K, _ = W.shape
-    s = _to_numpy(scores).reshape(X, K)
+    s = _to_numpy(scores, "scores")
+    if s.size != X * K:
+        raise ProofInputError(f"scores must have one entry per response of W, shape ({X}, {K}); got shape {s.shape}")
+    s = s.reshape(X, K)
     m = _margins(margin, X, K)
     c = check_scalar(center_coefficient, "center_coefficient", allow_zero=True)
     d = s[:, :, None] - s[:, None, :]

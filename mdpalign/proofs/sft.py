@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.proofs.base import Optimum, ProofInputError, demo_table, optimum_from_target
+from mdpalign.proofs.base import Optimum, ProofInputError, demo_table, optimum_from_target, _to_numpy
 
 __all__ = ["sft_optimum", "length_normalised_sft_optimum", "sft_population_loss"]
 
@@ -43,7 +43,7 @@ def sft_optimum(demos: Any, n_contexts: int | None = None, n_arms: int | None = 
     if n_contexts is None or n_arms is None:
         if hasattr(demos, "context") or isinstance(demos, dict):
             raise ProofInputError("demonstration rows need n_contexts= and n_arms= to build the (X, K) table")
-        D = np.asarray(demos, dtype=np.float64)
+        D = _to_numpy(demos, "demos")
         if D.ndim == 1:
             D = D[None, :]
         if D.ndim != 2:
@@ -70,7 +70,7 @@ def sft_population_loss(demos: np.ndarray, probs: Any = None, *, log_probs: Any 
     """``- sum_{x,y} D(x,y) log pi(y|x)`` (float64; ``0 * log 0 = 0``) for an ``(X, K)`` table ``D``."""
     from mdpalign.proofs.base import as_log_policy
 
-    D = np.asarray(demos, dtype=np.float64)
+    D = _to_numpy(demos, "demos")
     if D.ndim == 1:
         D = D[None, :]
     lp = as_log_policy(probs, log_probs=log_probs, shape=D.shape)
@@ -83,10 +83,10 @@ def length_normalised_sft_optimum(seq_weights: Any, lengths: Any) -> np.ndarray:
     ``seq_weights`` ``(X, N)`` or ``(N,)``: weight of each complete sequence; ``lengths`` ``(N,)``:
     number of counted tokens of each (>= 1). Returns ``(X, N)`` (rows with no weight are ``nan``).
     """
-    D = np.asarray(seq_weights, dtype=np.float64)
+    D = _to_numpy(seq_weights, "seq_weights")
     if D.ndim == 1:
         D = D[None, :]
-    L = np.asarray(lengths, dtype=np.float64).reshape(-1)
+    L = _to_numpy(lengths, "lengths").reshape(-1)
     if L.shape != (D.shape[1],):
         raise ProofInputError(f"lengths has shape {L.shape}, expected ({D.shape[1]},)")
     if (L < 1).any():

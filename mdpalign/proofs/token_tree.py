@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from mdpalign.proofs.base import ProofInputError, UniqueOptimum, check_scalar, pinned_all_pairs, pinned_array
+from mdpalign.proofs.base import ProofInputError, UniqueOptimum, check_scalar, pinned_all_pairs, pinned_array, _to_numpy
 
 __all__ = ["soft_backward_recursion", "token_tree_optimum", "leaf_pair_table", "tree_sft_optimum"]
 
@@ -114,7 +114,7 @@ def tree_sft_optimum(tree: Any, leaf_weights: Any, *, length_normalised: bool = 
     """
     from mdpalign.proofs.base import optimum_from_target
 
-    D = np.asarray(leaf_weights, dtype=np.float64).reshape(-1)
+    D = _to_numpy(leaf_weights, "leaf_weights").reshape(-1)
     if D.shape != (tree.n_leaves,) or (D < 0).any() or not np.isfinite(D).all() or D.sum() <= 0:
         raise ProofInputError(f"leaf_weights must be (n_leaves,) = ({tree.n_leaves},), finite, >= 0, not all 0")
     w = D / tree.leaf_lengths if length_normalised else D
