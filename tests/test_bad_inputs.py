@@ -552,7 +552,7 @@ bad("proofs.kl_rl_optimum.ref_sum", lambda _: proofs.kl_rl_optimum(np.zeros((1, 
 bad("proofs.kl_rl_optimum.rewards_shape", lambda _: proofs.kl_rl_optimum(np.zeros((1, 2)), REF, 1.0),
     ProofInputError, "rewards has shape (1, 2), ref_policy has shape (1, 3)")
 bad("proofs.check.tol", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=REF, tol=-1.0),
-    ProofInputError, "tol must be >= 0")
+    ProofInputError, "tol must be a number >= 0, got -1.0")
 bad("proofs.check.shape", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=np.full((1, 2), .5)),
     ProofInputError, "the problem has shape (1, 3)")
 bad("proofs.sft_optimum.empty", lambda _: proofs.sft_optimum(np.zeros((1, 3))), ProofInputError,
@@ -580,6 +580,26 @@ bad("proofs.reward_model.diagonal", lambda _: proofs.bradley_terry_reward_optimu
     "compared with itself")
 bad("proofs.token_tree_online.kl", lambda _: proofs.token_tree_local_kl_optimum(None, 0.1, kl="forward"),
     ProofInputError, "kl must be one of")
+
+bad("proofs.ref_policy_text", lambda _: proofs.dpo_optimum("uniform", _pairs(0, 0, 1, 1.0), 0.1), ProofInputError,
+    "ref_policy must be a rectangular array of numbers")
+bad("proofs.ref_policy_ragged", lambda _: proofs.kl_rl_optimum(np.zeros((2, 2)), [[0.5, 0.5], [1.0]], 1.0),
+    ProofInputError, "ref_policy must be a rectangular array of numbers")
+bad("proofs.rewards_text", lambda _: proofs.greedy_limit("high", REF), ProofInputError,
+    "rewards must be a rectangular array of numbers")
+bad("proofs.win_matrix_text", lambda _: proofs.bradley_terry_scores("x"), ProofInputError,
+    "W must be a rectangular array of numbers")
+bad("proofs.beta_text", lambda _: proofs.dpo_optimum(REF, _pairs(0, 0, 1, 1.0), "small"), ProofInputError,
+    "beta must be finite and > 0, got 'small'")
+bad("proofs.check.tol_text", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=REF, tol="x"),
+    ProofInputError, "tol must be a number >= 0, got 'x'")
+bad("proofs.pair_table.n_contexts", lambda _: proofs.pair_table(_pairs(0, 0, 1, 1.0), "one", 3), ProofInputError,
+    "n_contexts must be an integer >= 1, got 'one'")
+bad("proofs.reward_model_loss.scores_shape",
+    lambda _: proofs.reward_model_loss(np.array([[0.0, 2.0], [1.0, 0.0]]), np.zeros(3)), ProofInputError,
+    "scores must have one entry per response of W, shape (1, 2)")
+bad("proofs.as_log_policy.ragged", lambda _: proofs.as_log_policy([[0.5, 0.5], [1.0]]), ProofInputError,
+    "probs must be a rectangular array of numbers")
 
 # ============================================================================= bench options (Python config)
 bad("bench.config.seeds_zero", lambda _: FrozenLakeConfig(seeds=0), BenchConfigError,
