@@ -205,6 +205,10 @@ def _split_ids(tokenizer, prompt, completion, index: int, what: str = "completio
     """(prompt_ids, completion_ids) with the prefix check that makes them a faithful split."""
     if isinstance(prompt, list) != isinstance(completion, list):
         raise DatasetError(f"example {index}: prompt and {what} must both be strings or both be message lists")
+    for name, value in (("prompt", prompt), (what, completion)):
+        if not isinstance(value, (str, list)):  # a number or a null in the file: say so before the tokenizer does
+            raise DatasetError(f"example {index}: {name} must be a string or a list of {{role, content}} messages, "
+                               f"got {type(value).__name__} {value!r}")
     if isinstance(prompt, list):
         prompt_ids = _render_ids(tokenizer, prompt, generation_prompt=True)
         full_ids = _render_ids(tokenizer, prompt + completion, generation_prompt=False)
