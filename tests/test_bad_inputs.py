@@ -880,12 +880,12 @@ def _tokenize(rows: list, objective: str = "dpo", **settings) -> Any:
     return tokenize_records(rows, build_tokenizer(), TokenizeSettings(objective, **settings))
 
 
-def _tokenize_reward(rows: list) -> Any:
+def _tokenize_reward(rows: list, max_length: int | None = None) -> Any:
     from llm_fixtures import build_tokenizer
 
     from mdpalign.llm_bridge.reward_data import tokenize_reward_records
 
-    return tokenize_reward_records(rows, build_tokenizer())
+    return tokenize_reward_records(rows, build_tokenizer(), max_length)
 
 
 def _data_error(name: str) -> type:
@@ -938,11 +938,31 @@ bad("llm.data.class_without_weight",
 bad("llm.data.last_message_not_assistant",
     lambda _: _tokenize([{"messages": [{"role": "user", "content": "hi"}]}], "sft"), DatasetError,
     "the last message must be the assistant's")
+bad("llm.data.prompt_number", lambda _: _tokenize([{"prompt": 3, "completion": "a"}], "sft"), DatasetError,
+    "example 0: prompt must be a string or a list of {role, content} messages, got int 3")
+bad("llm.data.completion_null", lambda _: _tokenize([{"prompt": "a", "completion": None}], "sft"), DatasetError,
+    "example 0: completion must be a string or a list of {role, content} messages, got NoneType None")
+bad("llm.data.messages_empty", lambda _: _tokenize([{"messages": []}], "sft"), DatasetError,
+    "'messages' must be a non-empty list of {role, content} dicts")
+bad("llm.data.all_truncated", lambda _: _tokenize([{**PAIR, "prompt": "question: what is two plus two?"}],
+                                                  max_length=3),
+    EmptyDatasetError, "all 1 examples were dropped")
+bad("llm.data.class_prefix_missing",
+    lambda _: _tokenize([{"prompt": "a", "completion": "b", "class": "x"}], "crlft", class_weights={"x": 1.0},
+                        class_prefixes={"y": "Y:"}),
+    DatasetError, "class 'x' has no prefix in crlft_class_prefixes")
+bad("llm.data.weight_column_missing",
+    lambda _: _tokenize([{"prompt": "a", "completion": "b"}], "crlft", weight_column="w"), MissingColumnsError,
+    "objective 'crlft' needs a class column 'class' or a weight column 'w'")
 bad("llm.reward_data.missing_columns", lambda _: _tokenize_reward([{"prompt": "a", "chosen": "b"}]),
     MissingColumnsError, "objective 'reward' needs columns 'chosen' and 'rejected'")
 bad("llm.reward_data.margin", lambda _: _tokenize_reward([{**PAIR, "margin": "big"}]), DatasetError,
     "margin 'big' in column 'margin' is not a finite number")
 
+bad("llm.reward_data.too_long", lambda _: _tokenize_reward([PAIR], max_length=2), EmptyDatasetError,
+    "preference pairs are longer than max_length=2 tokens")
+bad("llm.reward_data.chosen_number", lambda _: _tokenize_reward([{"chosen": 1, "rejected": "b"}]), DatasetError,
+    "'chosen' must be a string or a list of {role, content} messages, got int 1")
 
 # ============================================================================= the checks
 
