@@ -17,11 +17,21 @@ from mdpalign.errors import MdpalignError
 __all__ = ["to_numpy", "check_number", "check_positive", "check_unit_interval"]
 
 
-def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
-    """``x`` (array-like or a torch tensor, on any device) as a numpy array of ``dtype`` (None: keep the dtype)."""
+def to_numpy(x: Any, dtype: Any = np.float64, *, name: str = "input",
+             error: type[MdpalignError] | None = None) -> np.ndarray:
+    """``x`` (array-like or a torch tensor, on any device) as a numpy array of ``dtype`` (None: keep the dtype).
+
+    With ``error``, text or a ragged nested list raises ``error`` naming ``name`` (numpy's own "could not convert" /
+    "inhomogeneous shape" names nothing).
+    """
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch here
         x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
+    if error is None:
+        return np.asarray(x, dtype=dtype)
+    try:
+        return np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{name} must be a rectangular array of numbers: {exc}") from None
 
 
 def check_number(value: Any, name: str, *, error: type[MdpalignError]) -> float:

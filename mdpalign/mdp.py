@@ -242,6 +242,8 @@ class TabularMDP:
         terminal = _terminal_mask(self.terminal, flat, R)
         initial = _initial_distribution(self.initial, terminal)
         for name, labels, n in (("state_labels", self.state_labels, S), ("action_labels", self.action_labels, A)):
+            if labels is not None and not hasattr(labels, "__len__"):
+                raise InvalidMDPError(f"{name} must be a sequence of {n} names; got {labels!r}")
             if labels is not None and len(labels) != n:
                 raise InvalidMDPError(f"{name} has {len(labels)} entries for {n} {name.split('_')[0]}s")
 
@@ -323,22 +325,22 @@ class TabularMDP:
         policy = np.asarray(policy)
         if policy.shape == (S,):
             if not np.issubdtype(policy.dtype, np.integer):
-                raise ValueError(f"a deterministic policy must hold integer actions; got dtype {policy.dtype}")
+                raise InvalidMDPError(f"a deterministic policy must hold integer actions; got dtype {policy.dtype}")
             if policy.min() < 0 or policy.max() >= A:
-                raise ValueError(f"deterministic policy has actions outside [0, {A}) at states "
-                                 f"{np.flatnonzero((policy < 0) | (policy >= A))[:5].tolist()}")
+                raise InvalidMDPError(f"deterministic policy has actions outside [0, {A}) at states "
+                                      f"{np.flatnonzero((policy < 0) | (policy >= A))[:5].tolist()}")
             pi = np.zeros((S, A))
             pi[np.arange(S), policy] = 1.0
             return pi
         if policy.shape != (S, A):
-            raise ValueError(f"policy must have shape ({S},) or ({S}, {A}); got {policy.shape}")
+            raise InvalidMDPError(f"policy must have shape ({S},) or ({S}, {A}); got {policy.shape}")
         pi = policy.astype(np.float64)
         if not np.all(np.isfinite(pi)) or np.any(pi < 0):
-            raise ValueError("stochastic policy has negative or non-finite probabilities")
+            raise InvalidMDPError("stochastic policy has negative or non-finite probabilities")
         off = np.abs(pi.sum(axis=1) - 1.0)
         if np.any(off > 1e-8):
             s = int(np.argmax(off))
-            raise ValueError(f"policy row for state {s} sums to {pi[s].sum():.12g}, not 1")
+            raise InvalidMDPError(f"policy row for state {s} sums to {pi[s].sum():.12g}, not 1")
         return pi
 
     # ----------------------------------------------------------------- graphs

@@ -104,10 +104,18 @@ class TabularPolicy(nn.Module):
     def __init__(self, n_states: int, n_actions: int, init_scale: float = 0.0, dtype: torch.dtype = torch.float64,
                  seed: int | None = None, logits: torch.Tensor | None = None):
         super().__init__()
-        if int(n_states) < 1 or int(n_actions) < 1:
-            raise PolicyInputError(f"n_states and n_actions must be >= 1, got {n_states}, {n_actions}")
-        if not float(init_scale) >= 0.0:
-            raise PolicyInputError(f"init_scale must be >= 0, got {init_scale}")
+        try:
+            sizes_ok = int(n_states) >= 1 and int(n_actions) >= 1
+        except (TypeError, ValueError):  # not numbers at all: name them, not int()'s complaint
+            sizes_ok = False
+        if not sizes_ok:
+            raise PolicyInputError(f"n_states and n_actions must be integers >= 1, got {n_states!r}, {n_actions!r}")
+        try:
+            scale_ok = float(init_scale) >= 0.0
+        except (TypeError, ValueError):
+            scale_ok = False
+        if not scale_ok:
+            raise PolicyInputError(f"init_scale must be >= 0, got {init_scale!r}")
         self.n_states, self.n_actions = int(n_states), int(n_actions)
         if logits is not None:
             init = torch.as_tensor(logits, dtype=dtype).clone()

@@ -55,6 +55,28 @@ BANDIT_OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "crlft", "kl_rl")
 BANDIT_REGIMES = ("bt_all_pairs", "partial_coverage", "deterministic", "mixed_quality")
 
 
+def _number(value, kind=float):
+    """``kind(value)``, or None where ``value`` is not a number at all (a string, None): the checks then name
+    the option instead of letting ``int('x')``'s message through."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _real(value) -> float:
+    """``float(value)``, NaN where it is no number (so that every range check below fails and names the option)."""
+    number = _number(value)
+    return math.nan if number is None else number
+
+
+def _reals(values) -> tuple[float, ...]:
+    try:
+        return tuple(_real(x) for x in values)
+    except TypeError:  # not a sequence: the length check that follows refuses it
+        return ()
+
+
 def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or value <= 0:
         raise BenchConfigError("{%s} must be a positive integer; got {got}" % name, (name,), got=repr(value))
@@ -86,6 +108,8 @@ def _check_positive(name: str, value) -> float:
 def _check_subset(name: str, values, allowed: tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(values, str):
         values = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not isinstance(values, (tuple, list)):
+        raise BenchConfigError(f"--{name} must be comma-separated names or a sequence of them; got {values!r}")
     values = tuple(str(v).lower() for v in values)
     if not values:
         raise BenchConfigError("{%s} is empty; choose from {allowed}" % name, (name,), allowed=", ".join(allowed))
@@ -248,7 +272,7 @@ class BanditsConfig:
         object.__setattr__(self, "objectives", _check_subset("objectives", self.objectives, BANDIT_OBJECTIVES))
         object.__setattr__(self, "regimes", _check_subset("regimes", self.regimes, BANDIT_REGIMES))
         for name in ("partial_fraction", "expert_fraction"):
-            v = float(getattr(self, name))
+            v = _real(getattr(self, name))
             if not 0.0 < v < 1.0:
                 raise BenchConfigError("{%s} must lie in (0, 1); got {got}" % name, (name,), got=repr(v))
         w = tuple(float(x) for x in self.crlft_weights)

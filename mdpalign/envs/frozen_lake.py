@@ -55,7 +55,9 @@ _DENSE_LIMIT = 1024
 
 
 class InvalidMapError(MdpalignError, ValueError):
-    """A Frozen Lake map that is malformed or on which the goal cannot be reached."""
+    """A Frozen Lake map that is malformed or on which the goal cannot be reached, or a lake option
+    (``max_episode_steps``, the two-path lake's ``suboptimal`` and ``gamma``), action or policy that cannot apply
+    to it."""
 
 
 def _named_maps() -> dict[str, tuple[str, ...]]:
@@ -215,7 +217,7 @@ class FrozenLake:
     def deterministic_step(self, state: int, action: int) -> int:
         """Where ``action`` leads from ``state`` on the non-slippery lake (walls: stay put)."""
         if not 0 <= action < 4:
-            raise ValueError(f"action {action} is not one of LEFT 0, DOWN 1, RIGHT 2, UP 3")
+            raise InvalidMapError(f"action {action} is not one of LEFT 0, DOWN 1, RIGHT 2, UP 3")
         row, col = self.cell(state)
         if self.desc[row][col] in "HG":
             return int(state)
@@ -231,7 +233,7 @@ class FrozenLake:
         states = []
         for t, a in enumerate(actions):
             if self.letter(s) in "HG":
-                raise ValueError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} at state {s}")
+                raise InvalidMapError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} at state {s}")
             states.append(s)
             s = self.deterministic_step(s, int(a))
         return Trajectory(tuple(states), tuple(int(a) for a in actions), s, s in self.goal_states)
@@ -260,13 +262,13 @@ class FrozenLake:
             actions = policy.argmax(axis=1)
         elif policy.shape == (S,):
             if not np.issubdtype(policy.dtype, np.integer):
-                raise ValueError(f"an (S,) policy must hold integer actions; got dtype {policy.dtype}")
+                raise InvalidMapError(f"an (S,) policy must hold integer actions; got dtype {policy.dtype}")
             actions = policy
         else:
-            raise ValueError(f"policy must have shape ({S},) or ({S}, 4) for this {self.nrow}x{self.ncol} map; "
+            raise InvalidMapError(f"policy must have shape ({S},) or ({S}, 4) for this {self.nrow}x{self.ncol} map; "
                              f"got {policy.shape}")
         if actions.min() < 0 or actions.max() > 3:
-            raise ValueError("policy holds actions outside LEFT 0, DOWN 1, RIGHT 2, UP 3")
+            raise InvalidMapError("policy holds actions outside LEFT 0, DOWN 1, RIGHT 2, UP 3")
         lines = []
         for i, row in enumerate(self.desc):
             lines.append("".join(c if c in "HG" else ARROWS[int(actions[i * self.ncol + j])]
@@ -340,7 +342,7 @@ def frozen_lake(
         default_steps = 100 if max(len(desc), len(desc[0])) <= 4 else 200
     steps = default_steps if max_episode_steps is None else int(max_episode_steps)
     if steps < 1:
-        raise ValueError(f"max_episode_steps must be positive; got {max_episode_steps}")
+        raise InvalidMapError(f"max_episode_steps must be positive; got {max_episode_steps}")
     env = _gymnasium_env(desc, bool(slippery), success_rate)
     mdp = _mdp_from_gymnasium_table(env, desc, gamma, sparse)
     return FrozenLake(mdp=mdp, desc=desc, slippery=bool(slippery), max_episode_steps=steps,
@@ -361,7 +363,7 @@ class Trajectory:
 
     def __post_init__(self) -> None:
         if len(self.states) != len(self.actions):
-            raise ValueError(f"a trajectory needs one action per state; got {len(self.states)} states "
+            raise InvalidMapError(f"a trajectory needs one action per state; got {len(self.states)} states "
                              f"and {len(self.actions)} actions")
 
     def __len__(self) -> int:
@@ -461,9 +463,9 @@ def two_path_lake_from_map(
     trajectory exists. ``max_len`` bounds the enumeration (see :func:`simple_trajectories`).
     """
     if suboptimal not in ("longer", "hole"):
-        raise ValueError(f"suboptimal must be 'longer' or 'hole'; got {suboptimal!r}")
+        raise InvalidMapError(f"suboptimal must be 'longer' or 'hole'; got {suboptimal!r}")
     if not 0.0 <= gamma < 1.0:
-        raise ValueError(f"the two-path lake ranks paths by discounting: gamma must lie in [0, 1); got {gamma}")
+        raise InvalidMapError(f"the two-path lake ranks paths by discounting: gamma must lie in [0, 1); got {gamma}")
     lake = frozen_lake(list(rows), slippery=slippery, gamma=gamma)
     trajectories = simple_trajectories(lake, max_len=max_len)
     to_goal = [t for t in trajectories if t.reaches_goal]

@@ -391,7 +391,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(TrainConfig)
+    parser = HfArgumentParser(TrainConfig, prog="mdpalign train")  # its own errors name the command, not argv[0]
     parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields.")
     if known.config is not None:
         if not os.path.isfile(known.config):
@@ -401,6 +401,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
                 values = yaml.safe_load(fh) or {}
             except yaml.YAMLError as err:
                 raise ConfigError(f"{known.config}: not valid YAML: {' '.join(str(err).split())}") from None
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{known.config}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{known.config}: expected a mapping of field: value at top level")
         names = {a.dest for a in parser._actions}
@@ -448,6 +450,14 @@ def check_paths(cfg: TrainConfig) -> None:
     if resume is not None and resume not in _RESUME_FLAGS and not os.path.isdir(resume):
         raise ConfigError(f"resume_from_checkpoint {resume!r}: no such checkpoint directory "
                           "(or set it to true / last for the latest checkpoint in output_dir)")
+    # last, so that a missing dataset or checkpoint is named first; transformers' own message for a directory
+    # without a config is a traceback that does not name the option
+    for name in ("model_name_or_path", "ref_model_name_or_path"):
+        value = getattr(cfg, name)
+        if value is not None and os.path.isdir(value) and not any(
+                os.path.isfile(os.path.join(value, f)) for f in ("config.json", "adapter_config.json")):
+            raise ConfigError(f"{name} {value!r} has no config.json (nor adapter_config.json): not a model "
+                              "directory")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

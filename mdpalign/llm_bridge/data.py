@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
@@ -69,6 +70,19 @@ def load_records(path: str, split: str = "train") -> list[dict[str, Any]]:
         raise DatasetError("dataset_path is not set")
     if not os.path.exists(path):
         raise DatasetError(f"dataset_path does not exist: {path}")
+    try:
+        rows = _read_rows(path, split)
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not rows:
+        raise EmptyDatasetError(f"{path}: the dataset is empty")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
+    return rows
+
+
+def _read_rows(path: str, split: str) -> list:
     if os.path.isdir(path):
         ds = load_from_disk(path)
         if isinstance(ds, DatasetDict):
@@ -87,22 +101,23 @@ def load_records(path: str, split: str = "train") -> list[dict[str, Any]]:
                 except json.JSONDecodeError as err:
                     raise DatasetError(f"{path}:{lineno}: not valid JSON: {err}") from None
     elif path.endswith(".json"):
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{path}: not valid JSON: {err}") from None
         if isinstance(data, dict) and split in data:
             data = data[split]
         if not isinstance(data, list):
             raise DatasetError(f"{path}: expected a JSON list of rows (or {{{split!r}: [...]}})")
         rows = data
     elif path.endswith(".parquet"):
-        rows = Dataset.from_parquet(path).to_list()
+        try:
+            rows = Dataset.from_parquet(path).to_list()
+        except pyarrow.ArrowInvalid as err:  # datasets passes pyarrow's own error through
+            raise DatasetError(f"{path}: not a valid parquet file: {' '.join(str(err).split())}") from None
     else:
         raise DatasetError(f"{path}: unsupported file type (use .jsonl, .json, .parquet or a save_to_disk directory)")
-    if not rows:
-        raise EmptyDatasetError(f"{path}: the dataset is empty")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
     return rows
 
 
@@ -190,6 +205,10 @@ def _split_ids(tokenizer, prompt, completion, index: int, what: str = "completio
     """(prompt_ids, completion_ids) with the prefix check that makes them a faithful split."""
     if isinstance(prompt, list) != isinstance(completion, list):
         raise DatasetError(f"example {index}: prompt and {what} must both be strings or both be message lists")
+    for name, value in (("prompt", prompt), (what, completion)):
+        if not isinstance(value, (str, list)):  # a number or a null in the file: say so before the tokenizer does
+            raise DatasetError(f"example {index}: {name} must be a string or a list of {{role, content}} messages, "
+                               f"got {type(value).__name__} {value!r}")
     if isinstance(prompt, list):
         prompt_ids = _render_ids(tokenizer, prompt, generation_prompt=True)
         full_ids = _render_ids(tokenizer, prompt + completion, generation_prompt=False)

@@ -90,14 +90,25 @@ class Checkpoint:
     adapter_base: str | None = None
 
 
+def _read_json(file: str, what: str, path: str) -> dict:
+    """A model directory's JSON config; a broken one is a RewardEvalError naming the file, not json's traceback."""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise RewardEvalError(f"{what} {path!r}: {os.path.basename(file)} is not valid JSON: {err}") from None
+    if not isinstance(info, dict):
+        raise RewardEvalError(f"{what} {path!r}: {os.path.basename(file)} is not a JSON object")
+    return info
+
+
 def inspect_checkpoint(path: str, what: str = "--model") -> Checkpoint:
     """Read ``config.json`` (or ``adapter_config.json``) of ``path``: a reward model or a causal LM."""
     if not os.path.isdir(path):
         raise RewardEvalError(f"{what} {path!r}: no such model directory")
     adapter = os.path.join(path, "adapter_config.json")
     if os.path.isfile(adapter):
-        with open(adapter, encoding="utf-8") as fh:
-            info = json.load(fh)
+        info = _read_json(adapter, what, path)
         task, base = info.get("task_type"), info.get("base_model_name_or_path")
         kinds = {"SEQ_CLS": "reward_model", "CAUSAL_LM": "causal_lm"}
         if task not in kinds:
@@ -109,8 +120,7 @@ def inspect_checkpoint(path: str, what: str = "--model") -> Checkpoint:
     config = os.path.join(path, "config.json")
     if not os.path.isfile(config):
         raise RewardEvalError(f"{what} {path!r}: no config.json (nor adapter_config.json); not a model directory")
-    with open(config, encoding="utf-8") as fh:
-        info = json.load(fh)
+    info = _read_json(config, what, path)
     archs = info.get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         labels = len(info["id2label"]) if "id2label" in info else info.get("num_labels", 2)

@@ -7,15 +7,24 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mdpalign.llm_bridge.config import SEQUENCE_SCORE_OBJECTIVES, TrainConfig
+from mdpalign.llm_bridge.config import (
+    SEQUENCE_SCORE_OBJECTIVES,
+    ConfigError,
+    TrainConfig,
+)
 
 
 def load_tokenizer(path: str):
     """``AutoTokenizer.from_pretrained``; a tokenizer without a pad token pads with its eos token."""
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except ValueError as err:  # e.g. a model directory without tokenizer files: transformers' message names no path
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path!r}: cannot load a tokenizer from it ({first.rstrip(': ')}); a model directory "
+                          "needs its tokenizer files (tokenizer.json / tokenizer_config.json)") from err
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
-            raise ValueError(f"tokenizer of {path} has neither a pad nor an eos token; set one")
+            raise ConfigError(f"tokenizer of {path} has neither a pad nor an eos token; set one")
         tok.pad_token = tok.eos_token
     return tok
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from mdpalign.objectives.common import ShapeError
+from mdpalign.objectives.common import ObjectiveArgumentError, ShapeError
 from mdpalign.objectives.token_batches import check_float_tensor, check_nonnegative, check_option
 
 __all__ = ["SCALE_REWARDS", "AdvantageOutput", "rloo_advantages", "grpo_advantages", "remax_advantages"]
@@ -42,9 +42,9 @@ class AdvantageOutput(NamedTuple):
 def _check_group_rewards(rewards, group_size: int, min_group: int = 2) -> tuple[torch.Tensor, int]:
     check_float_tensor(rewards, "rewards")
     if isinstance(group_size, bool) or not isinstance(group_size, int):
-        raise ValueError(f"group_size must be an int, got {group_size!r}")
+        raise ObjectiveArgumentError(f"group_size must be an int, got {group_size!r}")
     if group_size < min_group:
-        raise ValueError(f"group_size must be >= {min_group} (a baseline needs other samples of the prompt), "
+        raise ObjectiveArgumentError(f"group_size must be >= {min_group} (a baseline needs other samples of the prompt), "
                          f"got {group_size}")
     n = rewards.shape[-1]
     if n % group_size:
@@ -53,7 +53,7 @@ def _check_group_rewards(rewards, group_size: int, min_group: int = 2) -> tuple[
     r = rewards
     if not bool(torch.isfinite(r.detach()).all()):
         idx = tuple(int(i) for i in (~torch.isfinite(r)).nonzero()[0])
-        raise ValueError(f"rewards must be finite; found {r[idx].item()} at index {idx} (TRL's NaN 'unscorable' "
+        raise ObjectiveArgumentError(f"rewards must be finite; found {r[idx].item()} at index {idx} (TRL's NaN 'unscorable' "
                          "convention is not supported: drop those completions)")
     return r, group_size
 
@@ -125,6 +125,6 @@ def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor, group_
         raise ShapeError(f"greedy_rewards must have shape {expect} (one per prompt), got {tuple(greedy_rewards.shape)}")
     b = greedy_rewards
     if not bool(torch.isfinite(b).all()):
-        raise ValueError("greedy_rewards must be finite")
+        raise ObjectiveArgumentError("greedy_rewards must be finite")
     baselines = b.unsqueeze(-1).expand(*expect, g).reshape(r.shape).to(r.dtype)
     return AdvantageOutput(r - baselines, baselines, torch.ones_like(r), None)

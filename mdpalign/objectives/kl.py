@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from mdpalign.objectives.common import ShapeError, as_bool_mask, check_beta
+from mdpalign.objectives.common import ObjectiveArgumentError, ShapeError, as_bool_mask, check_beta
 from mdpalign.objectives.token_batches import check_batched_tokens, check_float_tensor, check_option, zero_where_masked
 
 __all__ = ["KL_ESTIMATORS", "KL_PLACEMENTS", "kl_estimate", "kl_penalised_rewards", "kl_loss_term"]
@@ -131,13 +131,13 @@ def kl_loss_term(token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask:
     kl = kl_estimate(token_logps, ref_token_logps, estimator, mask=m)
     if not use_bias_correction_kl:
         if old_token_logps is not None:
-            raise ValueError("old_token_logps is used only with use_bias_correction_kl=True")
+            raise ObjectiveArgumentError("old_token_logps is used only with use_bias_correction_kl=True")
         return kl
     if old_token_logps is None:
         old = token_logps.detach()
     else:
         if old_token_logps is token_logps:
-            raise ValueError("old_token_logps is token_logps itself: ρ ≡ 1 would carry no gradient; pass None for "
+            raise ObjectiveArgumentError("old_token_logps is token_logps itself: ρ ≡ 1 would carry no gradient; pass None for "
                              "the on-policy ratio (token_logps.detach()) or the sampling policy's log-probs")
         check_batched_tokens(m, token_logps=token_logps, old_token_logps=old_token_logps)
         old = old_token_logps

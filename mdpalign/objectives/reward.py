@@ -14,7 +14,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mdpalign.objectives.common import ShapeError, check_sequence_inputs
+from mdpalign.objectives.common import (
+    ObjectiveArgumentError,
+    ShapeError,
+    check_sequence_inputs,
+)
 from mdpalign.objectives.token_batches import check_nonnegative
 
 __all__ = ["BradleyTerryOutput", "bradley_terry_loss", "center_rewards_penalty"]
@@ -52,7 +56,7 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
         else:
             m = torch.as_tensor(float(margin), dtype=diff.dtype, device=diff.device)
         if not bool(torch.isfinite(m).all()):
-            raise ValueError("margin must be finite")
+            raise ObjectiveArgumentError("margin must be finite")
         z = diff - m
     d = diff.detach()
     return BradleyTerryOutput(-F.logsigmoid(z), d, (d > 0).to(d.dtype))

@@ -64,7 +64,7 @@ def check_batched_tokens(mask: torch.Tensor, **tensors: torch.Tensor) -> torch.T
 def check_option(value, options: tuple, name: str):
     """``value`` must be one of ``options`` (the module's single option tuple)."""
     if value not in options:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, options))}")
+        raise ObjectiveArgumentError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, options))}")
     return value
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from mdpalign.objectives.common import ShapeError, as_bool_mask
+from mdpalign.objectives.common import ObjectiveArgumentError, ShapeError, as_bool_mask
 from mdpalign.objectives.token_batches import (
     check_batched_tokens,
     check_float_tensor,
@@ -85,12 +85,12 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     gamma = check_nonnegative(gamma, "gamma")
     lam = check_nonnegative(lam, "lam")
     if gamma > 1 or lam > 1:
-        raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
+        raise ObjectiveArgumentError(f"gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
     r_all = rewards
     stray = (~m) & (r_all.detach() != 0)
     if bool(stray.any()):
         idx = tuple(int(i) for i in stray.nonzero()[0])
-        raise ValueError(f"rewards are non-zero at a non-counted position {idx} ({r_all[idx].item()}); a reward "
+        raise ObjectiveArgumentError(f"rewards are non-zero at a non-counted position {idx} ({r_all[idx].item()}); a reward "
                          "outside the response would be dropped (put it on the last counted token: "
                          "place_sequence_rewards)")
     r = zero_where_masked(r_all, m)

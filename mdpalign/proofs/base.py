@@ -35,7 +35,7 @@ import networkx as nx
 import numpy as np
 from scipy.special import logsumexp
 
-from mdpalign.checks import to_numpy
+from mdpalign.checks import check_positive, to_numpy
 from mdpalign.data import DemoData, PreferenceData
 from mdpalign.errors import MdpalignError
 
@@ -62,6 +62,12 @@ __all__ = [
 
 class ProofInputError(MdpalignError, ValueError):
     """The arrays handed to a closed form do not describe a valid problem; the message says where."""
+
+
+def proof_array(a: Any, name: str = "input") -> np.ndarray:
+    """``a`` (array-like or torch tensor) as float64; text or a ragged nested list is a :class:`ProofInputError`
+    naming ``name``."""
+    return to_numpy(a, name=name, error=ProofInputError)
 
 
 class NoClosedFormError(MdpalignError, ValueError):
@@ -311,8 +317,7 @@ class Optimum:
 
         restricted to constrained contexts. ``ok`` is ``max_violation <= tol``.
         """
-        if not (tol >= 0):
-            raise ProofInputError(f"tol must be >= 0, got {tol!r}")
+        tol = check_positive(tol, "tol", allow_zero=True, error=ProofInputError)
         lp = as_log_policy(probs, log_probs=log_probs, shape=self.shape)
         worst, where = 0.0, "no constraint"
         if self.policy is not None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from mdpalign.checks import to_numpy
 from mdpalign.data import LabeledDemoData
-from mdpalign.proofs.base import Optimum, ProofInputError, data_sizes, table_array
+from mdpalign.proofs.base import Optimum, ProofInputError, data_sizes, proof_array, table_array
 from mdpalign.proofs.sft import sft_optimum
 
 __all__ = ["crlft_optimum", "crlft_table"]
@@ -68,7 +68,7 @@ def crlft_optimum(
     ``conditioned=True`` returns an optimum over ``X * C`` states (``state = x * C + c``);
     ``conditioned=False`` over ``X`` states.
     """
-    w = np.asarray(class_weights, dtype=np.float64).reshape(-1)
+    w = proof_array(class_weights, "class_weights").reshape(-1)
     C = len(w)
     if C < 1 or not np.isfinite(w).all() or (w <= 0).any():
         raise ProofInputError(f"class_weights must be finite and > 0, got {w}")

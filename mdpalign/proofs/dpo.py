@@ -60,6 +60,7 @@ from mdpalign.proofs.base import (
     pair_table,
     pinned_all_pairs,
     pinned_array,
+    proof_array,
 )
 
 __all__ = [
@@ -87,7 +88,7 @@ def bradley_terry_scores(W: Any, *, tol: float = 1e-13, max_iter: int = 200) -> 
     comparison graph). Stops when the gradient's max-norm is below ``tol * sum(W)``. Raises
     :class:`ProofInputError` if ``W`` is not strongly connected (no finite MLE, Ford's condition).
     """
-    W = np.asarray(W, dtype=np.float64)
+    W = proof_array(W, "W")
     n = W.shape[0]
     if W.shape != (n, n) or (W < 0).any() or not np.isfinite(W).all():
         raise ProofInputError(f"win matrix must be square, finite, >= 0; got shape {W.shape}")

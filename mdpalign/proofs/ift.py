@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.proofs.base import Optimum, ProofInputError, optimum_from_target
+from mdpalign.proofs.base import Optimum, ProofInputError, optimum_from_target, proof_array
 from mdpalign.proofs.token_tree import tree_sft_optimum
 
 __all__ = ["ift_sft_limit_optimum", "ift_deterministic_optimum", "ift_depth2_optimum"]
@@ -63,7 +63,7 @@ def ift_depth2_optimum(tree: Any, joint: Any, lam: float) -> Optimum:
     if tree.max_length != 2 or tree.eos is not None:
         raise ProofInputError("ift_depth2_optimum needs a fixed-length tree: max_length=2, eos=None")
     V = tree.vocab_size
-    D = np.asarray(joint, dtype=np.float64)
+    D = proof_array(joint, "joint")
     if D.shape != (V, V) or (D < 0).any() or not np.isfinite(D).all() or D.sum() <= 0:
         raise ProofInputError(f"joint must be a finite, non-negative (V, V) = ({V}, {V}) table with positive mass")
     lam = float(lam)

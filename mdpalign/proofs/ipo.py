@@ -41,6 +41,7 @@ from mdpalign.proofs.base import (
     pair_table,
     pinned_all_pairs,
     pinned_array,
+    proof_array,
 )
 
 __all__ = ["ipo_optimum", "ipo_mu_optimum", "ipo_scores", "ipo_population_loss"]
@@ -132,7 +133,7 @@ def ipo_mu_optimum(ref_policy: Any, mu: Any, pref_probs: Any, tau: float) -> np.
     ref = check_policy_table(ref_policy)
     X, K = ref.shape
     mu = check_policy_table(mu, "mu")
-    P = np.asarray(pref_probs, dtype=np.float64)
+    P = proof_array(pref_probs, "pref_probs")
     if mu.shape != (X, K) or P.shape != (X, K, K):
         raise ProofInputError(f"mu must be (X, K) = {(X, K)} and pref_probs (X, K, K); got {mu.shape}, {P.shape}")
     if np.abs(P + np.swapaxes(P, 1, 2) - 1)[:, ~np.eye(K, dtype=bool)].max(initial=0) > 1e-9:

@@ -35,13 +35,14 @@ from mdpalign.proofs.base import (
     check_policy_table,
     log_normalise,
     optimum_from_target,
+    proof_array,
 )
 
 __all__ = ["kl_rl_optimum", "optimal_soft_value", "kl_rl_value", "kl_rl_gap", "greedy_limit"]
 
 
 def _check_rewards(rewards: Any, shape: tuple[int, int]) -> np.ndarray:
-    r = np.asarray(rewards, dtype=np.float64)
+    r = proof_array(rewards, "rewards")
     if r.ndim == 1:
         r = r[None, :]
     if r.shape != shape:
@@ -103,7 +104,7 @@ def kl_rl_value(
     J = term.sum(axis=1)
     if context_probs is None:
         return J
-    mu = np.asarray(context_probs, dtype=np.float64).reshape(-1)
+    mu = proof_array(context_probs, "context_probs").reshape(-1)
     if mu.shape != (ref.shape[0],) or (mu < 0).any() or abs(mu.sum() - 1) > 1e-9:
         raise ProofInputError(f"context_probs must be a distribution over {ref.shape[0]} contexts, got {mu}")
     return float(mu @ J)

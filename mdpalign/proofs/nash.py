@@ -54,13 +54,14 @@ from mdpalign.proofs.base import (
     check_policy_table,
     log_normalise,
     optimum_from_target,
+    proof_array,
 )
 
 __all__ = ["preference_against", "regularised_nash_optimum", "nash_md_iterate", "nash_md_fixed_point"]
 
 
 def _check_preferences(preference_matrix: Any, X: int, K: int) -> np.ndarray:
-    P = np.asarray(preference_matrix, dtype=np.float64)
+    P = proof_array(preference_matrix, "preference_matrix")
     if P.ndim == 2:
         P = P[None]
     if P.shape != (X, K, K):

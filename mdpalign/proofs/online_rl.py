@@ -117,6 +117,7 @@ from mdpalign.proofs.base import (
     optimum_from_target,
     pinned_all_pairs,
     pinned_array,
+    proof_array,
 )
 from mdpalign.proofs.kl_rl import _check_rewards, kl_rl_optimum
 
@@ -169,7 +170,7 @@ _KEFF: dict[tuple[str, str], tuple[Callable, Callable, Callable]] = {
 def kl_effective_penalty(estimator: str, placement: str, h: Any) -> np.ndarray:
     """``k_eff(h)`` of the module table: the expected update is ``pi ⊙ (A - E_pi A)``, ``A = r - beta k_eff(h)``."""
     estimator, placement = _check_kind(estimator, placement)
-    return _KEFF[(estimator, placement)][0](np.asarray(h, dtype=np.float64))
+    return _KEFF[(estimator, placement)][0](proof_array(h, "h"))
 
 
 def kl_effective_advantage(rewards: Any, ref_policy: Any, beta: float, estimator: str, placement: str,

@@ -50,6 +50,7 @@ from mdpalign.proofs.base import (
     pair_table,
     pinned_all_pairs,
     pinned_array,
+    proof_array,
 )
 
 __all__ = ["orpo_optimum", "orpo_two_arm_root", "orpo_population_loss", "log_odds"]
@@ -57,7 +58,7 @@ __all__ = ["orpo_optimum", "orpo_two_arm_root", "orpo_population_loss", "log_odd
 
 def log_odds(log_p: np.ndarray) -> np.ndarray:
     """``log p - log(1 - p)`` from ``log p`` (float64, ``log1p(-exp)`` / ``log(-expm1)`` switch at log 2)."""
-    log_p = np.asarray(log_p, dtype=np.float64)
+    log_p = proof_array(log_p, "log_p")
     with np.errstate(divide="ignore"):
         l1m = np.where(log_p < -np.log(2), np.log1p(-np.exp(log_p)), np.log(-np.expm1(log_p)))
     return log_p - l1m

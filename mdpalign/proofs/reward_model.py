@@ -66,7 +66,7 @@ from scipy.special import expit, log_expit
 
 from mdpalign.checks import check_positive, to_numpy
 from mdpalign.proofs._certify import gamma
-from mdpalign.proofs.base import CheckResult, ProofInputError
+from mdpalign.proofs.base import CheckResult, ProofInputError, proof_array
 from mdpalign.proofs.dpo import bradley_terry_scores, ford_condition
 
 __all__ = [
@@ -138,7 +138,7 @@ class RewardModelOptimum:
 def _margins(margin: Any, X: int, K: int) -> np.ndarray:
     if margin is None:
         return np.zeros((X, K, K))
-    m = np.asarray(margin, dtype=np.float64)
+    m = proof_array(margin, "margin")
     if m.ndim == 0:
         m = np.full((X, K, K), float(m))
     if m.shape != (X, K, K) or not np.isfinite(m).all():

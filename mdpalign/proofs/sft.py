@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.proofs.base import Optimum, ProofInputError, as_log_policy, demo_table, optimum_from_target
+from mdpalign.proofs.base import Optimum, ProofInputError, as_log_policy, demo_table, optimum_from_target, proof_array
 
 __all__ = ["sft_optimum", "length_normalised_sft_optimum", "sft_population_loss"]
 
@@ -72,10 +72,10 @@ def length_normalised_sft_optimum(seq_weights: Any, lengths: Any) -> np.ndarray:
     ``seq_weights`` ``(X, N)`` or ``(N,)``: weight of each complete sequence; ``lengths`` ``(N,)``:
     number of counted tokens of each (>= 1). Returns ``(X, N)`` (rows with no weight are ``nan``).
     """
-    D = np.asarray(seq_weights, dtype=np.float64)
+    D = proof_array(seq_weights, "seq_weights")
     if D.ndim == 1:
         D = D[None, :]
-    L = np.asarray(lengths, dtype=np.float64).reshape(-1)
+    L = proof_array(lengths, "lengths").reshape(-1)
     if L.shape != (D.shape[1],):
         raise ProofInputError(f"lengths has shape {L.shape}, expected ({D.shape[1]},)")
     if (L < 1).any():
