@@ -22,8 +22,8 @@ from mdpalign.harness.offline import (
     sft_loss_closure,
     tabular_policy,
 )
+from mdpalign.testing.strategies import seeds
 
-seeds = st.integers(0, 2**31 - 1)
 
 
 def _kl(p, q):
