@@ -23,6 +23,7 @@ _EXPORTS = {
     "check_class_weighted_loss": "mdpalign.testing.checks",
     "check_reward_model_loss": "mdpalign.testing.checks",
     "check_online_policy_loss": "mdpalign.testing.checks",
+    "assert_reaches": "mdpalign.testing.checks",
     "Report": "mdpalign.testing.report",
     "RegimeResult": "mdpalign.testing.report",
     "Problem": "mdpalign.testing.regimes",

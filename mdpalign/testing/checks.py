@@ -48,6 +48,7 @@ __all__ = [
     "check_class_weighted_loss",
     "check_reward_model_loss",
     "check_online_policy_loss",
+    "assert_reaches",
 ]
 
 GRAD_TOL = 1e-8  # float64 loss of O(1): a smaller gradient is below what the line search can resolve
@@ -265,3 +266,35 @@ def check_online_policy_loss(loss: Callable, *, expect: Any = None, beta: float 
     ``kl_in_reward``: the advantages carry the k1 penalty ``- beta (log pi - log pi_ref)`` (detached)."""
     return check_loss("online_policy", loss, expect=expect, beta=beta, regimes=regimes, seed=seed,
                       kl_in_reward=kl_in_reward)
+
+
+def assert_reaches(loss: Callable, problem: Problem, optimum: Any, **options) -> RegimeResult:
+    """Fit ``loss`` on ``problem`` (a :class:`~mdpalign.testing.regimes.Problem`: ``make_problem`` or a plugin
+    fixture) and assert it reaches ``optimum`` (a name, an ``Optimum`` or a callable, as ``expect=``).
+
+    Raises ``AssertionError`` naming the regime, the distance and the certified tolerance (and the problem) when the
+    regime misses or the loss errors; returns the :class:`RegimeResult` otherwise — also when the optimum makes no
+    claim about this regime (``result.status == "no claim"``) or claims only a limit (``"limit"``).
+    """
+    if not isinstance(problem, Problem):
+        raise LossCheckError(f"problem must be an mdpalign.testing Problem (make_problem or a fixture), got "
+                             f"{type(problem).__name__}")
+    check_expect(problem.kind, optimum)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see check_loss
+    try:
+        probe(loss, problem.kind, problem.beta if problem.kind != "reward_model" else None)
+        if problem.kind == "online_policy":
+            from mdpalign.testing.online import run_online_regime
+
+            r = run_online_regime(loss, optimum, problem, problem.seed, **options)
+        else:
+            r = _run_regime(problem.kind, loss, optimum, problem, problem.seed)
+    finally:
+        torch.set_num_threads(threads)
+    if r.failed:
+        dist = "-" if r.distance is None else f"{r.distance:.3e}"
+        tol = "-" if r.tolerance is None else f"{r.tolerance:.3e}"
+        raise AssertionError(f"{loss_name(loss)} did not reach {describe_expect(optimum)} in regime {r.regime!r}: "
+                             f"{r.status}, distance {dist}, tolerance {tol}; {r.detail}\n{problem.describe()}")
+    return r
