@@ -121,7 +121,8 @@ def _landing(kind, problem, policy, closure, t0, claim_text="-", status_if_none=
         except AssertionError as exc:
             detail = f"stationary point without curvature: {exc}"
     else:
-        spread = float((policy.logits.max(1).values - policy.logits.min(1).values).max())
+        lg = policy.logits.detach()
+        spread = float((lg.max(1).values - lg.min(1).values).max())
         detail = (f"no stationary point within {res.iterations} iterations: ||grad|| {res.grad_norm:.1e}, "
                   f"logit spread {spread:.1f} (the infimum is not attained by finite logits)")
     if not attained:
@@ -167,8 +168,8 @@ def _run_regime(kind: str, loss: Callable, expect: Any, problem: Problem, seed: 
                                 policy.probs().detach().numpy().copy(), _nearest(kind, problem, policy))
         except AssertionError as exc:
             return RegimeResult(problem.regime, "missed", claim.note, _violation(opt, policy), None, None, None,
-                                None, f"the loss's flat directions or curvature differ from the claimed optimum's: "
-                                f"{exc}", problem, time.perf_counter() - t0,
+                                None, f"no certified stationary point matching the claim's flat directions (the loss's "
+                                f"curvature or null space differs, or the optimum is too far out for float64): {exc}", problem, time.perf_counter() - t0,
                                 policy.probs().detach().numpy().copy(), _nearest(kind, problem, policy))
         status = "reached" if chk.ok else "missed"
         return RegimeResult(problem.regime, status, claim.note, chk.max_violation, bound, True, res.grad_norm,
