@@ -52,3 +52,11 @@ def test_plugin_import_loads_no_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert res.returncode == 0, res.stderr
+
+
+def test_pyproject_registers_the_plugin_entry_point():
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        eps = tomllib.load(fh)["project"]["entry-points"]["pytest11"]
+    assert eps == {"mdpalign": "mdpalign.testing.plugin"}
