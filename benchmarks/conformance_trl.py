@@ -260,6 +260,18 @@ def orpo_two_arm(p):
     return Claim(orpo_optimum(p.W, p.beta), "ORPO two-arm root (flattens q)")
 
 
+def k3_fixed_point(p):
+    from mdpalign.testing.expectations import NAMED_OPTIMA
+
+    return NAMED_OPTIMA["online_policy"]["tree_local_k3" if p.tree is not None else "k3_loss"](p)
+
+
+def reverse_kl_fixed_point(p):
+    from mdpalign.testing.expectations import NAMED_OPTIMA
+
+    return NAMED_OPTIMA["online_policy"]["tree_local_kl" if p.tree is not None else "kl_rl"](p)
+
+
 def centred_bt(c):
     def claim(p):
         return Claim(bradley_terry_reward_optimum(p.W, center_coefficient=c), f"BT MLE with centring ridge c={c:g}")
@@ -317,11 +329,18 @@ def cases(beta: float) -> list[dict]:
     add(id="reward:center", kind="reward_model", loss=lambda: trl_reward(0.01), expect=centred_bt(0.01),
         paper="with center_rewards_coefficient=0.01 (per-pair mean of (r_c + r_r)^2)")
     add(id="grpo:k3", kind="online_policy", loss=lambda: trl_grpo(beta), expect="kl_rl",
-        paper="GRPO (DeepSeekMath, 2402.03300): the KL-regularised objective, Gibbs pi_ref exp(r/beta)/Z")
-    add(id="grpo:k3 (its fixed point)", kind="online_policy", loss=lambda: trl_grpo(beta), expect="k3_loss",
-        paper="k3 as a loss: beta pi_ref/(lambda - r) (THEORY.md)")
+        paper="GRPO (DeepSeekMath, 2402.03300): the KL-regularised objective, Gibbs pi_ref exp(r/beta)/Z "
+              "(tree: the soft-optimal token policy)")
+    add(id="grpo:k3 (its fixed point)", kind="online_policy", loss=lambda: trl_grpo(beta), expect=k3_fixed_point,
+        paper="k3 as a loss: beta pi_ref/(lambda - r); tree: the myopic per-token k3 point (THEORY.md) — "
+              "before TRL's per-sequence 1/|o| normalisation")
+    add(id="dr_grpo:k3 (its fixed point)", kind="online_policy", loss=lambda: trl_grpo(beta, loss_type="dr_grpo"),
+        expect=k3_fixed_point, paper="Dr. GRPO (2503.20783) normalises by a constant: the same fixed points")
     add(id="grpo:k3+bias_correction", kind="online_policy", loss=lambda: trl_grpo(beta, True), expect="kl_rl",
         paper="use_bias_correction_kl: k3 (pi/pi_old) = gradient of KL(pi || pi_ref): Gibbs")
+    add(id="dr_grpo:k3+bias_correction (local)", kind="online_policy",
+        loss=lambda: trl_grpo(beta, True, loss_type="dr_grpo"), expect=reverse_kl_fixed_point,
+        paper="per-token reverse KL on a tree: the myopic point pi ∝ pi_ref exp(Q_r/beta) (THEORY.md)")
     add(id="grpo:beta0", kind="online_policy", loss=lambda: trl_grpo(0.0), expect="kl_rl",
         paper="TRL's default beta=0: no KL at all, so no Gibbs optimum (greedy limit)")
     add(id="rloo", kind="online_policy", loss=trl_rloo, expect="kl_rl", options={"kl_in_reward": True},
@@ -402,9 +421,11 @@ def markdown(result: dict) -> str:
         else:
             cells = [f"{g['regime']}: {_cell(g)}" if r["kind"] == "online_policy" else _cell(g) for g in r["regimes"]]
             cells += [""] * (4 - len(cells))
-        lines.append(f"| {r['id']} | `{r['trl']}` | {r['paper']} (expect: {r['expect'] or '-'}) | "
+        esc = lambda t: str(t).replace("|", "\\|")  # noqa: E731 (a '|' in a cell would split the table)
+        lines.append(f"| {r['id']} | `{r['trl']}` | {esc(r['paper'])} (expect: {r['expect'] or '-'}) | "
                      + " | ".join(cells) + f" | {r['seconds']} |")
-    lines += ["", "Online rows (GRPO, RLOO): regimes `bandit` (4 arms) and `two_arm`, at the exact expected update with "
+    lines += ["", "Online rows (GRPO, RLOO): regimes `bandit` (4 arms), `two_arm` and `token_tree` (sequences of 1-3 "
+              "tokens), at the exact expected update with "
               "advantages r - E_pi[r] (GRPO's group-std scaling not modelled). Reward-model rows: the preference "
               "regimes.", "", "## Missed and error rows, as measured", ""]
     for r in rows:

@@ -263,7 +263,9 @@ def check_reward_model_loss(loss: Callable, *, expect: Any = None, regimes: Any 
 def check_online_policy_loss(loss: Callable, *, expect: Any = None, beta: float = 0.1, regimes: Any = None,
                              seed: int = 0, kl_in_reward: bool = False) -> Report:
     """Check an on-policy loss ``loss(token_logps, old_logps, ref_logps, advantages (B,), mask) -> (B,)`` at its
-    exact expected update (:mod:`mdpalign.testing.online`). ``expect``: ``"kl_rl"`` (Gibbs) or ``"k3_loss"``;
+    exact expected update (:mod:`mdpalign.testing.online`). ``expect``: ``"kl_rl"`` (Gibbs; on the token tree the
+    soft-optimal token policy), ``"k3_loss"`` (bandits), ``"tree_local_kl"`` / ``"tree_local_k3"`` (the myopic fixed
+    points of a per-token KL on the tree); regimes ``bandit``, ``two_arm``, ``token_tree``;
     ``kl_in_reward``: the advantages carry the k1 penalty ``- beta (log pi - log pi_ref)`` (detached)."""
     return check_loss("online_policy", loss, expect=expect, beta=beta, regimes=regimes, seed=seed,
                       kl_in_reward=kl_in_reward)

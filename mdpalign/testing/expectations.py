@@ -22,6 +22,8 @@ from mdpalign.proofs import (
     k3_loss_optimum,
     kl_rl_optimum,
     sft_optimum,
+    token_tree_local_kl_optimum,
+    token_tree_optimum,
     tree_sft_optimum,
 )
 from mdpalign.proofs.base import optimum_from_target
@@ -74,11 +76,25 @@ def _crlft(p: Problem) -> Claim:
 
 
 def _kl_rl_online(p: Problem) -> Claim:
+    if p.tree is not None:
+        return Claim(token_tree_optimum(p.tree, p.beta), "soft-optimal token policy (Gibbs over sequences)")
     return Claim(kl_rl_optimum(p.rewards, p.ref_policy, p.beta), "Gibbs pi_ref exp(r/beta)/Z")
 
 
 def _k3_loss(p: Problem) -> Claim:
+    if p.tree is not None:
+        return Claim(None, "k3_loss is the bandit (sequence-level) fixed point; per-token k3 on a tree: tree_local_k3")
     return Claim(k3_loss_optimum(p.rewards, p.ref_policy, p.beta), "k3 as a loss: beta pi_ref/(lambda - r)")
+
+
+def _tree_local(kl: str):
+    def claim(p: Problem) -> Claim:
+        if p.tree is None:
+            return Claim(None, "a token-tree fixed point; no claim on a bandit")
+        return Claim(token_tree_local_kl_optimum(p.tree, p.beta, kl),
+                     "myopic per-token KL: pi(a|s) ∝ pi_ref exp(Q_r/beta)" if kl == "reverse"
+                     else "myopic per-token k3: beta pi_ref/(lambda_s - Q_r)")
+    return claim
 
 
 #: kind -> name -> claim builder; one source of truth for the names ``expect=`` and ``--expect`` accept
@@ -87,7 +103,8 @@ NAMED_OPTIMA: dict[str, dict[str, Callable[[Problem], Claim]]] = {
     "reward_model": {"bt_mle": _rm_bt},
     "demonstration": {"sft": _sft, "sft_mean": lambda p: _sft(p, mean=True)},
     "class_weighted": {"crlft": _crlft},
-    "online_policy": {"kl_rl": _kl_rl_online, "k3_loss": _k3_loss},
+    "online_policy": {"kl_rl": _kl_rl_online, "k3_loss": _k3_loss, "tree_local_kl": _tree_local("reverse"),
+                      "tree_local_k3": _tree_local("k3_loss")},
 }
 
 

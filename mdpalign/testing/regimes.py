@@ -15,7 +15,8 @@ Preference and reward-model losses (the regimes of the DPO analysis in THEORY.md
 Demonstration losses: ``full_support`` (3 arms, 2 contexts, every arm demonstrated), ``unseen_arms`` (one arm
 never demonstrated: no finite minimiser), ``token_tree`` (sequences of lengths 1 and 2 over a vocabulary of 2,
 end-of-sequence token 0: the reduction over tokens decides the optimum). Class-weighted losses: ``conditioned``
-(the policy sees the class) and ``unconditioned``. Online policy losses: ``bandit`` (4 arms) and ``two_arm``.
+(the policy sees the class) and ``unconditioned``. Online policy losses: ``bandit`` (4 arms), ``two_arm`` and ``token_tree`` (vocabulary 2,
+length <= 3 (lengths differ within a subtree), sequence-level reward ``beta * N(0, 1)``: a per-token KL is myopic there).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ REGIMES: dict[str, tuple[str, ...]] = {
     "reward_model": ("bt_all_pairs", "partial_coverage", "deterministic", "two_arm"),
     "demonstration": ("full_support", "unseen_arms", "token_tree"),
     "class_weighted": ("conditioned", "unconditioned"),
-    "online_policy": ("bandit", "two_arm"),
+    "online_policy": ("bandit", "two_arm", "token_tree"),
 }
 
 _ARMS = {"bt_all_pairs": 3, "partial_coverage": 4, "deterministic": 3, "two_arm": 2, "bandit": 4}
@@ -82,7 +83,11 @@ class Problem:
         if self.tree is not None:
             lines.append(f"  token tree: vocab {self.tree.vocab_size}, max length {self.tree.max_length}, "
                          f"eos {self.tree.eos}; leaves {self.tree.sequences()}")
-            lines.append(f"  leaf weights D = {f(self.demos)}")
+            if self.demos is not None:
+                lines.append(f"  leaf weights D = {f(self.demos)}")
+            else:
+                lines.append(f"  leaf rewards = {f(self.tree.leaf_rewards)}")
+            lines.append(f"  ref_policy (per prefix) = {f(self.ref_policy)}")
             return "\n".join(lines)
         lines.append(f"  ref_policy = {f(self.ref_policy)}")
         if self.rewards is not None:
@@ -169,6 +174,10 @@ def _classes(regime: str, seed: int, beta: float) -> Problem:
 
 def _online(regime: str, seed: int, beta: float) -> Problem:
     rng = np.random.default_rng([seed, 15])
+    if regime == "token_tree":
+        tree = random_token_tree(2, 3, seed=int(rng.integers(2**31)), eos=0, reward_scale=beta)
+        return Problem("online_policy", regime, seed, beta, tree.ref_policy, tree=tree,
+                       labels="sequences of 1-2 tokens, sequence reward; exact expectation over responses")
     K = _ARMS[regime]
     ref = _ref(rng, 1, K)
     rewards = beta * rng.standard_normal((1, K))

@@ -146,3 +146,19 @@ def test_unusable_function_gives_one_named_error(kind):
 def test_bad_arguments(kw, words):
     with pytest.raises(MdpalignError, match=words):
         check_preference_loss(my_dpo, **kw)
+
+
+def _k3_summed(token_logps, old_logps, ref_logps, advantages, mask, beta=0.1):
+    k3 = torch.exp(ref_logps - token_logps) - (ref_logps - token_logps) - 1
+    return ((-(torch.exp(token_logps - old_logps) * advantages[:, None]) + beta * k3) * mask).sum(-1)
+
+
+def test_token_tree_online_per_token_kl_is_myopic_and_length_normalisation_moves_it():
+    summed = check_online_policy_loss(_k3_summed, expect="tree_local_k3", beta=0.5, regimes="token_tree")
+    assert summed.ok, summed
+    r = summed.result("token_tree")
+    assert r.nearest["kl_rl"] > 1e3 * r.tolerance  # the per-token KL is not the soft-optimal token policy
+    mean = check_online_policy_loss(_k3_loss_grpo, expect="tree_local_k3", beta=0.5, regimes="token_tree")
+    m = mean.result("token_tree")
+    assert m.status == "missed" and m.distance > 1e3 * m.tolerance  # 1/|y| per sequence, lengths 1-3
+    assert check_online_policy_loss(_pg, expect="kl_rl", beta=0.5, regimes="token_tree", kl_in_reward=True).ok
