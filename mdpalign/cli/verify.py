@@ -22,6 +22,12 @@ _KINDS = {"preference": "preference", "demonstration": "demonstration", "class-w
           "reward-model": "reward_model", "online-policy": "online_policy"}
 
 
+#: the names ``--expect`` accepts, per kind, for --help; kept equal to mdpalign.testing.expectations.NAMED_OPTIMA by
+#: tests/testing/test_verify_cli.py (importing that here would make every ``mdpalign`` command pay ~1 s for scipy)
+EXPECT_HELP = ("preference: kl_rl, bt_mle, dpo, ipo; demonstration: sft, sft_mean; class-weighted: crlft; "
+               "reward-model: bt_mle; online-policy: kl_rl, k3_loss, tree_local_kl, tree_local_k3")
+
+
 class VerifyError(MdpalignError, ValueError):
     """``mdpalign verify`` cannot find or use what it was pointed at."""
 
@@ -79,9 +85,7 @@ def register(subparsers) -> None:
     p.add_argument("target", help="module:function, e.g. mypackage.losses:my_dpo")
     p.add_argument("--kind", type=_kind, required=True, help=f"kind of loss: {', '.join(_KINDS)}")
     p.add_argument("--beta", type=positive_float, default=0.1, help="beta (tau for IPO) of the claim (default 0.1)")
-    p.add_argument("--expect", default=None, help="named optimum (preference: kl_rl, bt_mle, ipo; demonstration: "
-                                                  "sft, sft_mean; class-weighted: crlft; reward-model: bt_mle; "
-                                                  "online-policy: kl_rl, k3_loss). Without it: where the loss lands")
+    p.add_argument("--expect", default=None, help=f"named optimum ({EXPECT_HELP}). Without it: where the loss lands")
     p.add_argument("--regime", nargs="+", default=None, help="regimes to run (default: all of the kind's)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the regimes' problems (default 0)")
     p.add_argument("--kl-in-reward", action="store_true", help="online-policy: advantages carry the k1 penalty")

@@ -71,3 +71,11 @@ def test_usage_errors_are_one_line_exit_2(here, capsys, argv, words):
     code, out, err = _run(capsys, "verify", *argv)
     assert code == 2 and words in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("mdpalign verify: error:")
+
+
+def test_expect_help_lists_exactly_the_named_optima():
+    from mdpalign.cli.verify import _KINDS, EXPECT_HELP
+    from mdpalign.testing.expectations import NAMED_OPTIMA
+
+    listed = {k.strip(): [n.strip() for n in v.split(",")] for k, v in (part.split(":") for part in EXPECT_HELP.split(";"))}
+    assert {_KINDS[k]: v for k, v in listed.items()} == {k: list(v) for k, v in NAMED_OPTIMA.items()}
