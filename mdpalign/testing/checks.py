@@ -33,13 +33,12 @@ import torch
 from mdpalign.fit import NonFiniteLossError, NotConvergedError
 from mdpalign.harness.offline import certified_logit_error, fit_and_check, fit_tabular, tabular_policy
 from mdpalign.proofs import NoFiniteOptimum, RewardModelOptimum
-from mdpalign.testing.adapters import probe
+from mdpalign.testing.adapters import loss_name, probe
 from mdpalign.testing.closures import population_loss
 from mdpalign.testing.errors import LossCheckError, UnknownOptimumError
 from mdpalign.testing.expectations import NAMED_OPTIMA, check_expect, claim_for, describe_expect
 from mdpalign.testing.regimes import Problem, make_problem, resolve_regimes
 from mdpalign.testing.report import RegimeResult, Report
-from mdpalign.testing.adapters import loss_name
 
 __all__ = [
     "check_loss",
@@ -53,8 +52,8 @@ __all__ = [
 
 GRAD_TOL = 1e-8  # float64 loss of O(1): a smaller gradient is below what the line search can resolve
 MAX_ITER = 2000
-LIMIT_ITER = 300
-LANDING_ITER = 500  # L-BFGS reaches a stationary point of these 2-6 logits in < 100 iterations when one exists  # regimes without a finite minimiser: enough to see the logits diverge, not more
+LIMIT_ITER = 300  # regimes without a finite minimiser: enough to see the logits diverge, not more
+LANDING_ITER = 500  # L-BFGS reaches a stationary point of these 2-6 logits in < 100 iterations when one exists
 
 
 class _RewardClaim:
@@ -116,7 +115,8 @@ def _landing(kind, problem, policy, closure, t0, claim_text="-", status_if_none=
         try:
             bound, mu, n_null = certified_logit_error(closure, policy)
             attained = bound <= 0.1
-            detail = (f"{'stationary point' if attained else 'gradient vanished, curvature too (the logits diverge)'}: ||grad|| {res.grad_norm:.1e}, curvature {mu:.2e} off {n_null} flat "
+            what = "stationary point" if attained else "gradient vanished, curvature too (the logits diverge)"
+            detail = (f"{what}: ||grad|| {res.grad_norm:.1e}, curvature {mu:.2e} off {n_null} flat "
                       f"directions, logits certified to {bound:.1e}")
         except AssertionError as exc:
             detail = f"stationary point without curvature: {exc}"
@@ -169,7 +169,8 @@ def _run_regime(kind: str, loss: Callable, expect: Any, problem: Problem, seed: 
         except AssertionError as exc:
             return RegimeResult(problem.regime, "missed", claim.note, _violation(opt, policy), None, None, None,
                                 None, f"no certified stationary point matching the claim's flat directions (the loss's "
-                                f"curvature or null space differs, or the optimum is too far out for float64): {exc}", problem, time.perf_counter() - t0,
+                                f"curvature or null space differs, or the optimum is too far out for float64): {exc}",
+                                problem, time.perf_counter() - t0,
                                 policy.probs().detach().numpy().copy(), _nearest(kind, problem, policy))
         status = "reached" if chk.ok else "missed"
         return RegimeResult(problem.regime, status, claim.note, chk.max_violation, bound, True, res.grad_norm,

@@ -48,11 +48,13 @@ def _layout(problem: Problem):
         states, actions, mask = (torch.as_tensor(np.array(a)) for a in (p.states, p.actions, p.mask))
         r = torch.as_tensor(np.array(tree.leaf_rewards, dtype=np.float64))
         ref = torch.as_tensor(np.asarray(tree.ref_log_probs), dtype=_f64)
-        return states, actions, mask, r, ref, torch.zeros(len(r), dtype=torch.long), np.flatnonzero(~np.asarray(tree.is_complete))
+        live = np.flatnonzero(~np.asarray(tree.is_complete))
+        return states, actions, mask, r, ref, torch.zeros(len(r), dtype=torch.long), live
     X, K = problem.ref_policy.shape
     x = torch.arange(X).repeat_interleave(K)
     return (x[:, None], torch.arange(K).repeat(X)[:, None], torch.ones(X * K, 1, dtype=torch.bool),
-            torch.as_tensor(problem.rewards, dtype=_f64).reshape(-1), torch.as_tensor(np.log(problem.ref_policy), dtype=_f64),
+            torch.as_tensor(problem.rewards, dtype=_f64).reshape(-1),
+            torch.as_tensor(np.log(problem.ref_policy), dtype=_f64),
             x, np.arange(X))
 
 
@@ -181,8 +183,9 @@ def run_online_regime(loss, expect, problem: Problem, seed: int, *, kl_in_reward
         return RegimeResult(problem.regime, status, "-", None, bound, found, fnorm, None, note + where, problem,
                             time.perf_counter() - t0, probs, nearest)
     if not found:
-        return RegimeResult(problem.regime, "missed", claim.note, nearest.get(expect if isinstance(expect, str) else "", None),
-                            None, False, fnorm, None, where, problem, time.perf_counter() - t0, probs, nearest)
+        dist = nearest.get(expect if isinstance(expect, str) else "", None)
+        return RegimeResult(problem.regime, "missed", claim.note, dist, None, False, fnorm, None, where, problem,
+                            time.perf_counter() - t0, probs, nearest)
     chk = claim.optimum.check(log_probs=lp, tol=bound)
     return RegimeResult(problem.regime, "reached" if chk.ok else "missed", claim.note, chk.max_violation, bound, True,
                         fnorm, None, f"{chk.detail}; {where}", problem, time.perf_counter() - t0, probs, nearest)

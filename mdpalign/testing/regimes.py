@@ -15,8 +15,9 @@ Preference and reward-model losses (the regimes of the DPO analysis in THEORY.md
 Demonstration losses: ``full_support`` (3 arms, 2 contexts, every arm demonstrated), ``unseen_arms`` (one arm
 never demonstrated: no finite minimiser), ``token_tree`` (sequences of lengths 1 and 2 over a vocabulary of 2,
 end-of-sequence token 0: the reduction over tokens decides the optimum). Class-weighted losses: ``conditioned``
-(the policy sees the class) and ``unconditioned``. Online policy losses: ``bandit`` (4 arms), ``two_arm`` and ``token_tree`` (vocabulary 2,
-length <= 3 (lengths differ within a subtree), sequence-level reward ``beta * N(0, 1)``: a per-token KL is myopic there).
+(the policy sees the class) and ``unconditioned``. Online policy losses: ``bandit`` (4 arms), ``two_arm`` and
+``token_tree`` (vocabulary 2, length <= 3: lengths differ within a subtree; sequence-level reward ``beta * N(0, 1)``:
+a per-token KL is myopic there).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from scipy.special import expit
 
 from mdpalign.envs.bandits import ContextualBandit, preference_pairs
 from mdpalign.envs.token_tree import random_token_tree
+from mdpalign.proofs import pair_table
 from mdpalign.testing.errors import UnknownRegimeError
 
 __all__ = ["REGIMES", "Problem", "make_problem", "resolve_regimes"]
@@ -79,7 +81,8 @@ class Problem:
     def describe(self) -> str:
         """The problem as Python literals: enough to rebuild it without mdpalign's generators."""
         f = lambda a: np.array2string(np.asarray(a), precision=6, separator=", ", max_line_width=200)  # noqa: E731
-        lines = [f"regime {self.regime!r} (seed {self.seed}, beta {self.beta:g}){': ' + self.labels if self.labels else ''}"]
+        labels = ": " + self.labels if self.labels else ""
+        lines = [f"regime {self.regime!r} (seed {self.seed}, beta {self.beta:g}){labels}"]
         if self.tree is not None:
             lines.append(f"  token tree: vocab {self.tree.vocab_size}, max length {self.tree.max_length}, "
                          f"eos {self.tree.eos}; leaves {self.tree.sequences()}")
@@ -141,10 +144,11 @@ def _pairs(kind: str, regime: str, seed: int, beta: float) -> Problem:
         data = preference_pairs(b, coverage="partial", labels="bt", connected=False, seed=int(rng.integers(2**31)))
         labels = "Bradley-Terry labels, two groups of arms compared only within"
     elif regime == "deterministic":
-        data, labels = preference_pairs(b, coverage="all", labels="deterministic"), "deterministic labels (higher reward wins), every pair"
+        data = preference_pairs(b, coverage="all", labels="deterministic")
+        labels = "deterministic labels (higher reward wins), every pair"
     else:  # pragma: no cover - resolve_regimes rejects it
         raise UnknownRegimeError(regime)
-    W = data.weight_tensor()
+    W = pair_table(data, 1, K)  # the proofs' one reader of preference rows
     return Problem(kind, regime, seed, beta, ref, rewards, W / W.sum(), labels=labels)
 
 
@@ -167,7 +171,8 @@ def _classes(regime: str, seed: int, beta: float) -> Problem:
     rng = np.random.default_rng([seed, 14])
     X, C, K = 2, 2, 3
     D = rng.dirichlet(np.full(C * K, 3.0), size=X).reshape(X, C, K)
-    w = np.array([1.0, float(np.exp(-0.9 / max(beta, 1e-3)))])  # OpenChat's class rewards 1 and 0.1: exp(r_c/beta), scaled
+    # OpenChat's class rewards 1 and 0.1: weights exp(r_c/beta), scaled by the largest (same optimum, O(1) loss)
+    w = np.array([1.0, float(np.exp(-0.9 / max(beta, 1e-3)))])
     return Problem("class_weighted", regime, seed, beta, _ref(rng, X, K), demos=D / D.sum(), class_weights=w,
                    labels="class-conditioned policy" if regime == "conditioned" else "one policy for both classes")
 

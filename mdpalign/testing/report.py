@@ -103,7 +103,8 @@ class Report:
             if r.nearest:
                 out.append("    distance to " + ", ".join(f"{k} {v:.2e}" for k, v in r.nearest.items()))
             if r.failed:
-                out.append("    reproduce with:\n" + "\n".join("    " + line for line in r.problem.describe().splitlines()))
+                body = "\n".join("    " + line for line in r.problem.describe().splitlines())
+                out.append("    reproduce with:\n" + body)
         return "\n".join(out)
 
     __repr__ = __str__

@@ -84,7 +84,7 @@ def demonstrations(draw, n_contexts=contexts, n_arms=arms, full_support: bool = 
 
 
 @st.composite
-def class_labelled_data(draw, n_contexts=contexts, n_arms=arms, n_classes=st.just(2)):
+def class_labelled_data(draw, n_contexts=contexts, n_arms=arms, n_classes=2):
     """An ``(X, C, K)`` table ``Dirichlet(1)`` over ``(c, y)`` per context."""
     X, K, C = draw(_strategy(n_contexts)), draw(_strategy(n_arms)), draw(_strategy(n_classes))
     rng = np.random.default_rng(draw(seeds))
@@ -107,8 +107,8 @@ def random_mdp(seed: int, S: int, A: int, gamma: float, sparse: bool, n_terminal
                zero_cost: bool = False, density: float = 0.4) -> TabularMDP:
     """Random MDP with terminal states; at gamma = 1 guaranteed proper and without positive cycles.
 
-    The last ``n_terminal`` states are terminal (none is allowed when gamma < 1). Transitions: random sparse rows; action 0 of
-    state s additionally moves to s+1 (or a terminal state) with probability >= 0.2, so "always
+    The last ``n_terminal`` states are terminal (none is allowed when gamma < 1). Transitions: random sparse rows;
+    action 0 of state s additionally moves to s+1 (or a terminal state) with probability >= 0.2, so "always
     action 0" is proper. Rewards: a bonus for *entering* a terminal state (expected over the
     row) minus a non-negative cost (zero when ``zero_cost``: Frozen-Lake-like, many ties and
     zero-reward loops), so no policy has a positive-reward cycle.
@@ -172,8 +172,12 @@ def _reachable(rows: list[str]) -> bool:
     return nx.has_path(g, (0, 0), (n - 1, m - 1))
 
 
+_LAKE_SIDES = st.integers(2, 6)
+_HOLE_RATES = st.floats(0.0, 0.4)
+
+
 @st.composite
-def frozen_lake_maps(draw, rows=st.integers(2, 6), cols=st.integers(2, 6), hole_rate=st.floats(0.0, 0.4)):
+def frozen_lake_maps(draw, rows=_LAKE_SIDES, cols=_LAKE_SIDES, hole_rate=_HOLE_RATES):
     """A valid map (``S`` top-left, ``G`` bottom-right, a hole-free path between them): holes shrink away."""
     n, m, rate = draw(_strategy(rows)), draw(_strategy(cols)), draw(_strategy(hole_rate))
     cells = draw(st.lists(st.floats(0.0, 1.0), min_size=n * m, max_size=n * m))

@@ -140,8 +140,9 @@ def test_unusable_function_gives_one_named_error(kind):
     assert isinstance(info.value, MdpalignError) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("kw, words", [({"regimes": ["nope"]}, "unknown regime"), ({"expect": "sft"}, "unknown optimum"),
-                                       ({"beta": -1}, "beta"), ({"expect": 3}, "expect must be"),
+@pytest.mark.parametrize("kw, words", [({"regimes": ["nope"]}, "unknown regime"),
+                                       ({"expect": "sft"}, "unknown optimum"), ({"beta": -1}, "beta"),
+                                       ({"expect": 3}, "expect must be"),
                                        ({"seed": -2}, "seed")])
 def test_bad_arguments(kw, words):
     with pytest.raises(MdpalignError, match=words):

@@ -11,7 +11,8 @@ USER_TESTS = textwrap.dedent('''
     import torch.nn.functional as F
 
     def my_dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
-        return -F.logsigmoid(0.1 * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)))
+        margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+        return -F.logsigmoid(0.1 * margin)
 
     def no_ref(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
         return -F.logsigmoid(0.1 * (policy_chosen_logps - policy_rejected_logps))

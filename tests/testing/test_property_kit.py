@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdpalign.objectives import dpo_loss, sft_loss
-from mdpalign.testing import check_demonstration_loss, check_online_policy_loss, check_preference_loss, check_reward_model_loss
+from mdpalign.testing import (
+    check_demonstration_loss,
+    check_online_policy_loss,
+    check_preference_loss,
+    check_reward_model_loss,
+)
 
 seeds = st.integers(0, 2**20)
 betas = st.sampled_from([0.02, 0.1, 1.0, 5.0])

@@ -11,7 +11,8 @@ LOSSES = textwrap.dedent('''
     import torch.nn.functional as F
 
     def good(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
-        return -F.logsigmoid(0.1 * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)))
+        margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+        return -F.logsigmoid(0.1 * margin)
 
     def no_ref(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
         return -F.logsigmoid(0.1 * (policy_chosen_logps - policy_rejected_logps))
@@ -41,7 +42,8 @@ def _run(capsys, *argv):
 
 
 def test_pass_and_fail_exit_codes(here, capsys):
-    code, out, _ = _run(capsys, "verify", "cli_losses:good", "--kind", "preference", "--beta", "0.1", "--expect", "kl_rl")
+    code, out, _ = _run(capsys, "verify", "cli_losses:good", "--kind", "preference", "--beta", "0.1",
+                        "--expect", "kl_rl")
     assert code == 0 and out.startswith("OK:") and "reached" in out
     code, out, _ = _run(capsys, "verify", "cli_losses:no_ref", "--kind", "preference", "--expect", "kl_rl",
                         "--regime", "two_arm", "bt_all_pairs")
@@ -77,5 +79,6 @@ def test_expect_help_lists_exactly_the_named_optima():
     from mdpalign.cli.verify import _KINDS, EXPECT_HELP
     from mdpalign.testing.expectations import NAMED_OPTIMA
 
-    listed = {k.strip(): [n.strip() for n in v.split(",")] for k, v in (part.split(":") for part in EXPECT_HELP.split(";"))}
+    parts = (part.split(":") for part in EXPECT_HELP.split(";"))
+    listed = {k.strip(): [n.strip() for n in v.split(",")] for k, v in parts}
     assert {_KINDS[k]: v for k, v in listed.items()} == {k: list(v) for k, v in NAMED_OPTIMA.items()}
