@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mdpalign.proofs import bradley_terry_reward_optimum, dpo_optimum, orpo_optimum, sft_optimum  # noqa: E402
+from mdpalign.proofs import NoFiniteOptimum, bradley_terry_reward_optimum, dpo_optimum, orpo_optimum, sft_optimum  # noqa: E402
 from mdpalign.testing import check_loss  # noqa: E402
 from mdpalign.testing.errors import LossCheckError  # noqa: E402
 from mdpalign.testing.expectations import Claim  # noqa: E402
@@ -272,6 +272,20 @@ def reverse_kl_fixed_point(p):
     return NAMED_OPTIMA["online_policy"]["tree_local_kl" if p.tree is not None else "kl_rl"](p)
 
 
+def kto_limit(p):
+    """KTO with the reference point at 0 (THEORY.md): per arm d_y (1 - sigma(beta g_y)) + u_y sigma(beta g_y), so
+    only the net weight n_y = d_y - u_y matters and arms with n_y < 0 vanish (no finite minimiser)."""
+    n = p.W.sum(axis=2) - p.W.sum(axis=1)
+    vanishing = n < -1e-15
+    if not vanishing.any():
+        return Claim(None, "no arm with negative net weight")
+    X, K = n.shape
+    opt = NoFiniteOptimum(objective="kto", shape=(X, K), policy=None, pinned=np.zeros((0, 4)), vanishing=vanishing,
+                          constrained=np.ones(X, bool), attained=False,
+                          diverging="logits of arms with d_y < u_y -> -inf")
+    return Claim(opt, "arms with net weight d_y - u_y < 0 vanish")
+
+
 def centred_bt(c):
     def claim(p):
         return Claim(bradley_terry_reward_optimum(p.W, center_coefficient=c), f"BT MLE with centring ridge c={c:g}")
@@ -313,7 +327,7 @@ def cases(beta: float) -> list[dict]:
         add(id=f"dpo:{lt}", kind="preference", loss=lambda lt=lt: trl_dpo(lt, beta), expect=None, paper=paper)
     add(id="dpo:exo_pair+ls", kind="preference", loss=lambda: trl_dpo("exo_pair", beta, 1e-3), expect=None,
         paper="EXO with label_smoothing=1e-3 (the paper's eps): no closed form encoded")
-    add(id="kto", kind="preference", loss=lambda: trl_kto(beta), expect=None,
+    add(id="kto", kind="preference", loss=lambda: trl_kto(beta), expect=kto_limit,
         paper="KTO (2402.01306): depends only on net weights d_y - u_y (THEORY.md); no finite optimum in general")
     add(id="cpo:sigmoid", kind="preference", loss=lambda: trl_cpo("sigmoid", beta), expect=kl_rl_uniform_ref,
         paper="CPO (2401.08417) preference term: reference-free DPO, pi ∝ exp(r/beta)")
