@@ -33,6 +33,7 @@ _COMMANDS = {
     "bench": "mdpalign.cli.bench:register",
     "train": "mdpalign.cli.llm:register",
     "eval": "mdpalign.cli.llm:register_eval",
+    "verify": "mdpalign.cli.verify:register",
 }
 
 #: exit status of a user error (argparse's) and of an interrupted run (128 + SIGINT)

@@ -9,6 +9,7 @@ from scipy.special import logsumexp
 
 from mdpalign.envs import InvalidTokenTreeError, TokenTree, random_token_tree, token_tree_counts
 from mdpalign.mdp import TabularMDP
+from mdpalign.testing.strategies import token_tree_shapes as trees
 
 
 def brute_force_sequences(V, L, eos):
@@ -22,9 +23,6 @@ def brute_force_sequences(V, L, eos):
             elif eos not in seq[:-1] and (seq[-1] == eos or n == L):
                 out.add(seq)
     return out
-
-
-trees = st.tuples(st.integers(2, 4), st.integers(1, 4), st.sampled_from(["first", "last", None]))
 
 
 def make(V, L, eos_kind, seed=0, **kw):

@@ -35,15 +35,12 @@ from mdpalign.proofs import (
     orpo_optimum,
     sft_optimum,
 )
+from mdpalign.testing.strategies import arms, betas, contexts, seeds
 
 GRAD_TOL = 1e-8
 LIMIT_TOL = 1e-6  # no finite optimum: L-BFGS slows as logits diverge; bounds below scale with the gradient reached
 N = 40  # examples per property: the whole property suite stays within its 5-minute CI budget (measured ~1 min)
 
-seeds = st.integers(0, 2**31 - 1)
-betas = st.floats(0.2, 3.0)
-arms = st.integers(2, 4)
-contexts = st.integers(1, 2)
 
 
 def _bandit(seed, X, K, reward_scale=1.0):

@@ -22,8 +22,7 @@ from mdpalign.harness.offline import (
     tabular_policy,
 )
 from mdpalign.proofs import dpo_optimum, greedy_limit, kl_rl_optimum, orpo_two_arm_root
-
-seeds = st.integers(0, 2**31 - 1)
+from mdpalign.testing.strategies import seeds
 
 
 def _kl(p, q):

@@ -19,8 +19,8 @@ from mdpalign.harness.offline import (
 from mdpalign.proofs import leaf_pair_table, token_tree_optimum
 from mdpalign.proofs.ift import ift_depth2_optimum, ift_deterministic_optimum, ift_sft_limit_optimum
 from mdpalign.proofs.token_tree import tree_sft_optimum
+from mdpalign.testing.strategies import seeds
 
-seeds = st.integers(0, 2**31 - 1)
 shapes = st.sampled_from([(2, 2, 0), (2, 3, 0), (3, 2, 0), (3, 2, None)])
 
 

@@ -5,7 +5,6 @@ import itertools
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,63 +23,11 @@ from mdpalign.solve import (
     state_success_probabilities,
     value_iteration,
 )
+from mdpalign.testing.strategies import mdp_params as _mdp_params
+from mdpalign.testing.strategies import random_mdp
 
-
-# ----------------------------------------------------------------------------- generators
-def random_mdp(seed: int, S: int, A: int, gamma: float, sparse: bool, n_terminal: int = 1,
-               zero_cost: bool = False, density: float = 0.4) -> TabularMDP:
-    """Random MDP with terminal states; at gamma = 1 guaranteed proper and without positive cycles.
-
-    The last ``n_terminal`` states are terminal (none is allowed when gamma < 1). Transitions: random sparse rows;
-    action 0 of
-    state s additionally moves to s+1 (or a terminal state) with probability >= 0.2, so "always
-    action 0" is proper. Rewards: a bonus for *entering* a terminal state (expected over the
-    row) minus a non-negative cost (zero when ``zero_cost``: Frozen-Lake-like, many ties and
-    zero-reward loops), so no policy has a positive-reward cycle.
-    """
-    rng = np.random.default_rng(seed)
-    P = np.zeros((S, A, S))
-    mask = rng.random((S, A, S)) < density
-    P[mask] = rng.random(int(mask.sum()))
-    nonterm = S - n_terminal
-    for s in range(S):
-        for a in range(A):
-            if P[s, a].sum() == 0:
-                P[s, a, rng.integers(S)] = 1.0
-            P[s, a] /= P[s, a].sum()
-        P[s, 0] *= 0.8
-        if n_terminal == 0:
-            P[s, 0, (s + 1) % S] += 0.2
-        else:
-            P[s, 0, s + 1 if s < nonterm - 1 else nonterm + rng.integers(n_terminal)] += 0.2
-    terminal = np.zeros(S, dtype=bool)
-    terminal[nonterm:] = True
-    P[terminal] = 0.0
-    for t in np.flatnonzero(terminal):
-        P[t, :, t] = 1.0
-    bonus = rng.random(S) * (rng.random(S) < 0.5)
-    bonus[~terminal] = 0.0
-    R = P @ bonus
-    if not zero_cost:
-        R = R - rng.random((S, A)) * (rng.random((S, A)) < 0.7)
-    R[terminal] = 0.0
-    if gamma < 1 and rng.random() < 0.5:
-        R = R + rng.normal(size=(S, A))  # arbitrary signs are fine when discounted
-        R[terminal] = 0.0
-    flat = sp.csr_matrix(P.reshape(S * A, S)) if sparse else P
-    return TabularMDP(flat, R, gamma, terminal=terminal)
-
-
-mdp_params = st.fixed_dictionaries({
-    "seed": st.integers(0, 2**31 - 1),
-    "S": st.integers(2, 30),
-    "A": st.integers(1, 4),
-    "gamma": st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]),
-    "sparse": st.booleans(),
-    "n_terminal": st.integers(0, 3),
-    "zero_cost": st.booleans(),
-    "density": st.sampled_from([0.1, 0.4, 1.0]),
-}).filter(lambda p: p["S"] > p["n_terminal"] and (p["n_terminal"] > 0 or p["gamma"] < 1))
+# ----------------------------------------------------------------------------- generators (shared with users)
+mdp_params = _mdp_params()
 
 
 def solvers_for(mdp):
