@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mdpalign.bench.config import BenchConfigError
-from mdpalign.bench.report import ReportError
+from mdpalign.bench.report import ReportError, run_time_line
 from mdpalign.bench.rlhf.config import RlhfConfig
 from mdpalign.bench.rlhf.run import run_rlhf
 from mdpalign.cli import main as cli_main
@@ -78,7 +78,12 @@ def test_report_files_and_sampled_intervals(full):
     res = json.loads((out / "results.json").read_text())
     s = res["runs"]["bandit"]["rloo"]["final"]["sampled_regret"]
     assert len(s["per_seed"]) == 2 and s["ci95"] >= 0 and math.isfinite(s["mean"])
-    assert "| RLOO | bandit |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| RLOO | bandit |" in md
+    # the shared runner's timing: in results.json, as the report's last line and in the summary
+    assert md.rstrip().endswith(run_time_line(res["timing"])) and res["timing"] == full.results["timing"]
+    assert full.summary.endswith(f"report: {out / 'report.md'} ({res['timing']['wall_s']:.1f} s wall, "
+                                 f"{res['timing']['cpu_s']:.1f} s CPU)")
 
 
 def test_deterministic(tmp_path):
