@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mdpalign.bench.config import BenchConfigError
-from mdpalign.bench.report import ReportError
+from mdpalign.bench.report import ReportError, run_time_line
 from mdpalign.bench.rlhf.config import RlhfConfig
 from mdpalign.bench.rlhf.run import run_rlhf
 from mdpalign.cli import main as cli_main
@@ -78,7 +78,12 @@ def test_report_files_and_sampled_intervals(full):
     res = json.loads((out / "results.json").read_text())
     s = res["runs"]["bandit"]["rloo"]["final"]["sampled_regret"]
     assert len(s["per_seed"]) == 2 and s["ci95"] >= 0 and math.isfinite(s["mean"])
-    assert "| RLOO | bandit |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| RLOO | bandit |" in md
+    # the shared runner's timing: in results.json, as the report's last line and in the summary
+    assert md.rstrip().endswith(run_time_line(res["timing"])) and res["timing"] == full.results["timing"]
+    assert full.summary.endswith(f"report: {out / 'report.md'} ({res['timing']['wall_s']:.1f} s wall, "
+                                 f"{res['timing']['cpu_s']:.1f} s CPU)")
 
 
 def test_deterministic(tmp_path):
@@ -93,12 +98,37 @@ def test_deterministic(tmp_path):
         assert (a.out / png).read_bytes() == (b.out / png).read_bytes()
 
 
-@pytest.mark.parametrize("kw, match", [({"beta": -1.0}, "--beta"), ({"methods": ("ppo2",)}, "unknown methods"),
-                                       ({"nash_eta": 4.0}, "nash-eta"), ({"group_size": 1}, "group-size"),
-                                       ({"arms": 16, "group_size": 4}, "too large")])
-def test_bad_settings_are_refused(kw, match):
-    with pytest.raises(BenchConfigError, match=match):
+@pytest.mark.parametrize("kw, match", [
+    ({"beta": -1.0}, r"^beta must be a positive finite number; got -1\.0$"),
+    ({"methods": ("ppo2",)}, r"^unknown methods 'ppo2' in methods; "),
+    ({"nash_eta": 4.0}, r"^nash_eta × beta must be <= 1 .*; got 4\.0 × 0\.5$"),
+    ({"group_size": 1}, r"^group_size must be at least 2; got 1$"),
+    ({"eval_every": 300}, r"^eval_every \(300\) is larger than exact_steps \(400\) or sampled_steps \(200\)$"),
+    ({"arms": 16, "group_size": 4}, r"^problem too large for exact mode: keep arms\^group_size·contexts <= 4096 "),
+    ({"bandit_seed": -1}, r"^bandit_seed must be an integer"),
+])
+def test_bad_settings_are_refused_naming_the_field(kw, match):
+    """From Python the message names the config field, never a command-line flag."""
+    with pytest.raises(BenchConfigError, match=match) as err:
         RlhfConfig(**kw)
+    assert "--" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--beta", "-1"], "argument --beta: "),  # refused by the flag's type, before the config
+    (["--group-size", "1"], "error: --group-size must be at least 2; got 1"),
+    (["--eval-every", "300"], "error: --eval-every (300) is larger than --exact-steps (400) or --sampled-steps (200)"),
+    (["--methods", "ppo2"], "error: unknown methods 'ppo2' in --methods; "),
+    (["--beta", "3"], "error: nash_eta × --beta must be <= 1"),  # nash_eta has no flag: its field name stays
+])
+def test_bad_flags_are_refused_naming_the_flag(argv, match, tmp_path, capsys):
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["bench", "rlhf", *argv, "--out", str(out), "--quiet"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and match in err.strip().splitlines()[-1]
+    assert not out.exists()
 
 
 def test_foreign_output_directory_is_refused_before_any_work(tmp_path, capsys):

@@ -3,8 +3,8 @@ on a contextual bandit and a small token tree, each measured against the KL-regu
 ``β·KL(π‖π*)``) and against its own proven fixed point, exactly and by sampling.
 
 Files by job: :mod:`.config` (every setting), :mod:`.problem` (the bandit, the tree, the preference data),
-:mod:`.methods` (one runner per method), :mod:`.run` (the experiment and the atomic write), :mod:`.text` (report.md),
-:mod:`.figures` (PNGs).
+:mod:`.methods` (one runner per method), :mod:`.run` (the experiment, written by the shared runner
+:func:`mdpalign.bench.report.run_report`), :mod:`.text` (report.md), :mod:`.figures` (PNGs).
 """
 from mdpalign.bench.rlhf.config import RLHF_METHODS, RlhfConfig
 

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from mdpalign.bench.config import (
+    _NOT_RECORDED,
     BenchConfigError,
     _check_positive,
     _check_positive_int,
@@ -22,6 +23,15 @@ RLHF_METHODS = ("reinforce", "rloo", "remax", "ppo_clip", "grpo_trl", "grpo_bias
 TREE_METHODS = ("reinforce", "rloo", "remax", "ppo_clip", "grpo_trl", "grpo_bias_corrected", "dr_grpo")
 #: Methods trained through the online harness (also run in sampled mode).
 ONLINE_METHODS = TREE_METHODS
+
+
+def _check_problem_seed(name: str, value) -> int:
+    """A single seed that is not ``seed``: the shared check, its message naming this field."""
+    try:
+        return _check_seeds(value, 1)
+    except BenchConfigError:
+        raise BenchConfigError("{%s} must be an integer in [0, 2**63 - 1]; got {got}" % name, (name,),
+                               got=repr(value)) from None
 
 
 @dataclass(frozen=True)
@@ -61,25 +71,31 @@ class RlhfConfig:
             object.__setattr__(self, name, _check_positive_int(name, getattr(self, name)))
         for name, low in (("arms", 2), ("tree_vocab", 2), ("group_size", 2), ("raft_n", 2)):
             if _check_positive_int(name, getattr(self, name)) < low:
-                raise BenchConfigError(f"--{name.replace('_', '-')} must be at least {low}; got {getattr(self, name)}")
+                raise BenchConfigError("{%s} must be at least {low}; got {got}" % name, (name,), low=low,
+                                       got=repr(getattr(self, name)))
         for name in ("beta", "exact_lr", "nash_eta", "dpo_lr", "sampled_lr"):
             object.__setattr__(self, name, _check_positive(name, getattr(self, name)))
         if self.nash_eta * self.beta > 1:
-            raise BenchConfigError(f"--nash-eta × --beta must be <= 1 (Nash-MD's geometric mixture weights; the "
-                                   f"proof covers 0 < η·τ <= 1); got {self.nash_eta} × {self.beta}")
+            raise BenchConfigError("{nash_eta} × {beta} must be <= 1 (Nash-MD's geometric mixture weights; the proof "
+                                   "covers 0 < η·τ <= 1); got {eta} × {tau}", ("nash_eta", "beta"),
+                                   eta=self.nash_eta, tau=self.beta)
         if self.eval_every > min(self.exact_steps, self.sampled_steps):
-            raise BenchConfigError(f"--eval-every ({self.eval_every}) is larger than the number of steps")
+            raise BenchConfigError("{eval_every} ({k}) is larger than {exact_steps} ({n}) or {sampled_steps} ({m})",
+                                   ("eval_every", "exact_steps", "sampled_steps"), k=self.eval_every,
+                                   n=self.exact_steps, m=self.sampled_steps)
         if self.arms ** self.group_size * self.contexts > 4096 or self.tree_vocab ** self.tree_length > 64:
-            raise BenchConfigError("problem too large for exact mode: keep arms^group_size·contexts <= 4096 and "
-                                   "tree_vocab^tree_length <= 64")
+            raise BenchConfigError("problem too large for exact mode: keep {arms}^{group_size}·{contexts} <= 4096 and "
+                                   "{tree_vocab}^{tree_length} <= 64; got {a}^{g}·{x} and {v}^{n}",
+                                   ("arms", "group_size", "contexts", "tree_vocab", "tree_length"), a=self.arms,
+                                   g=self.group_size, x=self.contexts, v=self.tree_vocab, n=self.tree_length)
         object.__setattr__(self, "methods", _check_subset("methods", self.methods, RLHF_METHODS))
         for name in ("bandit_seed", "tree_seed"):
-            object.__setattr__(self, name, _check_seeds(getattr(self, name), 1))
+            object.__setattr__(self, name, _check_problem_seed(name, getattr(self, name)))
         object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
         object.__setattr__(self, "force", bool(self.force))
 
     def record(self) -> dict:
         d = asdict(self)
-        for name in ("out", "quiet", "force"):
+        for name in _NOT_RECORDED:
             d.pop(name)
         return d

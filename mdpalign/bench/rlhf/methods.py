@@ -17,7 +17,7 @@ import torch
 
 from mdpalign.bench.rlhf.config import ONLINE_METHODS
 from mdpalign.bench.rlhf.problem import bandit_regret, tree_regret
-from mdpalign.fit import fit
+from mdpalign.fit import fit, record_iterations
 from mdpalign.harness.offline import dpo_loss_closure, tabular_policy
 from mdpalign.harness.online import (
     bandit_problem,
@@ -60,6 +60,13 @@ def _log_probs(problem, spec, params):
     return torch.log_softmax(theta, -1).numpy()
 
 
+def _curves(regret, problems, optimum, log_probs, beta) -> dict:
+    """The two curves (:data:`~mdpalign.bench.rlhf.problem.METRICS`) along a run's recorded log-policies: the
+    regret to π* and the distance to the method's own fixed point ``optimum``."""
+    return {"regret": [regret(problems, lp, beta) for lp in log_probs],
+            "own": [float(optimum.check(log_probs=lp, tol=0.0).max_violation) for lp in log_probs]}
+
+
 def _proof_key(name, where, problems, config):
     """(answer key, what it is) for an online method, or (None, why not)."""
     if where == "tree":
@@ -85,26 +92,21 @@ def _online(name, where, problems, config):
     key_gap = None if key is None else float(key.check(log_probs=res.log_probs.numpy(), tol=0.0).max_violation)
 
     def curves(params_rows):
-        lps = [_log_probs(problem, spec, p) for p in params_rows]
-        return ([regret(problems, lp, config.beta) for lp in lps],
-                [float(own.check(log_probs=lp, tol=0.0).max_violation) for lp in lps])
+        return _curves(regret, problems, own, [_log_probs(problem, spec, p) for p in params_rows], config.beta)
 
     flow = exact_flow(problem, spec, steps=config.exact_steps, lr=config.exact_lr, record_every=config.eval_every)
-    ex_regret, ex_own = curves(flow.params)
-    s_regret, s_own = [], []
+    seeds = []
     for k in range(config.seeds):
         run = train_sampled(problem, spec, steps=config.sampled_steps, seed=config.seed + k, lr=config.sampled_lr,
                             n_prompts=config.n_prompts, record_every=config.eval_every)
-        a, b = curves(run.params)
-        s_regret.append(a)
-        s_own.append(b)
+        seeds.append(curves(run.params))
     return {
         "spec": {"method": spec.name, "group_size": spec.group_size, "kl_estimator": spec.kl_estimator,
                  "kl_placement": spec.kl_placement, "loss_type": spec.loss_type, "advantage": spec.advantage,
                  "scale_rewards": spec.scale_rewards, "epochs": spec.epochs, "reference": spec.reference},
         "x": flow.steps, "x_label": "step",
-        "exact": {"regret": ex_regret, "own": ex_own},
-        "sampled": {"x": run.steps, "regret": s_regret, "own": s_own},
+        "exact": curves(flow.params),
+        "sampled": {"x": run.steps, **{key: [c[key] for c in seeds] for key in ("regret", "own")}},
         "own_fixed_point": {"what": "certified fixed point of the exact expected-update field",
                             "log_prob_bound": res.certificate.log_prob_bound,
                             "regret": regret(problems, res.log_probs.numpy(), config.beta),
@@ -121,7 +123,8 @@ def _raft(problems, config):
     regret = [bandit_regret(problems, lp, config.beta) if np.isfinite(lp).all() else float("inf") for lp in lps]
     return {"x": list(range(config.raft_rounds + 1)), "x_label": "RAFT round (best-of-n, then exact SFT)",
             "exact": {"regret": regret, "own": own},
-            "own_fixed_point": {"what": f"raft_limit: π_ref restricted to the argmax-reward class (n = {config.raft_n})",
+            "own_fixed_point": {"what": "raft_limit: π_ref restricted to the argmax-reward class "
+                                        f"(n = {config.raft_n})",
                                 "regret": float("inf"), "proof": "raft_limit (proofs.best_of_n)", "proof_gap": None}}
 
 
@@ -132,13 +135,13 @@ def _nash(problems, config):
     fixed, _ = nash_md_fixed_point(P, problems.ref, tau, eta)
     step_opt = optimum_from_target("nash_md_step", fixed)
     star = regularised_nash_optimum(P, problems.ref, tau)
+    x = record_iterations(config.exact_steps, config.eval_every)
     pi = problems.ref.copy()
     rows = [pi]
     for k in range(1, config.exact_steps + 1):
         pi = nash_md_iterate(P, problems.ref, tau, eta, pi)
-        if k % config.eval_every == 0 or k == config.exact_steps:
+        if k in x:
             rows.append(pi)
-    x = [0] + [k for k in range(1, config.exact_steps + 1) if k % config.eval_every == 0 or k == config.exact_steps]
     return {"x": x, "x_label": "Nash-MD step (constant η)",
             "exact": {"regret": [bandit_regret(problems, np.log(p), config.beta) for p in rows],
                       "own": [float(step_opt.check(probs=p, tol=0.0).max_violation) for p in rows]},
@@ -156,19 +159,18 @@ def _dpo(problems, config):
     loss = dpo_loss_closure(pol, problems.ref, problems.wins, config.beta)
     opt_ = dpo_optimum(problems.ref, problems.wins, config.beta)
     sgd = torch.optim.SGD(pol.parameters(), lr=config.dpo_lr * X * K * (K - 1))  # W sums to 1: per-pair scale
-    rows, x = [], []
+    x = record_iterations(config.exact_steps, config.eval_every)
+    rows = []
     for k in range(config.exact_steps + 1):
-        if k % config.eval_every == 0 or k == config.exact_steps:
+        if k in x:
             rows.append(pol.log_probs_table().detach().numpy().copy())
-            x.append(k)
         if k == config.exact_steps:
             break
         sgd.zero_grad()
         loss().backward()
         sgd.step()
     return {"x": x, "x_label": "full-batch SGD step on the exact DPO loss",
-            "exact": {"regret": [bandit_regret(problems, lp, config.beta) for lp in rows],
-                      "own": [float(opt_.check(log_probs=lp, tol=0.0).max_violation) for lp in rows]},
+            "exact": _curves(bandit_regret, problems, opt_, rows, config.beta),
             "own_fixed_point": {"what": "dpo_optimum (BT all pairs: the RLHF optimum itself)",
                                 "regret": bandit_regret(problems, np.log(opt_.policy), config.beta),
                                 "proof": "dpo_optimum", "proof_gap": None}}
@@ -187,8 +189,7 @@ def _pipeline(problems, config):
     flow = exact_flow(problem, spec, steps=config.exact_steps, lr=config.exact_lr, record_every=config.eval_every)
     lps = [_log_probs(problem, spec, p) for p in flow.params]
     return {"x": flow.steps, "x_label": "RL step (REINFORCE, exact) on the fitted reward model",
-            "exact": {"regret": [bandit_regret(problems, lp, config.beta) for lp in lps],
-                      "own": [float(own.check(log_probs=lp, tol=0.0).max_violation) for lp in lps]},
+            "exact": _curves(bandit_regret, problems, own, lps, config.beta),
             "own_fixed_point": {"what": "rlhf_pipeline_optimum (BT MLE, zero-mean gauge, then Gibbs on it)",
                                 "regret": bandit_regret(problems, np.log(own.policy), config.beta),
                                 "proof": "rlhf_pipeline_optimum", "proof_gap": None}}

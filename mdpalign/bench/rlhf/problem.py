@@ -13,12 +13,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mdpalign.bench import report as rp
 from mdpalign.envs.token_tree import random_token_tree
 from mdpalign.harness.online import bandit_problem, tree_problem
 from mdpalign.proofs import token_tree_optimum
 from mdpalign.proofs.kl_rl import kl_rl_optimum
 
-__all__ = ["Problems", "bandit_regret", "make_problems", "tree_regret"]
+__all__ = ["METRICS", "Problems", "bandit_regret", "make_problems", "tree_regret"]
+
+#: The two curves every method records (``entry["exact"][key]``, ``entry["sampled"][key]``), in report order.
+METRICS = {
+    "regret": rp.Metric("regret β·KL(π‖π*)", lower_is_better=True, log_scale=True),
+    "own": rp.Metric("distance to own fixed point", lower_is_better=True, log_scale=True),
+}
 
 
 @dataclass(frozen=True, eq=False)

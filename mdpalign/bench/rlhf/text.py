@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from mdpalign.bench import report as rp
+from mdpalign.bench.rlhf.problem import METRICS
 
 __all__ = ["final_table", "report_markdown"]
 
@@ -22,9 +23,7 @@ def _num(x) -> str:
 
 
 def _ci(d) -> str:
-    if d is None:
-        return "—"
-    return _num(d["mean"]) + ("" if not math.isfinite(d["ci95"]) else f" ± {rp.format_number(d['ci95'], 2)}")
+    return "—" if d is None else rp.format_mean_ci(d)
 
 
 def final_table(results: dict) -> str:
@@ -32,16 +31,16 @@ def final_table(results: dict) -> str:
     for where in ("bandit", "tree"):
         for name, e in results["runs"][where].items():
             f, own = e["final"], e["own_fixed_point"]
-            rows.append([TITLES[name], where, _num(f["exact_regret"]), _num(f["exact_own"]),
-                         _ci(f.get("sampled_regret")), _ci(f.get("sampled_own")), _num(own["regret"]),
+            rows.append([TITLES[name], where, *(_num(f[f"exact_{k}"]) for k in METRICS),
+                         *(_ci(f.get(f"sampled_{k}")) for k in METRICS), _num(own["regret"]),
                          own["proof"] + ("" if own.get("proof_gap") is None else f" (gap {_num(own['proof_gap'])})")])
-    return rp.markdown_table(["method", "problem", "exact regret β·KL(π‖π*)", "exact distance to own fixed point",
-                              "sampled regret (95% CI)", "sampled distance (95% CI)", "regret of own fixed point",
+    return rp.markdown_table(["method", "problem", *(f"exact {m.title}" for m in METRICS.values()),
+                              *(f"sampled {m.title} (95% CI)" for m in METRICS.values()), "regret of own fixed point",
                               "own fixed point: proof (gap)"], rows)
 
 
 def report_markdown(results: dict, table: str, figures: dict) -> str:
-    c, t = results["config"], results["timing"]
+    c = results["config"]
     return "\n".join([
         "# Online RL and reward models: where each method lands",
         "",
@@ -75,6 +74,6 @@ def report_markdown(results: dict, table: str, figures: dict) -> str:
         "",
         *[f"![{k}]({v})" for k, v in figures.items()],
         "",
-        f"Run time: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU (process).",
+        rp.run_time_line(results["timing"]),
         "",
     ])
