@@ -119,7 +119,7 @@ def test_bad_settings_are_refused_naming_the_field(kw, match):
     (["--group-size", "1"], "error: --group-size must be at least 2; got 1"),
     (["--eval-every", "300"], "error: --eval-every (300) is larger than --exact-steps (400) or --sampled-steps (200)"),
     (["--methods", "ppo2"], "error: unknown methods 'ppo2' in --methods; "),
-    (["--beta", "3"], "error: nash_eta × --beta must be <= 1"),  # nash_eta has no flag: its field name stays
+    (["--beta", "3"], "error: --nash-eta × --beta must be <= 1"),
 ])
 def test_bad_flags_are_refused_naming_the_flag(argv, match, tmp_path, capsys):
     out = tmp_path / "x"

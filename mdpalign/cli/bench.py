@@ -120,7 +120,7 @@ def _rlhf(sub) -> None:
                     help=f"comma-separated subset of {','.join(RLHF_METHODS)}")
     for flag, kind in (("beta", positive_float), ("group-size", positive_int), ("exact-steps", positive_int),
                        ("sampled-steps", positive_int), ("eval-every", positive_int), ("seeds", positive_int),
-                       ("seed", non_negative_int)):
+                       ("seed", non_negative_int), ("nash-eta", positive_float)):
         rl.add_argument(f"--{flag}", type=kind, default=getattr(r, flag.replace("-", "_")))
     _output_arguments(rl, RlhfConfig)
     rl.set_defaults(func=_run, _parser=rl, _config=RlhfConfig, _bench="mdpalign.bench.rlhf.run:run_rlhf")
