@@ -14,7 +14,7 @@ import numpy as np
 
 from mdpalign.errors import MdpalignError
 
-__all__ = ["to_numpy", "check_number", "check_positive", "check_unit_interval"]
+__all__ = ["to_numpy", "as_integer", "check_number", "check_positive", "check_unit_interval"]
 
 
 def to_numpy(x: Any, dtype: Any = np.float64, *, name: str = "input",
@@ -32,6 +32,19 @@ def to_numpy(x: Any, dtype: Any = np.float64, *, name: str = "input",
         return np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise error(f"{name} must be a rectangular array of numbers: {exc}") from None
+
+
+def as_integer(value: Any) -> int | None:
+    """``value`` as a Python int where it is an integral number (``3``, ``3.0``, ``np.int64(3)``), else None (text,
+    None, a bool, ``2.5``, nan): the caller raises its own error naming the argument, rather than passing on
+    ``int('x')``'s message or truncating 2.5 to 2."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number == value else None
 
 
 def check_number(value: Any, name: str, *, error: type[MdpalignError]) -> float:

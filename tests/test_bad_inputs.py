@@ -152,7 +152,7 @@ bad("mdp.sparse_P_negative",
 bad("mdp.gamma_above_1", lambda _: TabularMDP(_P(), _R(), 1.5), InvalidMDPError, "gamma must lie in [0, 1]")
 bad("mdp.gamma_negative", lambda _: TabularMDP(_P(), _R(), -0.1), InvalidMDPError, "gamma must lie in [0, 1]")
 bad("mdp.gamma_nan", lambda _: TabularMDP(_P(), _R(), NAN), InvalidMDPError, "gamma must lie in [0, 1]")
-bad("mdp.gamma_text", lambda _: TabularMDP(_P(), _R(), "high"), InvalidMDPError, "gamma must be a number in [0, 1]")
+bad("mdp.gamma_text", lambda _: TabularMDP(_P(), _R(), "high"), InvalidMDPError, "gamma must be a number, got 'high'")
 bad("mdp.gamma_1_no_proper_policy", lambda _: TabularMDP(_P(), _R(), 1.0), InvalidMDPError, "no proper policy exists")
 bad("mdp.terminal_shape", lambda _: TabularMDP(_P(), _R(), 0.9, terminal=[True]), InvalidMDPError,
     "terminal must have shape (2,)")
@@ -175,7 +175,7 @@ bad("mdp.initial_ragged", lambda _: TabularMDP(_P(), _R(), 0.9, initial=[[0.5], 
     "initial is ragged")
 bad("mdp.state_labels", lambda _: TabularMDP(_P(), _R(), 0.9, state_labels=("a",)), InvalidMDPError,
     "state_labels has 1 entries for 2 states")
-bad("mdp.gamma_none", lambda _: TabularMDP(_P(), _R(), None), InvalidMDPError, "gamma must be a number in [0, 1]")
+bad("mdp.gamma_none", lambda _: TabularMDP(_P(), _R(), None), InvalidMDPError, "gamma must be a number, got None")
 bad("mdp.state_labels_not_a_sequence", lambda _: TabularMDP(_P(), _R(), 0.9, state_labels=3), InvalidMDPError,
     "state_labels must be a sequence of 2 names")
 bad("mdp.policy_out_of_range", lambda _: _mdp().policy_transitions(np.array([0, 5])), InvalidMDPError,
@@ -246,11 +246,11 @@ bad("solve.horizon_options", lambda _: solve.solve(_mdp(), "pi", horizon=3, tol=
 bad("solve.not_an_mdp", lambda _: solve.policy_iteration(np.zeros((2, 2))), SolverError,
     "expected a mdpalign.TabularMDP")
 bad("solve.tol_zero", lambda _: solve.policy_iteration(_mdp(), tol=0.0), SolverError,
-    "tol must be a positive finite number")
+    "tol must be a finite number > 0, got 0.0")
 bad("solve.tol_nan", lambda _: solve.value_iteration(_mdp(), tol=NAN), SolverError,
-    "tol must be a positive finite number")
+    "tol must be a finite number > 0, got nan")
 bad("solve.tol_text", lambda _: solve.policy_iteration(_mdp(), tol="small"), SolverError,
-    "tol must be a positive finite number; got 'small'")
+    "tol must be a number, got 'small'")
 bad("solve.max_iter_text", lambda _: solve.value_iteration(_mdp(), max_iter="many"), SolverError,
     "max_iter must be a positive integer; got 'many'")
 bad("solve.horizon_fraction", lambda _: solve.finite_horizon(_mdp(), 2.5), SolverError,
@@ -266,9 +266,9 @@ bad("solve.initial_values", lambda _: solve.value_iteration(_mdp(), initial_valu
 bad("solve.horizon_negative", lambda _: solve.finite_horizon(_mdp(), -1), SolverError,
     "horizon must be a non-negative integer")
 bad("solve.beta_zero", lambda _: solve.soft_value_iteration(_mdp(), beta=0.0), SolverError,
-    "beta must be a positive finite number")
+    "beta must be a finite number > 0, got 0.0")
 bad("solve.beta_text", lambda _: solve.soft_value_iteration(_mdp(), beta="hot"), SolverError,
-    "beta must be a positive finite number")
+    "beta must be a number, got 'hot'")
 bad("solve.ref_policy_shape", lambda _: solve.soft_value_iteration(_mdp(), beta=1.0, ref_policy=np.ones(2)),
     SolverError, "ref_policy must have shape (2, 2)")
 bad("solve.ref_policy_empty_row",
@@ -283,9 +283,9 @@ bad("solve.value_iteration_max_iter", lambda _: solve.value_iteration(frozen_lak
     ConvergenceError, "reached max_iter=2")
 bad("solve.evaluate_policy_shape", lambda _: solve.evaluate(_mdp(), np.zeros(3, dtype=int)), SolverError,
     "policy must have shape")
-bad("solve.goal_states_range", lambda _: solve.success_probability(_mdp(), np.zeros(2, dtype=int), [5]),
+bad("solve.goal_states_range", lambda _: solve.state_success_probabilities(_mdp(), np.zeros(2, dtype=int), [5]),
     SolverError, "goal_states [5] are outside [0, 2)")
-bad("solve.goal_states_empty", lambda _: solve.success_probability(_mdp(), np.zeros(2, dtype=int), []),
+bad("solve.goal_states_empty", lambda _: solve.state_success_probabilities(_mdp(), np.zeros(2, dtype=int), []),
     SolverError, "goal_states is empty")
 bad("solve.macqueen_gamma_1",
     lambda _: solve.macqueen_bounds(TabularMDP(np.stack([np.eye(2)[[1, 1]]] * 2, axis=1), _R(), 1.0,
