@@ -14,7 +14,7 @@ import numpy as np
 
 from mdpalign.errors import MdpalignError
 
-__all__ = ["to_numpy", "as_integer", "check_number", "check_positive", "check_unit_interval"]
+__all__ = ["to_numpy", "as_number", "as_integer", "check_number", "check_positive", "check_unit_interval"]
 
 
 def to_numpy(x: Any, dtype: Any = np.float64, *, name: str = "input",
@@ -32,6 +32,15 @@ def to_numpy(x: Any, dtype: Any = np.float64, *, name: str = "input",
         return np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise error(f"{name} must be a rectangular array of numbers: {exc}") from None
+
+
+def as_number(value: Any) -> float:
+    """``value`` as a Python float, nan where it is no number at all (text, None, a sequence): every range check
+    then fails, so a caller whose error is built differently (a template naming fields) still names the argument."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        return math.nan
 
 
 def as_integer(value: Any) -> int | None:

@@ -603,44 +603,44 @@ bad("proofs.as_log_policy.ragged", lambda _: proofs.as_log_policy([[0.5, 0.5], [
 
 # ============================================================================= bench options (Python config)
 bad("bench.config.seeds_zero", lambda _: FrozenLakeConfig(seeds=0), BenchConfigError,
-    "--seeds must be a positive integer")
+    "seeds must be a positive integer")
 bad("bench.config.steps_text", lambda _: FrozenLakeConfig(steps="many"), BenchConfigError,
-    "--steps must be a positive integer")
+    "steps must be a positive integer")
 bad("bench.config.steps_none", lambda _: FrozenLakeConfig(steps=None), BenchConfigError,
-    "--steps must be a positive integer; got None")
+    "steps must be a positive integer; got None")
 bad("bench.config.eval_every", lambda _: FrozenLakeConfig(steps=5, eval_every=10), BenchConfigError,
-    "--eval-every (10) is larger than --steps (5)")
+    "eval_every (10) is larger than steps (5)")
 bad("bench.config.suboptimal", lambda _: FrozenLakeConfig(suboptimal="shorter"), BenchConfigError,
-    "--suboptimal must be 'longer' or 'hole'")
-bad("bench.config.gamma_1", lambda _: FrozenLakeConfig(gamma=1.0), BenchConfigError, "--gamma must lie in (0, 1)")
+    "suboptimal must be 'longer' or 'hole'")
+bad("bench.config.gamma_1", lambda _: FrozenLakeConfig(gamma=1.0), BenchConfigError, "gamma must lie in (0, 1)")
 bad("bench.config.gamma_text", lambda _: FrozenLakeConfig(gamma="high"), BenchConfigError,
-    "--gamma must lie in (0, 1) (paths are ranked by discounting); got 'high'")
+    "gamma must lie in (0, 1) (paths are ranked by discounting); got 'high'")
 bad("bench.config.methods_unknown", lambda _: FrozenLakeConfig(methods=("sft", "rlhf")), BenchConfigError,
     "unknown methods 'rlhf'")
-bad("bench.config.methods_empty", lambda _: FrozenLakeConfig(methods=()), BenchConfigError, "--methods is empty")
+bad("bench.config.methods_empty", lambda _: FrozenLakeConfig(methods=()), BenchConfigError, "methods is empty")
 bad("bench.config.methods_twice", lambda _: FrozenLakeConfig(methods="sft,SFT"), BenchConfigError,
     "lists ['sft'] twice")
-bad("bench.config.map_empty", lambda _: FrozenLakeConfig(map=" "), BenchConfigError, "--map must be 'two-path'")
+bad("bench.config.map_empty", lambda _: FrozenLakeConfig(map=" "), BenchConfigError, "map must be 'two-path'")
 bad("bench.config.base", lambda _: FrozenLakeConfig(base="greedy"), BenchConfigError,
     "base must be 'uniform' or 'eps-greedy'")
 bad("bench.config.ift_lambda", lambda _: FrozenLakeConfig(ift_lambda=1.0), BenchConfigError,
     "ift_lambda must lie in [0, 1)")
 bad("bench.config.crlft_weights", lambda _: FrozenLakeConfig(crlft_weights=(1.0, 0.1, 0.01)), BenchConfigError,
     "crlft_weights must be two positive numbers")
-bad("bench.config.lr_nan", lambda _: FrozenLakeConfig(lr=NAN), BenchConfigError, "--lr must be a positive finite number")
+bad("bench.config.lr_nan", lambda _: FrozenLakeConfig(lr=NAN), BenchConfigError, "lr must be a positive finite number")
 bad("bench.config.seed_negative", lambda _: FrozenLakeConfig(seed=-1), BenchConfigError,
-    "--seed must be an integer with 0 <= seed")
+    "seed must be an integer with 0 <= seed and seed + seeds - 1")
 bad("bench.config.base_epsilon_text", lambda _: FrozenLakeConfig(base_epsilon="x"), BenchConfigError,
     "base_epsilon must lie in (0, 1]")
 bad("bench.config.crlft_weights_text", lambda _: FrozenLakeConfig(crlft_weights="ab"), BenchConfigError,
     "crlft_weights must be two positive numbers")
 bad("bench.config.methods_not_names", lambda _: FrozenLakeConfig(methods=5), BenchConfigError,
-    "--methods must be comma-separated names or a sequence of them")
+    "methods must be comma-separated names or a sequence of them")
 bad("bench.config.bandit_beta_text", lambda _: BanditsConfig(beta="x"), BenchConfigError,
-    "--beta must be a positive finite number; got 'x'")
+    "beta must be a positive finite number; got 'x'")
 bad("bench.config.bandit_fraction_text", lambda _: BanditsConfig(expert_fraction="half"), BenchConfigError,
     "expert_fraction must lie in (0, 1)")
-bad("bench.config.bandit_arms", lambda _: BanditsConfig(arms=1), BenchConfigError, "--arms must be at least 2")
+bad("bench.config.bandit_arms", lambda _: BanditsConfig(arms=1), BenchConfigError, "arms must be at least 2")
 bad("bench.config.bandit_fraction", lambda _: BanditsConfig(partial_fraction=1.0), BenchConfigError,
     "partial_fraction must lie in (0, 1)")
 bad("bench.config.bandit_regimes", lambda _: BanditsConfig(regimes=("everything",)), BenchConfigError,
@@ -696,7 +696,8 @@ cli("cli.bench.map_one_path", [*FL, "--map", "SFG"], "has only one trajectory")
 cli("cli.bench.suboptimal", [*FL, "--suboptimal", "shorter"], "argument --suboptimal: invalid choice: 'shorter'")
 cli("cli.bench.beta_star", [*FL, "--beta-star", "0"], "argument --beta-star: must be a positive finite number")
 cli("cli.bench.lr_inf", [*FL, "--lr", "inf"], "argument --lr: must be a positive finite number")
-cli("cli.bench.seed_too_large", [*FL, "--seed", str(2**63)], "--seed must be an integer with 0 <= seed")
+cli("cli.bench.seed_too_large", [*FL, "--seed", str(2**63)],
+    "--seed must be an integer with 0 <= --seed and --seed + --seeds - 1 <= 2**63 - 1")
 cli("cli.bench.out_empty", [*FL, "--out", ""], "--out is empty")
 cli("cli.bench.out_cwd", lambda tmp: [*FL, "--out", str(Path.cwd())], "is the current directory")
 cli("cli.bench.out_root", [*FL, "--out", "/"], "--out '/' is the root directory")
