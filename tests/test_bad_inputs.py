@@ -492,7 +492,7 @@ bad("fit.max_iter", lambda _: _fit(lambda p: (p ** 2).sum(), max_iter=-1), FitEr
 bad("fit.tol_text", lambda _: _fit(lambda p: (p ** 2).sum(), tol="tight"), FitError,
     "need max_iter >= 0 and tol >= 0")
 bad("fit.lr_negative", lambda _: _fit(lambda p: (p ** 2).sum(), method="adam", lr=-1.0),
-    FitError, "lr must be a positive finite number")
+    FitError, "lr must be a finite number > 0, got -1.0")
 bad("fit.non_scalar_loss", lambda _: _fit(lambda p: p ** 2), FitError,
     "loss_fn must return a scalar tensor")
 bad("fit.nan_loss", lambda _: _fit(lambda p: (p * NAN).sum()), NonFiniteLossError,
