@@ -29,6 +29,7 @@ import mdpalign.objectives as obj
 from mdpalign import InvalidMDPError, MdpalignError, TabularMDP, proofs, solve
 from mdpalign.bench.config import BanditsConfig, BenchConfigError, FrozenLakeConfig
 from mdpalign.cli import main
+from mdpalign.data import DataError, PreferenceData
 from mdpalign.envs import (
     ContextualBandit,
     InvalidBanditError,
@@ -528,31 +529,38 @@ REF = np.full((1, 3), 1 / 3)
 
 
 def _pairs(context, chosen, rejected, weight):
-    return {"context": [context], "chosen": [chosen], "rejected": [rejected], "weight": [weight]}
+    return PreferenceData(context=[context], chosen=[chosen], rejected=[rejected], weight=[weight], n_contexts=1,
+                          n_arms=3)
+
+
+def _win_table(x, i, j, weight):
+    W = np.zeros((1, 3, 3))
+    W[x, i, j] = weight
+    return W
 
 
 bad("proofs.pair_table.tuples", lambda _: proofs.pair_table([(0, 0, 1, 1.0)], 1, 3), ProofInputError,
-    "expected rows with fields context, chosen, rejected, weight")
+    "pairs must be a mdpalign.data.PreferenceData or an (X, K, K) win table; got list")
 bad("proofs.as_log_policy.both", lambda _: proofs.as_log_policy(REF, log_probs=np.log(REF)), ProofInputError,
     "give exactly one of probs= or log_probs=")
 bad("proofs.as_log_policy.negative", lambda _: proofs.as_log_policy(np.array([[1.5, -0.5]])), ProofInputError,
     "probs has negative entries")
 bad("proofs.as_log_policy.unnormalised", lambda _: proofs.as_log_policy(log_probs=np.zeros((1, 2))), ProofInputError,
     "row 0 has total probability")
-bad("proofs.pair_table.self_comparison", lambda _: proofs.pair_table(_pairs(0, 1, 1, 1.0), 1, 3), ProofInputError,
-    "compares arm 1 with itself")
-bad("proofs.pair_table.index", lambda _: proofs.pair_table(_pairs(0, 0, 5, 1.0), 1, 3), ProofInputError,
-    "is not an index in [0, 3)")
-bad("proofs.pair_table.weight", lambda _: proofs.pair_table(_pairs(0, 0, 1, -1.0), 1, 3), ProofInputError,
-    "must be finite and >= 0")
+bad("proofs.pair_table.self_comparison", lambda _: proofs.pair_table(_win_table(0, 1, 1, 1.0), 1, 3),
+    ProofInputError, "win table compares arm 1 with itself in context 0")
+bad("proofs.pair_table.index", lambda _: proofs.pair_table(_pairs(0, 0, 5, 1.0), 1, 3), DataError,
+    "rejected holds values outside [0, 3) at rows [0]")
+bad("proofs.pair_table.weight", lambda _: proofs.pair_table(_win_table(0, 0, 1, -1.0), 1, 3), ProofInputError,
+    "win table must be finite and >= 0")
 bad("proofs.dpo_optimum.beta", lambda _: proofs.dpo_optimum(REF, _pairs(0, 0, 1, 1.0), beta=0.0), ProofInputError,
-    "beta must be finite and > 0")
+    "beta must be a finite number > 0, got 0.0")
 bad("proofs.kl_rl_optimum.ref_sum", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), np.full((1, 3), 0.3), 1.0),
     ProofInputError, "row 0 sums to")
 bad("proofs.kl_rl_optimum.rewards_shape", lambda _: proofs.kl_rl_optimum(np.zeros((1, 2)), REF, 1.0),
     ProofInputError, "rewards has shape (1, 2), ref_policy has shape (1, 3)")
 bad("proofs.check.tol", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=REF, tol=-1.0),
-    ProofInputError, "tol must be a number >= 0, got -1.0")
+    ProofInputError, "tol must be a finite number >= 0, got -1.0")
 bad("proofs.check.shape", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=np.full((1, 2), .5)),
     ProofInputError, "the problem has shape (1, 3)")
 bad("proofs.sft_optimum.empty", lambda _: proofs.sft_optimum(np.zeros((1, 3))), ProofInputError,
@@ -590,9 +598,9 @@ bad("proofs.rewards_text", lambda _: proofs.greedy_limit("high", REF), ProofInpu
 bad("proofs.win_matrix_text", lambda _: proofs.bradley_terry_scores("x"), ProofInputError,
     "W must be a rectangular array of numbers")
 bad("proofs.beta_text", lambda _: proofs.dpo_optimum(REF, _pairs(0, 0, 1, 1.0), "small"), ProofInputError,
-    "beta must be finite and > 0, got 'small'")
+    "beta must be a number, got 'small'")
 bad("proofs.check.tol_text", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=REF, tol="x"),
-    ProofInputError, "tol must be a number >= 0, got 'x'")
+    ProofInputError, "tol must be a number, got 'x'")
 bad("proofs.pair_table.n_contexts", lambda _: proofs.pair_table(_pairs(0, 0, 1, 1.0), "one", 3), ProofInputError,
     "n_contexts must be an integer >= 1, got 'one'")
 bad("proofs.reward_model_loss.scores_shape",
