@@ -21,8 +21,8 @@ from torch import nn
 from mdpalign.checks import as_integer, as_number, check_positive
 from mdpalign.errors import MdpalignError
 
-__all__ = ["fit", "record_iterations", "FitResult", "HistoryPoint", "NotConvergedError", "NonFiniteLossError", "FitError",
-           "weighted_sum", "FIT_METHODS"]
+__all__ = ["fit", "record_iterations", "FitResult", "HistoryPoint", "NotConvergedError", "NonFiniteLossError",
+           "FitError", "weighted_sum", "FIT_METHODS"]
 
 FIT_METHODS = ("lbfgs", "adam")
 

@@ -657,7 +657,8 @@ bad("bench.config.bandit_regimes", lambda _: BanditsConfig(regimes=("everything"
 # ============================================================================= mdpalign solve
 SOLVE = ["solve", "frozen-lake"]
 cli("cli.solve.map_name", [*SOLVE, "--map", "16x16"], "--map must be '4x4', '8x8' or comma-separated rows")
-cli("cli.solve.map_letter", [*SOLVE, "--map", "SFX,FFG"], "holds ['X']; only S (start), F (frozen)")
+cli("cli.solve.map_letter", [*SOLVE, "--map", "SFX,FFG"],
+    "comma-separated rows over S,F,H,G (e.g. SFFF,FHFH,FFFH,HFFG); got 'SFX,FFG'")
 cli("cli.solve.map_no_goal", [*SOLVE, "--map", "SFF,FFF"], "has no goal cell 'G'")
 cli("cli.solve.gamma_above_1", [*SOLVE, "--gamma", "1.5"], "argument --gamma: must lie in [0, 1], got 1.5")
 cli("cli.solve.gamma_text", [*SOLVE, "--gamma", "abc"], "argument --gamma: expected a number in [0, 1], got 'abc'")
@@ -671,7 +672,8 @@ cli("cli.solve.soft_horizon", [*SOLVE, "--method", "soft", "--beta", "1", "--hor
     "--horizon is solved by backward induction; it does not combine with --method soft")
 cli("cli.solve.tol_nan", [*SOLVE, "--tol", "nan"], "argument --tol: must be a positive finite number")
 cli("cli.solve.problem", ["solve", "mountain-car"], "invalid choice: 'mountain-car'")
-cli("cli.solve.map_empty_rows", [*SOLVE, "--map", ",,"], "is empty")
+cli("cli.solve.map_empty_rows", [*SOLVE, "--map", ",,"], "argument --map: --map must be '4x4', '8x8' or "
+    "comma-separated rows over S,F,H,G (e.g. SFFF,FHFH,FFFH,HFFG); got ',,'")
 cli("cli.solve.goal_unreachable", [*SOLVE, "--map", "SH,HG"], "no path of frozen cells leads from S to G")
 cli("cli.no_command", [], "the following arguments are required")
 cli("cli.unknown_command", ["deploy"], "invalid choice: 'deploy'")
@@ -803,7 +805,7 @@ cli("cli.train.checkpoint_missing",
                        "--resume_from_checkpoint", str(tmp / "checkpoint-9")),
     "checkpoint-9': no such checkpoint directory")
 
-# ============================================================================= mdpalign eval reward (before any model loads)
+# ========================================================================= mdpalign eval reward (before any model loads)
 CAUSAL = {"architectures": ["LlamaForCausalLM"]}
 
 
@@ -848,7 +850,8 @@ cli("cli.eval.reward_model_with_ref",
     "remove --ref-model")
 cli("cli.eval.data_dir_not_a_dataset", lambda tmp: _eval(tmp, str(_empty_dir(tmp))), "is neither a `Dataset` directory")
 cli("cli.eval.data_csv", lambda tmp: _eval(tmp, str(_text(tmp, "d.csv", "prompt,chosen\n"))), "unsupported file type")
-cli("cli.eval.dtype", lambda tmp: _eval(tmp, "x.jsonl") + ["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'")
+cli("cli.eval.dtype", lambda tmp: _eval(tmp, "x.jsonl") + ["--dtype", "int8"],
+    "argument --dtype: invalid choice: 'int8'")
 cli("cli.eval.no_kind", ["eval"], "the following arguments are required")
 cli("cli.eval.batch_size", lambda tmp: _eval(tmp, "x.jsonl") + ["--batch-size", "0"],
     "argument --batch-size: must be a positive integer")
@@ -872,7 +875,7 @@ def _text(tmp: Path, name: str, text: str | bytes) -> Path:
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     return path
 
-# ============================================================================= llm data files (mdpalign.llm_bridge.data)
+# ========================================================================= llm data files (mdpalign.llm_bridge.data)
 
 
 def _load(path) -> Any:

@@ -176,7 +176,8 @@ class FrozenLakeConfig:
                                    got=repr(self.suboptimal))
         gamma = as_number(self.gamma)
         if not 0.0 < gamma < 1.0:
-            raise BenchConfigError("{gamma} must lie in (0, 1) (paths are ranked by discounting); got {got}", ("gamma",),
+            raise BenchConfigError("{gamma} must lie in (0, 1) (paths are ranked by discounting); got {got}",
+                                   ("gamma",),
                                    got=repr(self.gamma))
         object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "methods", _check_subset("methods", self.methods, FROZEN_LAKE_METHODS))
@@ -184,14 +185,17 @@ class FrozenLakeConfig:
             raise BenchConfigError("{map} must be 'two-path', a gymnasium map name or comma-separated rows; got {got}",
                                    ("map",), got=repr(self.map))
         if self.base not in ("uniform", "eps-greedy"):
-            raise BenchConfigError("{base} must be 'uniform' or 'eps-greedy'; got {got}", ("base",), got=repr(self.base))
+            raise BenchConfigError("{base} must be 'uniform' or 'eps-greedy'; got {got}", ("base",),
+                                   got=repr(self.base))
         if not 0.0 < as_number(self.base_epsilon) <= 1.0:
             raise BenchConfigError("{base_epsilon} must lie in (0, 1]; got {got}", ("base_epsilon",),
                                    got=repr(self.base_epsilon))
         if not 0.0 <= as_number(self.ift_lambda) < 1.0:
-            raise BenchConfigError("{ift_lambda} must lie in [0, 1); got {got}", ("ift_lambda",), got=repr(self.ift_lambda))
+            raise BenchConfigError("{ift_lambda} must lie in [0, 1); got {got}", ("ift_lambda",),
+                                   got=repr(self.ift_lambda))
         if not 0.0 <= as_number(self.ift_decay) <= 1.0:
-            raise BenchConfigError("{ift_decay} must lie in [0, 1]; got {got}", ("ift_decay",), got=repr(self.ift_decay))
+            raise BenchConfigError("{ift_decay} must lie in [0, 1]; got {got}", ("ift_decay",),
+                                   got=repr(self.ift_decay))
         w = _reals(self.crlft_weights)
         if self.crlft_beta is not None:
             object.__setattr__(self, "crlft_beta", _check_positive("crlft_beta", self.crlft_beta))

@@ -234,7 +234,8 @@ class FrozenLake:
         states = []
         for t, a in enumerate(actions):
             if self.letter(s) in "HG":
-                raise InvalidMapError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} at state {s}")
+                raise InvalidMapError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} "
+                                      f"at state {s}")
             states.append(s)
             s = self.deterministic_step(s, int(a))
         return Trajectory(tuple(states), tuple(int(a) for a in actions), s, s in self.goal_states)
