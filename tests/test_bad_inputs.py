@@ -805,7 +805,7 @@ cli("cli.train.checkpoint_missing",
                        "--resume_from_checkpoint", str(tmp / "checkpoint-9")),
     "checkpoint-9': no such checkpoint directory")
 
-# ========================================================================= mdpalign eval reward (before any model loads)
+# ===================================================================== mdpalign eval reward (before any model loads)
 CAUSAL = {"architectures": ["LlamaForCausalLM"]}
 
 
