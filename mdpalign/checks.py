@@ -4,7 +4,8 @@ Each check takes the error class of the calling layer (``error=``, required: a s
 :class:`~mdpalign.errors.MdpalignError` and ``ValueError``), so a caller still catches the specific
 error of the layer it called; the message is the same everywhere: ``"<name> must be a finite number
 > 0, got <value>"``. :func:`as_number` / :func:`as_integer` only read a value (nan / None where it is no number)
-for callers whose error is built differently (the bench's templates) or words its own range. Plain numpy: a torch tensor is read through ``.detach()`` without importing torch.
+for callers whose error is built differently (the bench's templates) or words its own range. Plain numpy: a
+torch tensor is read through ``.detach()`` without importing torch.
 """
 from __future__ import annotations
 
