@@ -12,15 +12,17 @@ every recorded iterate (steps 0, K, 2K, ..., N) with the parameters at that iter
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 import math
 from typing import Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["fit", "record_iterations", "FitResult", "HistoryPoint", "NotConvergedError", "NonFiniteLossError", "FitError",
-           "weighted_sum", "FIT_METHODS"]
+from mdpalign.checks import as_integer, as_number, check_positive
+from mdpalign.errors import MdpalignError
+
+__all__ = ["fit", "record_iterations", "FitResult", "HistoryPoint", "NotConvergedError", "NonFiniteLossError",
+           "FitError", "weighted_sum", "FIT_METHODS"]
 
 FIT_METHODS = ("lbfgs", "adam")
 
@@ -113,7 +115,8 @@ def _evaluate(loss_fn, params) -> tuple[torch.Tensor, float]:
     return loss.detach(), math.sqrt(sq)
 
 
-def _check_arguments(ps, method, dtype, max_iter, tol, loss_tol, steps, record_every, on_record) -> tuple[int, int]:
+def _check_arguments(ps, method, dtype, max_iter, tol, loss_tol, steps, lr, record_every,
+                     on_record) -> tuple[int, int]:
     """Refuse what :func:`fit` cannot do; the step cap and ``record_every`` as ints."""
     if method not in FIT_METHODS:
         raise FitError(f"unknown method {method!r}; valid: {', '.join(FIT_METHODS)}")
@@ -129,8 +132,12 @@ def _check_arguments(ps, method, dtype, max_iter, tol, loss_tol, steps, record_e
         max_iter = int(steps)
     elif max_iter is None:
         max_iter = 1000
-    if int(max_iter) < 0 or not float(tol) >= 0:
-        raise FitError(f"need max_iter >= 0 and tol >= 0, got {max_iter}, {tol}")
+    whole = as_integer(max_iter)
+    if whole is None or whole < 0 or not as_number(tol) >= 0:  # (nan, text, None all fail the >= 0)
+        raise FitError(f"need max_iter >= 0 and tol >= 0, got {max_iter!r}, {tol!r}")
+    max_iter = whole
+    if lr is not None:  # torch's own 'Invalid learning rate' names no argument
+        check_positive(lr, "lr", error=FitError)
     if on_record is not None and int(record_every) <= 0:
         raise FitError("on_record needs record_every > 0 (it is called at each recorded iterate)")
     return int(max_iter), int(record_every)
@@ -181,7 +188,7 @@ def fit(
     benchmark evaluates its metrics. It must not change the parameters.
     """
     ps = _params(params)
-    max_iter, record_every = _check_arguments(ps, method, dtype, max_iter, tol, loss_tol, steps, record_every,
+    max_iter, record_every = _check_arguments(ps, method, dtype, max_iter, tol, loss_tol, steps, lr, record_every,
                                               on_record)
     fixed = steps is not None
     opt = _optimiser(method, ps, lr, history_size)

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order
 
+from mdpalign.checks import check_number
 from mdpalign.errors import MdpalignError
 
 __all__ = ["TabularMDP", "InvalidMDPError", "ROW_SUM_TOL", "reachable_mask"]
@@ -149,7 +150,7 @@ def _terminal_mask(terminal, flat: ArrayOrSparse, R: np.ndarray) -> np.ndarray:
     S, A = R.shape
     if terminal is None:
         return np.zeros(S, dtype=bool)
-    terminal = np.asarray(terminal)
+    terminal = _float_array(terminal, "terminal")
     if terminal.shape != (S,):
         raise InvalidMDPError(f"terminal must have shape ({S},); got {terminal.shape}")
     terminal = terminal.astype(bool)
@@ -184,7 +185,7 @@ def _initial_distribution(initial, terminal: np.ndarray) -> np.ndarray:
         initial = (~terminal).astype(np.float64)
         initial /= initial.sum()
         return initial
-    initial = np.asarray(initial, dtype=np.float64)
+    initial = _float_array(initial, "initial")
     if initial.shape != (S,):
         raise InvalidMDPError(f"initial must have shape ({S},); got {initial.shape}")
     if not np.all(np.isfinite(initial)) or np.any(initial < 0):
@@ -236,7 +237,7 @@ class TabularMDP:
         flat = _flat_transitions(self.P, S, A, R.shape)
         if not np.all(np.isfinite(R)):
             raise InvalidMDPError(f"R has non-finite rewards at (state, action) {_where(~np.isfinite(R))}")
-        gamma = float(self.gamma)
+        gamma = check_number(self.gamma, "gamma", error=InvalidMDPError)
         if not (0.0 <= gamma <= 1.0) or not np.isfinite(gamma):
             raise InvalidMDPError(f"gamma must lie in [0, 1]; got {self.gamma!r}")
         terminal = _terminal_mask(self.terminal, flat, R)

@@ -29,6 +29,7 @@ import mdpalign.objectives as obj
 from mdpalign import InvalidMDPError, MdpalignError, TabularMDP, proofs, solve
 from mdpalign.bench.config import BanditsConfig, BenchConfigError, FrozenLakeConfig
 from mdpalign.cli import main
+from mdpalign.data import DataError, PreferenceData
 from mdpalign.envs import (
     ContextualBandit,
     InvalidBanditError,
@@ -152,7 +153,7 @@ bad("mdp.sparse_P_negative",
 bad("mdp.gamma_above_1", lambda _: TabularMDP(_P(), _R(), 1.5), InvalidMDPError, "gamma must lie in [0, 1]")
 bad("mdp.gamma_negative", lambda _: TabularMDP(_P(), _R(), -0.1), InvalidMDPError, "gamma must lie in [0, 1]")
 bad("mdp.gamma_nan", lambda _: TabularMDP(_P(), _R(), NAN), InvalidMDPError, "gamma must lie in [0, 1]")
-bad("mdp.gamma_text", lambda _: TabularMDP(_P(), _R(), "high"), InvalidMDPError, "gamma must be a number in [0, 1]")
+bad("mdp.gamma_text", lambda _: TabularMDP(_P(), _R(), "high"), InvalidMDPError, "gamma must be a number, got 'high'")
 bad("mdp.gamma_1_no_proper_policy", lambda _: TabularMDP(_P(), _R(), 1.0), InvalidMDPError, "no proper policy exists")
 bad("mdp.terminal_shape", lambda _: TabularMDP(_P(), _R(), 0.9, terminal=[True]), InvalidMDPError,
     "terminal must have shape (2,)")
@@ -175,7 +176,7 @@ bad("mdp.initial_ragged", lambda _: TabularMDP(_P(), _R(), 0.9, initial=[[0.5], 
     "initial is ragged")
 bad("mdp.state_labels", lambda _: TabularMDP(_P(), _R(), 0.9, state_labels=("a",)), InvalidMDPError,
     "state_labels has 1 entries for 2 states")
-bad("mdp.gamma_none", lambda _: TabularMDP(_P(), _R(), None), InvalidMDPError, "gamma must be a number in [0, 1]")
+bad("mdp.gamma_none", lambda _: TabularMDP(_P(), _R(), None), InvalidMDPError, "gamma must be a number, got None")
 bad("mdp.state_labels_not_a_sequence", lambda _: TabularMDP(_P(), _R(), 0.9, state_labels=3), InvalidMDPError,
     "state_labels must be a sequence of 2 names")
 bad("mdp.policy_out_of_range", lambda _: _mdp().policy_transitions(np.array([0, 5])), InvalidMDPError,
@@ -246,11 +247,11 @@ bad("solve.horizon_options", lambda _: solve.solve(_mdp(), "pi", horizon=3, tol=
 bad("solve.not_an_mdp", lambda _: solve.policy_iteration(np.zeros((2, 2))), SolverError,
     "expected a mdpalign.TabularMDP")
 bad("solve.tol_zero", lambda _: solve.policy_iteration(_mdp(), tol=0.0), SolverError,
-    "tol must be a positive finite number")
+    "tol must be a finite number > 0, got 0.0")
 bad("solve.tol_nan", lambda _: solve.value_iteration(_mdp(), tol=NAN), SolverError,
-    "tol must be a positive finite number")
+    "tol must be a finite number > 0, got nan")
 bad("solve.tol_text", lambda _: solve.policy_iteration(_mdp(), tol="small"), SolverError,
-    "tol must be a positive finite number; got 'small'")
+    "tol must be a number, got 'small'")
 bad("solve.max_iter_text", lambda _: solve.value_iteration(_mdp(), max_iter="many"), SolverError,
     "max_iter must be a positive integer; got 'many'")
 bad("solve.horizon_fraction", lambda _: solve.finite_horizon(_mdp(), 2.5), SolverError,
@@ -266,9 +267,9 @@ bad("solve.initial_values", lambda _: solve.value_iteration(_mdp(), initial_valu
 bad("solve.horizon_negative", lambda _: solve.finite_horizon(_mdp(), -1), SolverError,
     "horizon must be a non-negative integer")
 bad("solve.beta_zero", lambda _: solve.soft_value_iteration(_mdp(), beta=0.0), SolverError,
-    "beta must be a positive finite number")
+    "beta must be a finite number > 0, got 0.0")
 bad("solve.beta_text", lambda _: solve.soft_value_iteration(_mdp(), beta="hot"), SolverError,
-    "beta must be a positive finite number")
+    "beta must be a number, got 'hot'")
 bad("solve.ref_policy_shape", lambda _: solve.soft_value_iteration(_mdp(), beta=1.0, ref_policy=np.ones(2)),
     SolverError, "ref_policy must have shape (2, 2)")
 bad("solve.ref_policy_empty_row",
@@ -283,9 +284,9 @@ bad("solve.value_iteration_max_iter", lambda _: solve.value_iteration(frozen_lak
     ConvergenceError, "reached max_iter=2")
 bad("solve.evaluate_policy_shape", lambda _: solve.evaluate(_mdp(), np.zeros(3, dtype=int)), SolverError,
     "policy must have shape")
-bad("solve.goal_states_range", lambda _: solve.success_probability(_mdp(), np.zeros(2, dtype=int), [5]),
+bad("solve.goal_states_range", lambda _: solve.state_success_probabilities(_mdp(), np.zeros(2, dtype=int), [5]),
     SolverError, "goal_states [5] are outside [0, 2)")
-bad("solve.goal_states_empty", lambda _: solve.success_probability(_mdp(), np.zeros(2, dtype=int), []),
+bad("solve.goal_states_empty", lambda _: solve.state_success_probabilities(_mdp(), np.zeros(2, dtype=int), []),
     SolverError, "goal_states is empty")
 bad("solve.macqueen_gamma_1",
     lambda _: solve.macqueen_bounds(TabularMDP(np.stack([np.eye(2)[[1, 1]]] * 2, axis=1), _R(), 1.0,
@@ -492,7 +493,7 @@ bad("fit.max_iter", lambda _: _fit(lambda p: (p ** 2).sum(), max_iter=-1), FitEr
 bad("fit.tol_text", lambda _: _fit(lambda p: (p ** 2).sum(), tol="tight"), FitError,
     "need max_iter >= 0 and tol >= 0")
 bad("fit.lr_negative", lambda _: _fit(lambda p: (p ** 2).sum(), method="adam", lr=-1.0),
-    FitError, "lr must be a positive finite number")
+    FitError, "lr must be a finite number > 0, got -1.0")
 bad("fit.non_scalar_loss", lambda _: _fit(lambda p: p ** 2), FitError,
     "loss_fn must return a scalar tensor")
 bad("fit.nan_loss", lambda _: _fit(lambda p: (p * NAN).sum()), NonFiniteLossError,
@@ -528,31 +529,38 @@ REF = np.full((1, 3), 1 / 3)
 
 
 def _pairs(context, chosen, rejected, weight):
-    return {"context": [context], "chosen": [chosen], "rejected": [rejected], "weight": [weight]}
+    return PreferenceData(context=[context], chosen=[chosen], rejected=[rejected], weight=[weight], n_contexts=1,
+                          n_arms=3)
+
+
+def _win_table(x, i, j, weight):
+    W = np.zeros((1, 3, 3))
+    W[x, i, j] = weight
+    return W
 
 
 bad("proofs.pair_table.tuples", lambda _: proofs.pair_table([(0, 0, 1, 1.0)], 1, 3), ProofInputError,
-    "expected rows with fields context, chosen, rejected, weight")
+    "pairs must be a mdpalign.data.PreferenceData or an (X, K, K) win table; got list")
 bad("proofs.as_log_policy.both", lambda _: proofs.as_log_policy(REF, log_probs=np.log(REF)), ProofInputError,
     "give exactly one of probs= or log_probs=")
 bad("proofs.as_log_policy.negative", lambda _: proofs.as_log_policy(np.array([[1.5, -0.5]])), ProofInputError,
     "probs has negative entries")
 bad("proofs.as_log_policy.unnormalised", lambda _: proofs.as_log_policy(log_probs=np.zeros((1, 2))), ProofInputError,
     "row 0 has total probability")
-bad("proofs.pair_table.self_comparison", lambda _: proofs.pair_table(_pairs(0, 1, 1, 1.0), 1, 3), ProofInputError,
-    "compares arm 1 with itself")
-bad("proofs.pair_table.index", lambda _: proofs.pair_table(_pairs(0, 0, 5, 1.0), 1, 3), ProofInputError,
-    "is not an index in [0, 3)")
-bad("proofs.pair_table.weight", lambda _: proofs.pair_table(_pairs(0, 0, 1, -1.0), 1, 3), ProofInputError,
-    "must be finite and >= 0")
+bad("proofs.pair_table.self_comparison", lambda _: proofs.pair_table(_win_table(0, 1, 1, 1.0), 1, 3),
+    ProofInputError, "win table compares arm 1 with itself in context 0")
+bad("proofs.pair_table.index", lambda _: proofs.pair_table(_pairs(0, 0, 5, 1.0), 1, 3), DataError,
+    "rejected holds values outside [0, 3) at rows [0]")
+bad("proofs.pair_table.weight", lambda _: proofs.pair_table(_win_table(0, 0, 1, -1.0), 1, 3), ProofInputError,
+    "win table must be finite and >= 0")
 bad("proofs.dpo_optimum.beta", lambda _: proofs.dpo_optimum(REF, _pairs(0, 0, 1, 1.0), beta=0.0), ProofInputError,
-    "beta must be finite and > 0")
+    "beta must be a finite number > 0, got 0.0")
 bad("proofs.kl_rl_optimum.ref_sum", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), np.full((1, 3), 0.3), 1.0),
     ProofInputError, "row 0 sums to")
 bad("proofs.kl_rl_optimum.rewards_shape", lambda _: proofs.kl_rl_optimum(np.zeros((1, 2)), REF, 1.0),
     ProofInputError, "rewards has shape (1, 2), ref_policy has shape (1, 3)")
 bad("proofs.check.tol", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=REF, tol=-1.0),
-    ProofInputError, "tol must be a number >= 0, got -1.0")
+    ProofInputError, "tol must be a finite number >= 0, got -1.0")
 bad("proofs.check.shape", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=np.full((1, 2), .5)),
     ProofInputError, "the problem has shape (1, 3)")
 bad("proofs.sft_optimum.empty", lambda _: proofs.sft_optimum(np.zeros((1, 3))), ProofInputError,
@@ -590,9 +598,9 @@ bad("proofs.rewards_text", lambda _: proofs.greedy_limit("high", REF), ProofInpu
 bad("proofs.win_matrix_text", lambda _: proofs.bradley_terry_scores("x"), ProofInputError,
     "W must be a rectangular array of numbers")
 bad("proofs.beta_text", lambda _: proofs.dpo_optimum(REF, _pairs(0, 0, 1, 1.0), "small"), ProofInputError,
-    "beta must be finite and > 0, got 'small'")
+    "beta must be a number, got 'small'")
 bad("proofs.check.tol_text", lambda _: proofs.kl_rl_optimum(np.zeros((1, 3)), REF, 1.0).check(probs=REF, tol="x"),
-    ProofInputError, "tol must be a number >= 0, got 'x'")
+    ProofInputError, "tol must be a number, got 'x'")
 bad("proofs.pair_table.n_contexts", lambda _: proofs.pair_table(_pairs(0, 0, 1, 1.0), "one", 3), ProofInputError,
     "n_contexts must be an integer >= 1, got 'one'")
 bad("proofs.reward_model_loss.scores_shape",
@@ -603,44 +611,44 @@ bad("proofs.as_log_policy.ragged", lambda _: proofs.as_log_policy([[0.5, 0.5], [
 
 # ============================================================================= bench options (Python config)
 bad("bench.config.seeds_zero", lambda _: FrozenLakeConfig(seeds=0), BenchConfigError,
-    "--seeds must be a positive integer")
+    "seeds must be a positive integer")
 bad("bench.config.steps_text", lambda _: FrozenLakeConfig(steps="many"), BenchConfigError,
-    "--steps must be a positive integer")
+    "steps must be a positive integer")
 bad("bench.config.steps_none", lambda _: FrozenLakeConfig(steps=None), BenchConfigError,
-    "--steps must be a positive integer; got None")
+    "steps must be a positive integer; got None")
 bad("bench.config.eval_every", lambda _: FrozenLakeConfig(steps=5, eval_every=10), BenchConfigError,
-    "--eval-every (10) is larger than --steps (5)")
+    "eval_every (10) is larger than steps (5)")
 bad("bench.config.suboptimal", lambda _: FrozenLakeConfig(suboptimal="shorter"), BenchConfigError,
-    "--suboptimal must be 'longer' or 'hole'")
-bad("bench.config.gamma_1", lambda _: FrozenLakeConfig(gamma=1.0), BenchConfigError, "--gamma must lie in (0, 1)")
+    "suboptimal must be 'longer' or 'hole'")
+bad("bench.config.gamma_1", lambda _: FrozenLakeConfig(gamma=1.0), BenchConfigError, "gamma must lie in (0, 1)")
 bad("bench.config.gamma_text", lambda _: FrozenLakeConfig(gamma="high"), BenchConfigError,
-    "--gamma must lie in (0, 1) (paths are ranked by discounting); got 'high'")
+    "gamma must lie in (0, 1) (paths are ranked by discounting); got 'high'")
 bad("bench.config.methods_unknown", lambda _: FrozenLakeConfig(methods=("sft", "rlhf")), BenchConfigError,
     "unknown methods 'rlhf'")
-bad("bench.config.methods_empty", lambda _: FrozenLakeConfig(methods=()), BenchConfigError, "--methods is empty")
+bad("bench.config.methods_empty", lambda _: FrozenLakeConfig(methods=()), BenchConfigError, "methods is empty")
 bad("bench.config.methods_twice", lambda _: FrozenLakeConfig(methods="sft,SFT"), BenchConfigError,
     "lists ['sft'] twice")
-bad("bench.config.map_empty", lambda _: FrozenLakeConfig(map=" "), BenchConfigError, "--map must be 'two-path'")
+bad("bench.config.map_empty", lambda _: FrozenLakeConfig(map=" "), BenchConfigError, "map must be 'two-path'")
 bad("bench.config.base", lambda _: FrozenLakeConfig(base="greedy"), BenchConfigError,
     "base must be 'uniform' or 'eps-greedy'")
 bad("bench.config.ift_lambda", lambda _: FrozenLakeConfig(ift_lambda=1.0), BenchConfigError,
     "ift_lambda must lie in [0, 1)")
 bad("bench.config.crlft_weights", lambda _: FrozenLakeConfig(crlft_weights=(1.0, 0.1, 0.01)), BenchConfigError,
     "crlft_weights must be two positive numbers")
-bad("bench.config.lr_nan", lambda _: FrozenLakeConfig(lr=NAN), BenchConfigError, "--lr must be a positive finite number")
+bad("bench.config.lr_nan", lambda _: FrozenLakeConfig(lr=NAN), BenchConfigError, "lr must be a positive finite number")
 bad("bench.config.seed_negative", lambda _: FrozenLakeConfig(seed=-1), BenchConfigError,
-    "--seed must be an integer with 0 <= seed")
+    "seed must be an integer with 0 <= seed and seed + seeds - 1")
 bad("bench.config.base_epsilon_text", lambda _: FrozenLakeConfig(base_epsilon="x"), BenchConfigError,
     "base_epsilon must lie in (0, 1]")
 bad("bench.config.crlft_weights_text", lambda _: FrozenLakeConfig(crlft_weights="ab"), BenchConfigError,
     "crlft_weights must be two positive numbers")
 bad("bench.config.methods_not_names", lambda _: FrozenLakeConfig(methods=5), BenchConfigError,
-    "--methods must be comma-separated names or a sequence of them")
+    "methods must be comma-separated names or a sequence of them")
 bad("bench.config.bandit_beta_text", lambda _: BanditsConfig(beta="x"), BenchConfigError,
-    "--beta must be a positive finite number; got 'x'")
+    "beta must be a positive finite number; got 'x'")
 bad("bench.config.bandit_fraction_text", lambda _: BanditsConfig(expert_fraction="half"), BenchConfigError,
     "expert_fraction must lie in (0, 1)")
-bad("bench.config.bandit_arms", lambda _: BanditsConfig(arms=1), BenchConfigError, "--arms must be at least 2")
+bad("bench.config.bandit_arms", lambda _: BanditsConfig(arms=1), BenchConfigError, "arms must be at least 2")
 bad("bench.config.bandit_fraction", lambda _: BanditsConfig(partial_fraction=1.0), BenchConfigError,
     "partial_fraction must lie in (0, 1)")
 bad("bench.config.bandit_regimes", lambda _: BanditsConfig(regimes=("everything",)), BenchConfigError,
@@ -649,7 +657,8 @@ bad("bench.config.bandit_regimes", lambda _: BanditsConfig(regimes=("everything"
 # ============================================================================= mdpalign solve
 SOLVE = ["solve", "frozen-lake"]
 cli("cli.solve.map_name", [*SOLVE, "--map", "16x16"], "--map must be '4x4', '8x8' or comma-separated rows")
-cli("cli.solve.map_letter", [*SOLVE, "--map", "SFX,FFG"], "holds ['X']; only S (start), F (frozen)")
+cli("cli.solve.map_letter", [*SOLVE, "--map", "SFX,FFG"],
+    "comma-separated rows over S,F,H,G (e.g. SFFF,FHFH,FFFH,HFFG); got 'SFX,FFG'")
 cli("cli.solve.map_no_goal", [*SOLVE, "--map", "SFF,FFF"], "has no goal cell 'G'")
 cli("cli.solve.gamma_above_1", [*SOLVE, "--gamma", "1.5"], "argument --gamma: must lie in [0, 1], got 1.5")
 cli("cli.solve.gamma_text", [*SOLVE, "--gamma", "abc"], "argument --gamma: expected a number in [0, 1], got 'abc'")
@@ -663,7 +672,8 @@ cli("cli.solve.soft_horizon", [*SOLVE, "--method", "soft", "--beta", "1", "--hor
     "--horizon is solved by backward induction; it does not combine with --method soft")
 cli("cli.solve.tol_nan", [*SOLVE, "--tol", "nan"], "argument --tol: must be a positive finite number")
 cli("cli.solve.problem", ["solve", "mountain-car"], "invalid choice: 'mountain-car'")
-cli("cli.solve.map_empty_rows", [*SOLVE, "--map", ",,"], "is empty")
+cli("cli.solve.map_empty_rows", [*SOLVE, "--map", ",,"], "argument --map: --map must be '4x4', '8x8' or "
+    "comma-separated rows over S,F,H,G (e.g. SFFF,FHFH,FFFH,HFFG); got ',,'")
 cli("cli.solve.goal_unreachable", [*SOLVE, "--map", "SH,HG"], "no path of frozen cells leads from S to G")
 cli("cli.no_command", [], "the following arguments are required")
 cli("cli.unknown_command", ["deploy"], "invalid choice: 'deploy'")
@@ -696,7 +706,8 @@ cli("cli.bench.map_one_path", [*FL, "--map", "SFG"], "has only one trajectory")
 cli("cli.bench.suboptimal", [*FL, "--suboptimal", "shorter"], "argument --suboptimal: invalid choice: 'shorter'")
 cli("cli.bench.beta_star", [*FL, "--beta-star", "0"], "argument --beta-star: must be a positive finite number")
 cli("cli.bench.lr_inf", [*FL, "--lr", "inf"], "argument --lr: must be a positive finite number")
-cli("cli.bench.seed_too_large", [*FL, "--seed", str(2**63)], "--seed must be an integer with 0 <= seed")
+cli("cli.bench.seed_too_large", [*FL, "--seed", str(2**63)],
+    "--seed must be an integer with 0 <= --seed and --seed + --seeds - 1 <= 2**63 - 1")
 cli("cli.bench.out_empty", [*FL, "--out", ""], "--out is empty")
 cli("cli.bench.out_cwd", lambda tmp: [*FL, "--out", str(Path.cwd())], "is the current directory")
 cli("cli.bench.out_root", [*FL, "--out", "/"], "--out '/' is the root directory")
@@ -794,7 +805,7 @@ cli("cli.train.checkpoint_missing",
                        "--resume_from_checkpoint", str(tmp / "checkpoint-9")),
     "checkpoint-9': no such checkpoint directory")
 
-# ============================================================================= mdpalign eval reward (before any model loads)
+# ===================================================================== mdpalign eval reward (before any model loads)
 CAUSAL = {"architectures": ["LlamaForCausalLM"]}
 
 
@@ -839,7 +850,8 @@ cli("cli.eval.reward_model_with_ref",
     "remove --ref-model")
 cli("cli.eval.data_dir_not_a_dataset", lambda tmp: _eval(tmp, str(_empty_dir(tmp))), "is neither a `Dataset` directory")
 cli("cli.eval.data_csv", lambda tmp: _eval(tmp, str(_text(tmp, "d.csv", "prompt,chosen\n"))), "unsupported file type")
-cli("cli.eval.dtype", lambda tmp: _eval(tmp, "x.jsonl") + ["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'")
+cli("cli.eval.dtype", lambda tmp: _eval(tmp, "x.jsonl") + ["--dtype", "int8"],
+    "argument --dtype: invalid choice: 'int8'")
 cli("cli.eval.no_kind", ["eval"], "the following arguments are required")
 cli("cli.eval.batch_size", lambda tmp: _eval(tmp, "x.jsonl") + ["--batch-size", "0"],
     "argument --batch-size: must be a positive integer")
@@ -863,7 +875,7 @@ def _text(tmp: Path, name: str, text: str | bytes) -> Path:
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     return path
 
-# ============================================================================= llm data files (mdpalign.llm_bridge.data)
+# ========================================================================= llm data files (mdpalign.llm_bridge.data)
 
 
 def _load(path) -> Any:

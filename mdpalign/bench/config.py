@@ -9,6 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable, ClassVar
 
+from mdpalign.checks import as_integer, as_number
 from mdpalign.errors import MdpalignError
 
 __all__ = [
@@ -55,32 +56,18 @@ BANDIT_OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "crlft", "kl_rl")
 BANDIT_REGIMES = ("bt_all_pairs", "partial_coverage", "deterministic", "mixed_quality")
 
 
-def _number(value, kind=float):
-    """``kind(value)``, or None where ``value`` is not a number at all (a string, None): the checks then name
-    the option instead of letting ``int('x')``'s message through."""
-    try:
-        return kind(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _real(value) -> float:
-    """``float(value)``, NaN where it is no number (so that every range check below fails and names the option)."""
-    number = _number(value)
-    return math.nan if number is None else number
-
-
 def _reals(values) -> tuple[float, ...]:
     try:
-        return tuple(_real(x) for x in values)
+        return tuple(as_number(x) for x in values)
     except TypeError:  # not a sequence: the length check that follows refuses it
         return ()
 
 
 def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value <= 0:
+    number = as_integer(value)
+    if number is None or number <= 0:
         raise BenchConfigError("{%s} must be a positive integer; got {got}" % name, (name,), got=repr(value))
-    return int(value)
+    return number
 
 
 #: Where and how a report is written, not what it contains: left out of results.json.
@@ -91,25 +78,27 @@ _MAX_SEED = 2**63 - 1
 
 
 def _check_seeds(seed, seeds: int) -> int:
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0 or seed + seeds - 1 > _MAX_SEED:
+    number = as_integer(seed)
+    if number is None or number < 0 or number + seeds - 1 > _MAX_SEED:
         raise BenchConfigError("{seed} must be an integer with 0 <= {seed} and {seed} + {seeds} - 1 <= 2**63 - 1 "
                                "(the seeds are seed, seed+1, ...); got {got} with {n} seeds", ("seed", "seeds"),
                                got=repr(seed), n=seeds)
-    return int(seed)
+    return number
 
 
 def _check_positive(name: str, value) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
+    number = as_number(value)
+    if not (number > 0 and math.isfinite(number)):
         raise BenchConfigError("{%s} must be a positive finite number; got {got}" % name, (name,), got=repr(value))
-    return value
+    return number
 
 
 def _check_subset(name: str, values, allowed: tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(values, str):
         values = tuple(v.strip() for v in values.split(",") if v.strip())
     if not isinstance(values, (tuple, list)):
-        raise BenchConfigError(f"--{name} must be comma-separated names or a sequence of them; got {values!r}")
+        raise BenchConfigError("{%s} must be comma-separated names or a sequence of them; got {got}" % name, (name,),
+                               got=repr(values))
     values = tuple(str(v).lower() for v in values)
     if not values:
         raise BenchConfigError("{%s} is empty; choose from {allowed}" % name, (name,), allowed=", ".join(allowed))
@@ -185,9 +174,10 @@ class FrozenLakeConfig:
         if self.suboptimal not in ("longer", "hole"):
             raise BenchConfigError("{suboptimal} must be 'longer' or 'hole'; got {got}", ("suboptimal",),
                                    got=repr(self.suboptimal))
-        gamma = float(self.gamma)
+        gamma = as_number(self.gamma)
         if not 0.0 < gamma < 1.0:
-            raise BenchConfigError("{gamma} must lie in (0, 1) (paths are ranked by discounting); got {got}", ("gamma",),
+            raise BenchConfigError("{gamma} must lie in (0, 1) (paths are ranked by discounting); got {got}",
+                                   ("gamma",),
                                    got=repr(self.gamma))
         object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "methods", _check_subset("methods", self.methods, FROZEN_LAKE_METHODS))
@@ -195,15 +185,18 @@ class FrozenLakeConfig:
             raise BenchConfigError("{map} must be 'two-path', a gymnasium map name or comma-separated rows; got {got}",
                                    ("map",), got=repr(self.map))
         if self.base not in ("uniform", "eps-greedy"):
-            raise BenchConfigError("{base} must be 'uniform' or 'eps-greedy'; got {got}", ("base",), got=repr(self.base))
-        if not 0.0 < float(self.base_epsilon) <= 1.0:
+            raise BenchConfigError("{base} must be 'uniform' or 'eps-greedy'; got {got}", ("base",),
+                                   got=repr(self.base))
+        if not 0.0 < as_number(self.base_epsilon) <= 1.0:
             raise BenchConfigError("{base_epsilon} must lie in (0, 1]; got {got}", ("base_epsilon",),
                                    got=repr(self.base_epsilon))
-        if not 0.0 <= float(self.ift_lambda) < 1.0:
-            raise BenchConfigError("{ift_lambda} must lie in [0, 1); got {got}", ("ift_lambda",), got=repr(self.ift_lambda))
-        if not 0.0 <= float(self.ift_decay) <= 1.0:
-            raise BenchConfigError("{ift_decay} must lie in [0, 1]; got {got}", ("ift_decay",), got=repr(self.ift_decay))
-        w = tuple(float(x) for x in self.crlft_weights)
+        if not 0.0 <= as_number(self.ift_lambda) < 1.0:
+            raise BenchConfigError("{ift_lambda} must lie in [0, 1); got {got}", ("ift_lambda",),
+                                   got=repr(self.ift_lambda))
+        if not 0.0 <= as_number(self.ift_decay) <= 1.0:
+            raise BenchConfigError("{ift_decay} must lie in [0, 1]; got {got}", ("ift_decay",),
+                                   got=repr(self.ift_decay))
+        w = _reals(self.crlft_weights)
         if self.crlft_beta is not None:
             object.__setattr__(self, "crlft_beta", _check_positive("crlft_beta", self.crlft_beta))
             if len(w) != 2 or not all(math.isfinite(x) for x in w):
@@ -272,10 +265,10 @@ class BanditsConfig:
         object.__setattr__(self, "objectives", _check_subset("objectives", self.objectives, BANDIT_OBJECTIVES))
         object.__setattr__(self, "regimes", _check_subset("regimes", self.regimes, BANDIT_REGIMES))
         for name in ("partial_fraction", "expert_fraction"):
-            v = _real(getattr(self, name))
+            v = as_number(getattr(self, name))
             if not 0.0 < v < 1.0:
                 raise BenchConfigError("{%s} must lie in (0, 1); got {got}" % name, (name,), got=repr(v))
-        w = tuple(float(x) for x in self.crlft_weights)
+        w = _reals(self.crlft_weights)
         if len(w) != 2 or not all(x > 0 and math.isfinite(x) for x in w):
             raise BenchConfigError("{crlft_weights} must be two positive numbers; got {got}", ("crlft_weights",),
                                    got=repr(self.crlft_weights))

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from gymnasium.envs.toy_text.frozen_lake import MAPS, FrozenLakeEnv, generate_random_map
 from gymnasium.wrappers import TimeLimit
 
+from mdpalign.checks import check_number
 from mdpalign.errors import MdpalignError
 from mdpalign.mdp import TabularMDP
 
@@ -233,7 +234,8 @@ class FrozenLake:
         states = []
         for t, a in enumerate(actions):
             if self.letter(s) in "HG":
-                raise InvalidMapError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} at state {s}")
+                raise InvalidMapError(f"action {t} ({a}) is taken after the episode ended in {self.letter(s)} "
+                                      f"at state {s}")
             states.append(s)
             s = self.deterministic_step(s, int(a))
         return Trajectory(tuple(states), tuple(int(a) for a in actions), s, s in self.goal_states)
@@ -331,9 +333,9 @@ def frozen_lake(
         default_steps = _NAMED_STEPS.get(map_name, 100 if max(len(desc), len(desc[0])) <= 4 else 200)
     else:
         if map_name is None:
-            if int(size) < 2:
-                raise InvalidMapError(f"a random map needs size >= 2; got {size}")
-            if not 0.0 < p_frozen <= 1.0:
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+                raise InvalidMapError(f"a random map needs an integer size >= 2; got {size!r}")
+            if not 0.0 < check_number(p_frozen, "p_frozen", error=InvalidMapError) <= 1.0:
                 raise InvalidMapError(f"p_frozen must lie in (0, 1]; got {p_frozen}")
             desc = tuple(generate_random_map(size=int(size), p=float(p_frozen), seed=seed))
         else:

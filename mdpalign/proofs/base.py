@@ -35,7 +35,7 @@ import networkx as nx
 import numpy as np
 from scipy.special import logsumexp
 
-from mdpalign.checks import check_positive, to_numpy
+from mdpalign.checks import as_integer, check_positive, to_numpy
 from mdpalign.data import DemoData, PreferenceData
 from mdpalign.errors import MdpalignError
 
@@ -85,7 +85,7 @@ def log_normalise(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def check_policy_table(policy: Any, name: str = "ref_policy", *, allow_zero: bool = False) -> np.ndarray:
     """Validate an ``(X, K)`` row-stochastic table (a 1-D ``(K,)`` vector is read as ``X = 1``)."""
-    p = to_numpy(policy)
+    p = proof_array(policy, name)
     if p.ndim == 1:
         p = p[None, :]
     if p.ndim != 2:
@@ -115,10 +115,10 @@ def as_log_policy(probs: Any = None, *, log_probs: Any = None, shape: tuple[int,
     if (probs is None) == (log_probs is None):
         raise ProofInputError("give exactly one of probs= or log_probs=")
     if log_probs is not None:
-        lp = to_numpy(log_probs)
+        lp = proof_array(log_probs, "log_probs")
         name = "log_probs"
     else:
-        p = to_numpy(probs)
+        p = proof_array(probs, "probs")
         if (p < 0).any():
             raise ProofInputError(f"probs has negative entries at {np.argwhere(p < 0)[:5].tolist()}")
         with np.errstate(divide="ignore"):
@@ -142,7 +142,7 @@ def as_log_policy(probs: Any = None, *, log_probs: Any = None, shape: tuple[int,
 
 def table_array(table: Any, name: str, expect: tuple[int, ...]) -> np.ndarray:
     """``table`` as float64 of shape ``expect``, finite and >= 0, or :class:`ProofInputError`."""
-    T = to_numpy(table)
+    T = proof_array(table, name)
     if T.shape != expect:
         raise ProofInputError(f"{name} must have shape {expect}, got {T.shape}")
     if not np.isfinite(T).all() or (T < 0).any():
@@ -153,6 +153,8 @@ def table_array(table: Any, name: str, expect: tuple[int, ...]) -> np.ndarray:
 def data_sizes(data: Any, name: str, n_contexts: int | None, n_arms: int | None) -> tuple[int, int]:
     """``(n_contexts, n_arms)`` of a :mod:`mdpalign.data` container, checked against the sizes a caller gave."""
     for what, given, own in (("n_contexts", n_contexts, data.n_contexts), ("n_arms", n_arms, data.n_arms)):
+        if given is not None and (as_integer(given) is None or as_integer(given) < 1):
+            raise ProofInputError(f"{what} must be an integer >= 1, got {given!r}")
         if given is not None and int(given) != own:
             raise ProofInputError(f"{name} has {what}={own}, the problem has {given}")
     if len(data) == 0:
@@ -174,11 +176,16 @@ def pair_table(pairs: Any, n_contexts: int | None = None, n_arms: int | None = N
         raise ProofInputError(f"pairs must be a mdpalign.data.PreferenceData or an (X, K, K) win table; "
                               f"got {type(pairs).__name__}")
     if n_contexts is None or n_arms is None:
-        W = to_numpy(pairs)
+        W = proof_array(pairs, "win table")
         if W.ndim != 3 or W.shape[1] != W.shape[2]:
             raise ProofInputError(f"win table must have shape (X, K, K), got {W.shape}")
         n_contexts, n_arms = W.shape[:2]
-    return table_array(pairs, "win table", (n_contexts, n_arms, n_arms))
+    W = table_array(pairs, "win table", (n_contexts, n_arms, n_arms))
+    self_won = np.argwhere(np.diagonal(W, axis1=1, axis2=2) != 0)
+    if self_won.size:  # an arm preferred to itself is no comparison: a loss term with a zero margin, silently
+        x, i = (int(v) for v in self_won[0])
+        raise ProofInputError(f"win table compares arm {i} with itself in context {x} (nonzero W[{x}, {i}, {i}])")
+    return W
 
 
 def demo_table(demos: Any, n_contexts: int | None = None, n_arms: int | None = None) -> np.ndarray:
@@ -193,7 +200,7 @@ def demo_table(demos: Any, n_contexts: int | None = None, n_arms: int | None = N
     if not isinstance(demos, np.ndarray) and not hasattr(demos, "detach"):
         raise ProofInputError(f"demonstrations must be a mdpalign.data.DemoData or an (X, K) table; "
                               f"got {type(demos).__name__}")
-    D = to_numpy(demos)
+    D = proof_array(demos, "demonstration table")
     if D.ndim == 1:
         D = D[None, :]
     if D.ndim != 2:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.checks import to_numpy
 from mdpalign.data import LabeledDemoData
 from mdpalign.proofs.base import Optimum, ProofInputError, data_sizes, proof_array, table_array
 from mdpalign.proofs.sft import sft_optimum
@@ -48,7 +47,7 @@ def crlft_table(demos: Any, n_contexts: int | None, n_arms: int | None, n_classe
     if not isinstance(demos, np.ndarray) and not hasattr(demos, "detach"):
         raise ProofInputError(f"demonstrations must be a mdpalign.data.LabeledDemoData or an (X, C, K) table; "
                               f"got {type(demos).__name__}")
-    D = to_numpy(demos)
+    D = proof_array(demos, "demonstrations")
     if D.ndim != 3 or D.shape[1] != n_classes:
         raise ProofInputError(f"demonstration table must be (X, C={n_classes}, K), got {D.shape}")
     expect = D.shape if n_contexts is None or n_arms is None else (n_contexts, n_classes, n_arms)

@@ -64,7 +64,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 
-from mdpalign.checks import check_positive, to_numpy
+from mdpalign.checks import check_positive
 from mdpalign.proofs._certify import gamma
 from mdpalign.proofs.base import CheckResult, ProofInputError, proof_array
 from mdpalign.proofs.dpo import bradley_terry_scores, ford_condition
@@ -111,9 +111,8 @@ class RewardModelOptimum:
 
     def check(self, scores: Any, tol: float = 1e-6) -> CheckResult:
         """``max |(s_i - s_j) - pinned|`` over pinned pairs and ``|s - s*|`` over absolute arms; ok iff ``<= tol``."""
-        if not (tol >= 0):
-            raise ProofInputError(f"tol must be >= 0, got {tol!r}")
-        s = to_numpy(scores)
+        tol = check_positive(tol, "tol", allow_zero=True, error=ProofInputError)
+        s = proof_array(scores, "scores")
         if s.ndim == 1:
             s = s[None]
         if s.shape != self.scores.shape:
@@ -148,7 +147,7 @@ def _margins(margin: Any, X: int, K: int) -> np.ndarray:
 
 
 def _win_table(W: Any) -> np.ndarray:
-    W = to_numpy(W)
+    W = proof_array(W, "W")
     if W.ndim == 2:
         W = W[None]
     if W.ndim != 3 or W.shape[1] != W.shape[2]:
@@ -164,7 +163,10 @@ def reward_model_loss(W: Any, scores: Any, margin: Any = None, center_coefficien
     """Population loss ``sum_ij W_ij [-log sigma(s_i - s_j - m_ij) + c (s_i + s_j)^2]`` (numpy float64)."""
     W = _win_table(W)
     X, K, _ = W.shape
-    s = to_numpy(scores).reshape(X, K)
+    s = proof_array(scores, "scores")
+    if s.size != X * K:
+        raise ProofInputError(f"scores must have one entry per response of W, shape ({X}, {K}); got shape {s.shape}")
+    s = s.reshape(X, K)
     m = _margins(margin, X, K)
     c = check_positive(center_coefficient, "center_coefficient", allow_zero=True, error=ProofInputError)
     d = s[:, :, None] - s[:, None, :]

@@ -43,12 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from mdpalign.checks import check_positive, to_numpy
+from mdpalign.checks import check_positive
 from mdpalign.proofs.base import (
     NoClosedFormError,
     ProofInputError,
     UniqueOptimum,
     check_policy_table,
+    proof_array,
 )
 from mdpalign.proofs.kl_rl import kl_rl_optimum
 from mdpalign.proofs.reward_model import bradley_terry_reward_optimum
@@ -57,7 +58,7 @@ __all__ = ["rlhf_pipeline_optimum", "pipeline_offsets_of"]
 
 
 def _check_offsets(offsets: Any, comps: list, shape: tuple[int, int]) -> np.ndarray:
-    o = to_numpy(offsets)
+    o = proof_array(offsets, "offsets")
     if o.ndim == 1:
         o = o[None]
     if o.shape != shape or not np.isfinite(o).all():

@@ -9,6 +9,7 @@ from mdpalign.solve._rounding import (
     SAFETY,
     U,
 )
+from mdpalign.solve.results import SolverError
 
 
 def q_values(mdp: TabularMDP, values: np.ndarray) -> np.ndarray:
@@ -32,7 +33,7 @@ def macqueen_bounds(mdp: TabularMDP, values: np.ndarray, backed_up: np.ndarray) 
     """
     gamma = mdp.gamma
     if gamma >= 1.0:
-        raise ValueError("MacQueen bounds need gamma < 1")
+        raise SolverError("MacQueen bounds need gamma < 1")
     nonterm = ~mdp.terminal
     d = (backed_up - values)[nonterm]
     c = gamma / (1.0 - gamma)

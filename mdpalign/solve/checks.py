@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdpalign.checks import check_positive
+from mdpalign.checks import as_integer, check_positive
 from mdpalign.mdp import TabularMDP
 from mdpalign.solve.results import SolverError
 
@@ -14,9 +14,10 @@ def check_tol(tol: float) -> float:
 
 
 def check_max_iter(max_iter: int) -> int:
-    if int(max_iter) != max_iter or max_iter < 1:
+    number = as_integer(max_iter)
+    if number is None or number < 1:
         raise SolverError(f"max_iter must be a positive integer; got {max_iter!r}")
-    return int(max_iter)
+    return number
 
 
 def check_mdp(mdp) -> TabularMDP:
@@ -26,9 +27,10 @@ def check_mdp(mdp) -> TabularMDP:
 
 
 def check_horizon(horizon) -> int:
-    if isinstance(horizon, (bool, np.bool_)) or int(horizon) != horizon or horizon < 0:
+    number = as_integer(horizon)
+    if number is None or number < 0:
         raise SolverError(f"horizon must be a non-negative integer; got {horizon!r}")
-    return int(horizon)
+    return number
 
 
 def check_deterministic_policy(mdp: TabularMDP, policy) -> np.ndarray:
