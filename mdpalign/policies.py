@@ -12,12 +12,13 @@ Every policy maps integer inputs (states / contexts / prefixes) to logits over a
 """
 from __future__ import annotations
 
-from mdpalign.errors import MdpalignError
 import contextlib
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from mdpalign.errors import MdpalignError
 
 __all__ = ["EmbeddingPolicy", "EmbeddingPolicyHooks", "TabularPolicy", "MLPPolicy", "PolicyInputError"]
 
@@ -181,8 +182,10 @@ class MLPPolicy(nn.Module):
         if activation not in ("tanh", "relu"):
             raise PolicyInputError(f"activation must be 'tanh' or 'relu', got {activation!r}")
         if min(int(n_inputs), int(n_actions), int(hidden)) < 1 or int(n_classes) < 0:
-            raise PolicyInputError(f"need n_inputs, n_actions, hidden >= 1 and n_classes >= 0; got {n_inputs}, {n_actions}, {hidden}, {n_classes}")
-        self.n_inputs, self.n_actions, self.hidden, self.n_classes = int(n_inputs), int(n_actions), int(hidden), int(n_classes)
+            raise PolicyInputError(f"need n_inputs, n_actions, hidden >= 1 and n_classes >= 0; got {n_inputs}, "
+                                   f"{n_actions}, {hidden}, {n_classes}")
+        self.n_inputs, self.n_actions = int(n_inputs), int(n_actions)
+        self.hidden, self.n_classes = int(hidden), int(n_classes)
         self.n_states = self.n_inputs
         self.input, self.activation = input, activation
         with _seeded(seed):
@@ -210,7 +213,8 @@ class MLPPolicy(nn.Module):
     def forward_embeds(self, embeds: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         if self.n_classes:
             if classes is None:
-                raise PolicyInputError(f"this MLPPolicy is class-conditioned (n_classes={self.n_classes}); pass classes=")
+                raise PolicyInputError(f"this MLPPolicy is class-conditioned (n_classes={self.n_classes}); pass "
+                                       f"classes=")
             c = _check_ids("classes", classes, self.n_classes)
             c = torch.broadcast_to(c, embeds.shape[:-1]) if c.shape != embeds.shape[:-1] else c
             embeds = torch.cat([embeds, torch.nn.functional.one_hot(c, self.n_classes).to(embeds.dtype)], dim=-1)
@@ -226,7 +230,8 @@ class MLPPolicy(nn.Module):
     def log_probs(self, states: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         return torch.log_softmax(self(states, classes), dim=-1)
 
-    def token_logps(self, states: torch.Tensor, actions: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    def token_logps(self, states: torch.Tensor, actions: torch.Tensor,
+                    classes: torch.Tensor | None = None) -> torch.Tensor:
         a = _check_ids("actions", actions, self.n_actions)
         lp = self.log_probs(states, classes)
         if a.shape != lp.shape[:-1]:

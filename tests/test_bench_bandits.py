@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from mdpalign.bench import bandits as bb
-from mdpalign.bench.bandits import data as bb_data
 from mdpalign.bench import report as rp
-from mdpalign.cli.bench import main as bench_main
+from mdpalign.bench.bandits import data as bb_data
 from mdpalign.bench.config import BANDIT_OBJECTIVES, BANDIT_REGIMES, BanditsConfig, BenchConfigError
+from mdpalign.cli.bench import main as bench_main
 
 TINY = ["--seeds", "2", "--steps", "40", "--eval-every", "20", "--quiet"]
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from mdpalign.bench import frozen_lake as fl
+from mdpalign.bench import report as rp
+from mdpalign.bench.config import FROZEN_LAKE_METHODS, BenchConfigError, FrozenLakeConfig
 from mdpalign.bench.frozen_lake import figures as fl_figures
 from mdpalign.bench.frozen_lake import problem as fl_problem
 from mdpalign.bench.frozen_lake import training as fl_training
-from mdpalign.bench import report as rp
 from mdpalign.cli.bench import main as bench_main
-from mdpalign.bench.config import FROZEN_LAKE_METHODS, BenchConfigError, FrozenLakeConfig
 
 TINY = ["--seeds", "2", "--steps", "30", "--eval-every", "10", "--quiet"]
 
@@ -290,8 +290,9 @@ def test_config_errors_name_fields_from_python_and_flags_on_the_command_line(tmp
     assert str(again) == str(exc.value) and again.fields == ("eval_every", "steps")
 
 
-@pytest.mark.parametrize("rows", [("SFFF", "FHFH", "FFFH", "HFFG"), ("SFFF", "FFFF", "FFFG"), ("SFFG", "FHHF", "FFFF", "HFFH"),
-                                  ("SFHG", "FFFF"), ("SFFFF", "FHFHF", "FFFFG"), ("SHFG", "FFFH")])
+@pytest.mark.parametrize("rows", [("SFFF", "FHFH", "FFFH", "HFFG"), ("SFFF", "FFFF", "FFFG"),
+                                  ("SFFG", "FHHF", "FFFF", "HFFH"), ("SFHG", "FFFF"), ("SFFFF", "FHFHF", "FFFFG"),
+                                  ("SHFG", "FFFH")])
 def test_shortest_path_count_agrees_with_the_enumeration(rows):
     from mdpalign.envs.frozen_lake import frozen_lake, simple_trajectories
 

@@ -10,7 +10,6 @@ import pytest
 
 from mdpalign.bench import report as rp
 
-
 KIND = "frozen-lake"
 
 

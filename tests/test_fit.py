@@ -45,8 +45,9 @@ def test_history_records_every_k_steps_and_the_end():
 
 
 def test_deterministic_preferences_have_no_minimiser_loss_strictly_decreases_and_fit_refuses_to_call_it_converged():
-    """DPO with one winner-loser pair: −log σ(β·gap) has infimum 0, never attained. Adam moves the gap by at most ~lr per
-    step, so after 300 steps the gradient norm β·σ(−β·gap)·√2 is still > 1e-3 >> tol: a true failure to converge."""
+    """DPO with one winner-loser pair: −log σ(β·gap) has infimum 0, never attained. Adam moves the gap by at most
+    ~lr per step, so after 300 steps the gradient norm β·σ(−β·gap)·√2 is still > 1e-3 >> tol: a true failure to
+    converge."""
     pol = TabularPolicy(1, 2)
     ref = torch.zeros(1, dtype=torch.float64)
     s = torch.zeros(1, dtype=torch.long)

@@ -113,8 +113,20 @@ def _check_subset(name: str, values, allowed: tuple[str, ...]) -> tuple[str, ...
     return tuple(v for v in allowed if v in values)
 
 
+class RecordedConfig:
+    """Base of the benchmark configs: :meth:`record` for results.json."""
+
+    def record(self) -> dict:
+        """The full configuration as plain data, for results.json (``out``/``quiet``/``force`` excluded:
+        they do not change a number)."""
+        d = asdict(self)
+        for name in _NOT_RECORDED:
+            d.pop(name)
+        return d
+
+
 @dataclass(frozen=True)
-class FrozenLakeConfig:
+class FrozenLakeConfig(RecordedConfig):
     """Every choice of the Frozen Lake experiment (IFT paper, arXiv 2405.11870, sec. 5.3, app. B.2).
 
     The paper gives none of these numbers; ours are published in each report.
@@ -217,17 +229,10 @@ class FrozenLakeConfig:
             return None
         return tuple(r.strip() for r in self.map.split(",") if r.strip())
 
-    def record(self) -> dict:
-        """The full configuration as plain data, for results.json (``out``/``quiet``/``force`` excluded:
-        they do not change a number)."""
-        d = asdict(self)
-        for name in _NOT_RECORDED:
-            d.pop(name)
-        return d
 
 
 @dataclass(frozen=True)
-class BanditsConfig:
+class BanditsConfig(RecordedConfig):
     """Settings of the bandit benchmark (each objective vs its own optimum and vs the RLHF optimum)."""
 
     REPORT_KIND: ClassVar[str] = "bandits"
@@ -276,8 +281,3 @@ class BanditsConfig:
         object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
         object.__setattr__(self, "force", bool(self.force))
 
-    def record(self) -> dict:
-        d = asdict(self)
-        for name in _NOT_RECORDED:
-            d.pop(name)
-        return d

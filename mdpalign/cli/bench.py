@@ -13,10 +13,15 @@ import importlib
 import sys
 
 from mdpalign.bench.config import (
-    BANDIT_OBJECTIVES, BANDIT_REGIMES, FROZEN_LAKE_METHODS, BanditsConfig, BenchConfigError, FrozenLakeConfig,
+    BANDIT_OBJECTIVES,
+    BANDIT_REGIMES,
+    FROZEN_LAKE_METHODS,
+    BanditsConfig,
+    BenchConfigError,
+    FrozenLakeConfig,
 )
-from mdpalign.bench.rlhf.config import RLHF_METHODS, RlhfConfig
 from mdpalign.bench.report import check_output_dir
+from mdpalign.bench.rlhf.config import RLHF_METHODS, RlhfConfig
 from mdpalign.cli.argtypes import non_negative_int, positive_float, positive_int
 
 __all__ = ["register", "main"]

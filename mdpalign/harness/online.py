@@ -199,9 +199,11 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in [
     MethodSpec("rloo", advantage="rloo", group_size=2,
                reference=f"Ahmadian et al. arXiv 2402.14740; {_TRL} RLOOTrainer defaults (num_generations=2, k1 in "
                          "the reward, mean over sequences of the sequence loss)"),
-    MethodSpec("remax", advantage="remax", reference="Li et al. arXiv 2310.10505; verl compute_remax_outcome_advantage"),
+    MethodSpec("remax", advantage="remax",
+               reference="Li et al. arXiv 2310.10505; verl compute_remax_outcome_advantage"),
     MethodSpec("ppo_clip", advantage="value", epochs=4,
-               reference="Schulman et al. arXiv 1707.06347; 4 epochs against a frozen old policy, exact value baseline"),
+               reference="Schulman et al. arXiv 1707.06347; 4 epochs against a frozen old policy, "
+                         "exact value baseline"),
     MethodSpec("ppo_critic", advantage="gae", epochs=4, loss_type="seq_sum",
                reference="Ziegler et al. arXiv 1909.08593 / InstructGPT: per-token k1 in the reward, GAE(1, 0.95), "
                          "clipped value loss (TRL PPOConfig: vf_coef 0.1, cliprange_value 0.2, num_ppo_epochs 4)"),
@@ -220,7 +222,8 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in [
                kl_placement="loss_is", loss_type="dr_grpo", fixed_point="gibbs_tempered",
                reference="Liu et al. arXiv 2503.20783 (no std, sum / (B·L)); with an unbiased reverse-KL gradient"),
     *[MethodSpec(f"kl_{e}_{p}", advantage="value", kl_estimator=e, kl_placement=p, fixed_point=_KL_FIXED_POINTS[e, p],
-                 reference=f"REINFORCE (exact value baseline) with {e} {'in the reward' if p == 'reward' else 'as a loss'}"
+                 reference=f"REINFORCE (exact value baseline) with {e} "
+                           f"{'in the reward' if p == 'reward' else 'as a loss'}"
                            f"{' × ρ' if p == 'loss_is' else ''} (Schulman's estimators; THEORY.md 'KL placement')")
       for e in KL_ESTIMATORS for p in KL_PLACEMENTS],
 ]}
@@ -481,8 +484,8 @@ def batch_losses(problem: OnlineProblem, spec: MethodSpec, params: torch.Tensor,
         v_new = torch.where(mk, values[idx], torch.zeros((), dtype=_f64))
         v_old = torch.where(mk, values_d[st], torch.zeros((), dtype=_f64))
         vl = clipped_value_loss(v_new, v_old, returns, mk, spec.value_clip).losses
-        loss = loss + spec.vf_coef * aggregate_token_loss(vl, mk, spec.loss_type,
-                                                          max_completion_length=T if spec.loss_type == "dr_grpo" else None)
+        length = T if spec.loss_type == "dr_grpo" else None
+        loss = loss + spec.vf_coef * aggregate_token_loss(vl, mk, spec.loss_type, max_completion_length=length)
     return loss
 
 
@@ -632,7 +635,8 @@ def certify_fixed_point(problem: OnlineProblem, spec: MethodSpec, params: torch.
     variation = float(torch.linalg.matrix_norm(M_newton - M, ord=2))
     if variation > smin / 2:
         raise FixedPointError(f"{spec.name}: the Jacobian varies by {variation:.3e} > σ_min/2 = {smin / 2:.3e} "
-                              f"towards the fixed point; move closer (residual {float(F.norm()):.3e}) before certifying")
+                              f"towards the fixed point; move closer (residual {float(F.norm()):.3e}) "
+                              "before certifying")
     logit = 2.0 * (float(F.norm()) + rounding) / smin
     lam = float(torch.linalg.eigvals(M).real.min())
     return Certificate(float(F.norm()), rounding, smin, smax, variation, logit, 2.0 * logit + 1e-12, null_res, lam)
@@ -659,8 +663,9 @@ def solve_fixed_point(problem: OnlineProblem, spec: MethodSpec, params0: torch.T
     """Find ``F(θ) = 0`` and certify it: damped Newton on the reduced field ``QᵀF(θ₀ + Qz)`` (Jacobian by
     autograd; shifted by ``μ·I`` where it has eigenvalues of non-positive real part, so that the iteration follows
     the training flow to a *stable* fixed point rather than a saddle or a vertex of the simplex, where the field
-    also vanishes; backtracking on ``‖F‖``; steps capped at ``max_step`` in every logit), preceded by rounds of ``flow_steps`` plain steps ``θ ← θ − flow_lr·F`` when a
-    Newton step cannot reduce ``‖F‖``. Converged when ``‖F‖₂ <= tol``; otherwise (or when the Jacobian is singular)
+    also vanishes; backtracking on ``‖F‖``; steps capped at ``max_step`` in every logit), preceded by rounds of
+    ``flow_steps`` plain steps ``θ ← θ − flow_lr·F`` when a Newton step cannot reduce ``‖F‖``. Converged when
+    ``‖F‖₂ <= tol``; otherwise (or when the Jacobian is singular)
     raises :class:`FixedPointError` with the final residual, like :class:`mdpalign.fit.NotConvergedError`.
     ``params0`` defaults to :func:`initial_params` (reference logits, zero critic).
     """

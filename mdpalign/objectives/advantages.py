@@ -44,7 +44,8 @@ def _check_group_rewards(rewards, group_size: int, min_group: int = 2) -> tuple[
     if isinstance(group_size, bool) or not isinstance(group_size, int):
         raise ObjectiveArgumentError(f"group_size must be an int, got {group_size!r}")
     if group_size < min_group:
-        raise ObjectiveArgumentError(f"group_size must be >= {min_group} (a baseline needs other samples of the prompt), "
+        raise ObjectiveArgumentError(f"group_size must be >= {min_group} (a baseline needs other samples of the "
+                                     f"prompt), "
                          f"got {group_size}")
     n = rewards.shape[-1]
     if n % group_size:
@@ -53,7 +54,8 @@ def _check_group_rewards(rewards, group_size: int, min_group: int = 2) -> tuple[
     r = rewards
     if not bool(torch.isfinite(r.detach()).all()):
         idx = tuple(int(i) for i in (~torch.isfinite(r)).nonzero()[0])
-        raise ObjectiveArgumentError(f"rewards must be finite; found {r[idx].item()} at index {idx} (TRL's NaN 'unscorable' "
+        raise ObjectiveArgumentError(f"rewards must be finite; found {r[idx].item()} at index {idx} (TRL's NaN "
+                                     f"'unscorable' "
                          "convention is not supported: drop those completions)")
     return r, group_size
 

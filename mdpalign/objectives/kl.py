@@ -137,7 +137,8 @@ def kl_loss_term(token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask:
         old = token_logps.detach()
     else:
         if old_token_logps is token_logps:
-            raise ObjectiveArgumentError("old_token_logps is token_logps itself: ρ ≡ 1 would carry no gradient; pass None for "
+            raise ObjectiveArgumentError("old_token_logps is token_logps itself: ρ ≡ 1 would carry no gradient; pass "
+                                         "None for "
                              "the on-policy ratio (token_logps.detach()) or the sampling policy's log-probs")
         check_batched_tokens(m, token_logps=token_logps, old_token_logps=old_token_logps)
         old = old_token_logps

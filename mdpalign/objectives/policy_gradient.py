@@ -67,14 +67,16 @@ def ppo_clip_loss(token_logps: torch.Tensor, old_token_logps: torch.Tensor | Non
     two-sided clip) caps ``ρ`` from above. None of these change the on-policy (``ρ = 1``) gradient.
     """
     if old_token_logps is token_logps:
-        raise ObjectiveArgumentError("old_token_logps is token_logps itself: ρ ≡ 1 would carry no gradient; pass None for the "
+        raise ObjectiveArgumentError("old_token_logps is token_logps itself: ρ ≡ 1 would carry no gradient; pass None "
+                                     "for the "
                          "on-policy ratio (token_logps.detach()) or the sampling policy's log-probs")
     old = token_logps.detach() if old_token_logps is None else old_token_logps
     m = check_batched_tokens(mask, token_logps=token_logps, old_token_logps=old)
     eps_low = check_nonnegative(epsilon, "epsilon")
     eps_high = eps_low if epsilon_high is None else check_nonnegative(epsilon_high, "epsilon_high")
     if eps_low >= 1.0:
-        raise ObjectiveArgumentError(f"epsilon must be < 1 (the lower clip bound 1 − ε must stay positive), got {eps_low}")
+        raise ObjectiveArgumentError(f"epsilon must be < 1 (the lower clip bound 1 − ε must stay positive), got "
+                                     f"{eps_low}")
     if not isinstance(advantages, torch.Tensor) or not advantages.is_floating_point():
         raise ShapeError(f"advantages must be a floating-point tensor, got {type(advantages).__name__}")
     if advantages.shape == token_logps.shape[:-1]:
@@ -131,9 +133,11 @@ def aggregate_token_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_
     m = check_batched_tokens(mask, per_token_loss=per_token_loss)
     check_option(loss_type, TOKEN_LOSS_TYPES, "loss_type")
     if max_completion_length is not None and loss_type != "dr_grpo":
-        raise ObjectiveArgumentError(f"max_completion_length is used only by loss_type='dr_grpo', got loss_type={loss_type!r}")
+        raise ObjectiveArgumentError(f"max_completion_length is used only by loss_type='dr_grpo', got "
+                                     f"loss_type={loss_type!r}")
     if num_items_in_batch is not None and loss_type != "dapo":
-        raise ObjectiveArgumentError(f"num_items_in_batch is used only by loss_type='dapo', got loss_type={loss_type!r}")
+        raise ObjectiveArgumentError(f"num_items_in_batch is used only by loss_type='dapo', "
+                                     f"got loss_type={loss_type!r}")
     l = zero_where_masked(per_token_loss, m)
     dtype = per_token_loss.dtype
     n_seq = per_token_loss.shape[-2]
@@ -149,7 +153,8 @@ def aggregate_token_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_
         width = per_token_loss.shape[-1]
         length = width if max_completion_length is None else int(max_completion_length)
         if length < width:
-            raise ObjectiveArgumentError(f"max_completion_length ({length}) is shorter than the padded width T = {width}")
+            raise ObjectiveArgumentError(f"max_completion_length ({length}) is shorter than the padded width T = "
+                                         f"{width}")
         return total / (n_seq * length)
     if num_items_in_batch is None:
         return total / m.sum(dim=(-2, -1)).to(dtype).clamp(min=1.0)

@@ -90,7 +90,8 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     stray = (~m) & (r_all.detach() != 0)
     if bool(stray.any()):
         idx = tuple(int(i) for i in stray.nonzero()[0])
-        raise ObjectiveArgumentError(f"rewards are non-zero at a non-counted position {idx} ({r_all[idx].item()}); a reward "
+        raise ObjectiveArgumentError(f"rewards are non-zero at a non-counted position {idx} ({r_all[idx].item()}); a "
+                                     f"reward "
                          "outside the response would be dropped (put it on the last counted token: "
                          "place_sequence_rewards)")
     r = zero_where_masked(r_all, m)

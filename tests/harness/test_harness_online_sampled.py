@@ -7,8 +7,9 @@ exact fixed point (:func:`~mdpalign.harness.online.solve_fixed_point`, certified
 
     t_{S−1, 1 − 0.025/K} · sd / √S  +  e_flow  +  certificate.log_prob_bound
 
-of the mean over seeds, for every log-probability of a used state: the 95% confidence interval from the seeds' sample variance
-(Bonferroni over the ``K`` coordinates) plus the deterministic part the seeds cannot see — ``e_flow``, how far the
+of the mean over seeds, for every log-probability of a used state: the 95% confidence interval from the seeds'
+sample variance (Bonferroni over the ``K`` coordinates) plus the deterministic part the seeds cannot see —
+``e_flow``, how far the
 *exact* expected-update flow with the same schedule and the same tail average still is from the fixed point (for
 methods whose sampled gradient is exactly 0 at the fixed point — RLOO, PPO with a value baseline, k3 as a loss —
 the seeds agree to rounding and only this transient is left).

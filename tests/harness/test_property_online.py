@@ -148,7 +148,8 @@ def _fit_scores(W, margin=None, center=None, components=1):
     scores = torch.zeros(X, K, dtype=torch.float64, requires_grad=True)
     fit(scores, bradley_terry_loss_closure(scores, W, margin=margin, center_coefficient=center), method="lbfgs",
         tol=1e-8, max_iter=500, require_convergence=False)  # the Newton steps below finish the job
-    of = lambda v: bradley_terry_loss_closure(v.reshape(X, K), W, margin=margin, center_coefficient=center)()
+    def of(v):
+        return bradley_terry_loss_closure(v.reshape(X, K), W, margin=margin, center_coefficient=center)()
     null = X * components if not center else 0
     flat = scores.detach().reshape(-1).clone()
     for _ in range(3):  # Newton off the null space: L-BFGS's line search stalls near 1e-9 on an O(10) loss

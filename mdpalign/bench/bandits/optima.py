@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mdpalign import proofs
-from mdpalign.bench.config import BanditsConfig
 from mdpalign.bench.bandits.data import SeedData
+from mdpalign.bench.config import BanditsConfig
 from mdpalign.proofs import kl_rl_gap, kl_rl_optimum
 
 __all__ = ["own_optimum", "expert_rows", "rlhf_regret", "OptimumSummary", "optimum_summary", "IN_SET_TOL"]

@@ -43,7 +43,10 @@ def verdict_text(results: dict) -> str:
     lines = []
     for regime, by_obj in results["final"].items():
         cls = {o: classify(e, results["optima"][regime][o]["kind"]) for o, e in by_obj.items()}
-        group = lambda c: ", ".join(o.upper() for o, v in cls.items() if v == c)  # noqa: E731
+
+        def group(c, cls=cls):
+            return ", ".join(o.upper() for o, v in cls.items() if v == c)
+
         parts = [f"on the RLHF optimum: {group('lands') or 'none'}"]
         if group("cannot"):
             parts.append(f"cannot get there (the RLHF optimum is not one of their exact optima): {group('cannot')}")

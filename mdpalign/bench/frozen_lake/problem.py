@@ -12,7 +12,11 @@ from mdpalign import metrics
 from mdpalign.bench import report as rp
 from mdpalign.bench.config import BenchConfigError, FrozenLakeConfig
 from mdpalign.envs.frozen_lake import (
-    InvalidMapError, TwoPathLake, frozen_lake, two_path_lake, two_path_lake_from_map,
+    InvalidMapError,
+    TwoPathLake,
+    frozen_lake,
+    two_path_lake,
+    two_path_lake_from_map,
 )
 from mdpalign.solve import policy_iteration, soft_value_iteration
 

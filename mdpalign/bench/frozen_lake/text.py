@@ -133,7 +133,8 @@ def report_markdown(results: dict, problem: Problem, table: str, figures: dict[s
         ("DPO", f"β = {cfg['dpo_beta']}, trajectory log-prob = sum over its (state, action) tokens, π_ref = θ₀"),
         ("IPO", f"τ = {cfg['ipo_tau']} (summed log-probs, no length normalisation), π_ref = θ₀"),
         ("ORPO", f"λ = {cfg['orpo_lambda']}, NLL and log-odds on length-averaged log-probs of the trajectories"),
-        ("IFT", f"λ = {cfg['ift_lambda']}, decay {cfg['ift_decay']}, reference-code form (Σ l·v / Σ v, v not detached); "
+        ("IFT", f"λ = {cfg['ift_lambda']}, decay {cfg['ift_decay']}, reference-code form (Σ l·v / Σ v, v not "
+                f"detached); "
                 "ŝ_t = where the greedy action at s_{t−1} leads on the deterministic lake"),
         ("C-RLFT", "class-conditioned MLP (one-hot class input), " + (
             f"weights expert {cfg['crlft_weights'][0]}, sub-optimal {cfg['crlft_weights'][1]} (OpenChat's constants)"
@@ -163,7 +164,8 @@ def report_markdown(results: dict, problem: Problem, table: str, figures: dict[s
         f"- sub-optimal ({pr['suboptimal_kind']}): {len(problem.two.suboptimal)} steps, actions "
         f"{', '.join(pr['suboptimal']['action_names'])}, "
         + ("reaches the goal." if pr["suboptimal"]["reaches_goal"] else "ends in a hole."),
-        f"- optimal value from S: {pr['v_hard_start']:.4f}; soft-optimal value V*_β(S): {pr['soft_value_star_start']:.4f}.",
+        f"- optimal value from S: {pr['v_hard_start']:.4f}; soft-optimal value V*_β(S): "
+        f"{pr['soft_value_star_start']:.4f}.",
         "",
         "## Settings",
         "",

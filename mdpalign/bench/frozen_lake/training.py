@@ -11,7 +11,15 @@ from mdpalign import metrics
 from mdpalign import objectives as obj
 from mdpalign.bench.config import BenchConfigError, FrozenLakeConfig
 from mdpalign.bench.frozen_lake.networks import (
-    DTYPE, Batch, Distillations, distill, distillation_loss, make_net, policy_table, snapshot, token_logps,
+    DTYPE,
+    Batch,
+    Distillations,
+    distill,
+    distillation_loss,
+    make_net,
+    policy_table,
+    snapshot,
+    token_logps,
 )
 from mdpalign.bench.frozen_lake.problem import METRICS, Problem
 from mdpalign.fit import fit

@@ -1,12 +1,12 @@
 """Settings of ``mdpalign bench rlhf``: every number the report depends on (published in results.json)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 from mdpalign.bench.config import (
-    _NOT_RECORDED,
     BenchConfigError,
+    RecordedConfig,
     _check_positive,
     _check_positive_int,
     _check_seeds,
@@ -35,7 +35,7 @@ def _check_problem_seed(name: str, value) -> int:
 
 
 @dataclass(frozen=True)
-class RlhfConfig:
+class RlhfConfig(RecordedConfig):
     """Settings of the RLHF benchmark (module docstring of :mod:`mdpalign.bench.rlhf`)."""
 
     REPORT_KIND: ClassVar[str] = "rlhf"
@@ -94,8 +94,3 @@ class RlhfConfig:
         object.__setattr__(self, "seed", _check_seeds(self.seed, self.seeds))
         object.__setattr__(self, "force", bool(self.force))
 
-    def record(self) -> dict:
-        d = asdict(self)
-        for name in _NOT_RECORDED:
-            d.pop(name)
-        return d
