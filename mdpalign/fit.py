@@ -83,6 +83,7 @@ def record_iterations(steps: int, record_every: int) -> list[int]:
 
 
 def _params(obj) -> list[torch.Tensor]:
+    ps: list[torch.Tensor]
     if isinstance(obj, nn.Module):
         ps = [p for p in obj.parameters() if p.requires_grad]
     elif isinstance(obj, torch.Tensor):

@@ -547,19 +547,19 @@ def plot_curves(
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
-    steps = np.asarray(steps)
+    x = np.asarray(steps)
     for i, (name, values) in enumerate(curves.items()):
         values = np.asarray(values, dtype=np.float64)
-        if values.ndim != 2 or values.shape[1] != steps.shape[0]:
-            raise ValueError(f"curve {name!r} has shape {values.shape}; expected (seeds, {steps.shape[0]})")
+        if values.ndim != 2 or values.shape[1] != x.shape[0]:
+            raise ValueError(f"curve {name!r} has shape {values.shape}; expected (seeds, {x.shape[0]})")
         mean, half = mean_ci(values)
         color = f"C{i % 10}"
-        ax.plot(steps, mean, label=name, color=color, lw=1.6)
+        ax.plot(x, mean, label=name, color=color, lw=1.6)
         if np.all(np.isfinite(half)):
             lo, hi = mean - half, mean + half
             if logy:
                 lo = np.maximum(lo, np.where(mean > 0, mean * 1e-3, np.nan))
-            ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
     if logy:
         ax.set_yscale("log")
     ax.set_title(title, fontsize=10)

@@ -828,10 +828,9 @@ def bradley_terry_loss_closure(scores: torch.Tensor, wins, margin: float | None 
     if W.ndim != 3 or W.shape[1] != W.shape[2] or W.shape[:2] != tuple(scores.shape):
         raise HarnessError(f"wins must have shape (X, K, K) with (X, K) = scores' shape {tuple(scores.shape)}, "
                            f"got {W.shape}")
-    x, i, j = np.nonzero(W > 0)
-    t = lambda a: torch.as_tensor(a, dtype=torch.int64)  # noqa: E731
-    x, i, j = t(x), t(i), t(j)
-    w = torch.as_tensor(W[x.numpy(), i.numpy(), j.numpy()], dtype=scores.dtype)
+    xs, is_, js = np.nonzero(W > 0)
+    w = torch.as_tensor(W[xs, is_, js], dtype=scores.dtype)
+    x, i, j = (torch.as_tensor(a, dtype=torch.int64) for a in (xs, is_, js))
 
     def loss():
         rc, rr = scores[x, i], scores[x, j]

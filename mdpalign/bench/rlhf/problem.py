@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mdpalign.bench import report as rp
-from mdpalign.envs.token_tree import random_token_tree
-from mdpalign.harness.online import bandit_problem, tree_problem
+from mdpalign.envs.token_tree import TokenTree, random_token_tree
+from mdpalign.harness.online import OnlineProblem, bandit_problem, tree_problem
 from mdpalign.proofs import token_tree_optimum
 from mdpalign.proofs.kl_rl import kl_rl_optimum
 
@@ -33,9 +33,9 @@ class Problems:
     rewards: np.ndarray
     ref: np.ndarray
     wins: np.ndarray
-    bandit: object
-    tree: object
-    tree_problem: object
+    bandit: OnlineProblem
+    tree: TokenTree
+    tree_problem: OnlineProblem
     bandit_star: np.ndarray      # log π* (X, K)
     tree_star_leaf: np.ndarray   # log π*(y) over leaves
 
