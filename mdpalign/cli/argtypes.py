@@ -8,44 +8,26 @@ from typing import Callable
 from mdpalign.envs.frozen_lake import NAMED_MAPS
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _number_type(convert: Callable, accept: Callable, what: str, rule: str) -> Callable:
+    """An argparse ``type=``: ``convert(text)`` or "expected <what>", then ``accept(value)`` or "must <rule>"."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must {rule}, got {text.strip()}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
+positive_int = _number_type(int, lambda v: v > 0, "a positive integer", "be a positive integer")
+non_negative_int = _number_type(int, lambda v: v >= 0, "a non-negative integer", "be a non-negative integer")
+positive_float = _number_type(float, lambda v: v > 0 and math.isfinite(v), "a positive number",
+                              "be a positive finite number")
+unit_interval = _number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]", "lie in [0, 1]")
 
 
 def lake_map_parser(*extra_names: str) -> Callable[[str], "str | list[str]"]:
