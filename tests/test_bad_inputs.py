@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from exact_oracles import unbounded_soft_mdp
 
 import mdpalign.objectives as obj
 from mdpalign import InvalidMDPError, MdpalignError, TabularMDP, proofs, solve
@@ -118,16 +119,6 @@ def _same_tensor_twice(f):
     return f(lp, lp, torch.zeros(2), MASK)
 
 
-def _unbounded_soft_mdp():
-    """Issue 9 item 2's reproduction: gamma = 1, every policy proper for the hard problem, soft values unbounded."""
-    P = np.zeros((3, 2, 3))
-    P[0, 0] = [.2, .8, 0]
-    P[0, 1] = [0, .3, .7]
-    P[1, 0] = [.5, 0, .5]
-    P[1, 1] = [.1, .9, 0]
-    P[2, :, 2] = 1
-    R = np.array([[1., 0], [.5, 2], [0, 0]])
-    return TabularMDP(P, R, 1.0, terminal=[False, False, True])
 
 
 # ============================================================================= MDPs
@@ -278,7 +269,7 @@ bad("solve.ref_policy_empty_row",
 bad("solve.ref_policy_sum",
     lambda _: solve.soft_value_iteration(_mdp(), beta=1.0, ref_policy=np.array([[0.5, 0.2], [0.5, 0.5]])),
     SolverError, "ref_policy row for state 0 sums to 0.7")
-bad("solve.soft_unbounded", lambda _: solve.soft_value_iteration(_unbounded_soft_mdp(), beta=1.0),
+bad("solve.soft_unbounded", lambda _: solve.soft_value_iteration(unbounded_soft_mdp(), beta=1.0),
     UnboundedMDPError, "the KL-regularised values are unbounded at beta=1")
 bad("solve.value_iteration_max_iter", lambda _: solve.value_iteration(frozen_lake("4x4", gamma=0.999).mdp, max_iter=2),
     ConvergenceError, "reached max_iter=2")

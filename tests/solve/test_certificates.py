@@ -19,6 +19,7 @@ from exact_oracles import (
     max_error,
     random_small_mdp,
     soft_optimum,
+    unbounded_soft_mdp,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -184,29 +185,17 @@ def test_soft_gamma_one_converges_instead_of_stopping_early(seed):
     assert max_error(sol.values, v_soft) + radius <= Decimal(sol.error_bound) <= Decimal("1e-10")
 
 
-def three_state(beta_free: bool = False) -> TabularMDP:
-    """The issue's example: {0, 1} can be closed (a0 in 0, a1 in 1) with rewards 1 and 2."""
-    P = np.zeros((3, 2, 3))
-    P[0, 0] = [.2, .8, 0]
-    P[0, 1] = [0, .3, .7]
-    P[1, 0] = [.5, 0, .5]
-    P[1, 1] = [.1, .9, 0]
-    P[2, :, 2] = 1
-    R = np.array([[1., 0], [.5, 2], [0, 0]])
-    return TabularMDP(P, R, 1.0, terminal=[False, False, True])
-
-
 @pytest.mark.parametrize("beta", [0.1, 1.0, 2.7])
 def test_unbounded_soft_values_raise(beta):
     """The only way to stay in {0, 1} forever is deterministic (a0 at 0, a1 at 1: stationary law (1/9, 8/9), mean
     reward 17/9) and pays KL = log 2 per step against the uniform reference: soft gain 17/9 - beta log 2, positive
     below beta = 17 / (9 log 2) = 2.725. Before issue 9: values -7.4e16 (beta 0.1) and 103.6 (beta 1), no error."""
     with pytest.raises(UnboundedMDPError, match=r"unbounded at beta=.*states \[0, 1\]"):
-        soft_value_iteration(three_state(), beta)
+        soft_value_iteration(unbounded_soft_mdp(), beta)
 
 
 def test_soft_values_are_finite_above_the_threshold():
-    mdp = three_state()
+    mdp = unbounded_soft_mdp()
     sol = soft_value_iteration(mdp, 2.75)
     v_soft, radius = soft_optimum(mdp, 2.75)
     assert max_error(sol.values, v_soft) + radius <= Decimal(sol.error_bound) <= Decimal("1e-9")

@@ -11,6 +11,9 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 
 import numpy as np
+import scipy.sparse as sp
+
+from mdpalign import TabularMDP
 
 
 def fraction_solve(M: list[list[Fraction]], b: list[Fraction]) -> list[Fraction]:
@@ -206,10 +209,6 @@ def random_small_mdp(rng: np.random.Generator, S: int, A: int, gamma: float, sca
     float64; rewards ``U(0, scale)``; optionally the last state terminal (rows of the others keep some mass
     on it only if drawn, or with ``leak`` at least 1/21 of it). At gamma = 1 the last state is terminal and
     leaks are on, so every policy is proper."""
-    import scipy.sparse as sp
-
-    from mdpalign.mdp import TabularMDP
-
     P = rng.random((S, A, S)) * (rng.random((S, A, S)) < density)
     P[..., 0] += (P.sum(axis=2) == 0)
     term = np.zeros(S, dtype=bool)
@@ -225,3 +224,16 @@ def random_small_mdp(rng: np.random.Generator, S: int, A: int, gamma: float, sca
     R[term] = 0.0
     flat = sp.csr_matrix(P.reshape(S * A, S)) if sparse else P
     return TabularMDP(flat, R, gamma, terminal=term)
+
+
+def unbounded_soft_mdp():
+    """Issue 9 item 2's reproduction: gamma = 1, {0, 1} can be closed (a0 in 0, a1 in 1) with rewards 1 and 2; every
+    policy is proper for the hard problem's optimum, but the soft values are unbounded."""
+    P = np.zeros((3, 2, 3))
+    P[0, 0] = [.2, .8, 0]
+    P[0, 1] = [0, .3, .7]
+    P[1, 0] = [.5, 0, .5]
+    P[1, 1] = [.1, .9, 0]
+    P[2, :, 2] = 1
+    R = np.array([[1., 0], [.5, 2], [0, 0]])
+    return TabularMDP(P, R, 1.0, terminal=[False, False, True])
